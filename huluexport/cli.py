@@ -1,0 +1,73 @@
+"""The `huluexport` click group: parse arguments, build a typed config, call one function. No logic here.
+
+Commands live in `huluexport/commands/<area>.py`, one module per area, each with `register(group)`;
+heavy imports (torch, onnx) stay inside the command bodies so `huluexport --help` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from huluexport import __version__
+from huluexport.errors import HuluError
+
+COMMAND_MODULES = (
+    "huluexport.commands.checkpoint",
+    "huluexport.commands.export",
+    "huluexport.commands.run",
+    "huluexport.commands.bench",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="huluexport")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress and show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Export Hulu-Med to ONNX/TensorRT bundles, check them against the PyTorch reference, and run them."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(_name)
+    except ModuleNotFoundError as exc:  # an area not written yet
+        if exc.name != _name:
+            raise
+        continue
+    _mod.register(cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit 1 (2 for unusable input); -v shows the traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in args or "--verbose" in args
+    try:
+        cli.main(args=args, prog_name="huluexport", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except HuluError as exc:
+        from hulurt.errors import UnsupportedInputError
+
+        if verbose:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, UnsupportedInputError) else 1)
+
+
+if __name__ == "__main__":
+    main()
