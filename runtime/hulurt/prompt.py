@@ -1,0 +1,207 @@
+"""Chat prompts: the built-in Hulu-Med template (or a checkpoint's chat_template.json) rendered with Jinja2, and
+expansion of each `<image>` placeholder into the right number of image token ids (ARCHITECTURE.md 7, 5.2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hulurt.errors import UnsupportedInputError
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+GENERATION_PROMPT = "<|im_start|>assistant\n"
+
+# The structure of ARCHITECTURE.md 7.2 (original processor.py DEFAULT_CHAT_TEMPLATE + the HF version's
+# add_system_prompt branch), written by us. Every output goes through `{{- ... -}}` with explicit "\n", so the
+# result is the same with or without trim_blocks/lstrip_blocks. Image items take `timestamp` (HF) or `time`
+# (original); video/3-D items take `num_frames` and optional `timestamps`. The system text of the Hub checkpoints
+# is unknown (ARCHITECTURE.md 12.1): it is emitted only when the caller passes `system_prompt`.
+BUILTIN_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and add_system_prompt is defined and add_system_prompt and message['role'] != 'system'"
+    " and system_prompt is defined and system_prompt -%}"
+    "{{- '<|im_start|>system\\n' + system_prompt + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'text' -%}"
+    "{{- item['text'] -}}"
+    "{%- elif item['type'] == 'image' -%}"
+    "{%- set t = item['timestamp'] if item['timestamp'] is defined else item['time'] -%}"
+    "{%- if t is defined and t is not none -%}"
+    "{{- 'Time ' + (t | round(1) | string) + 's: ' -}}"
+    "{%- endif -%}"
+    "{{- image_token + '\\n' -}}"
+    "{%- elif item['type'] == 'video' or item['type'] == '3d' -%}"
+    "{%- for i in range(item['num_frames']) -%}"
+    "{%- if item['timestamps'] is defined and item['timestamps'] is not none -%}"
+    "{{- 'Time ' + (item['timestamps'][i] | round(1) | string) + 's:' -}}"
+    "{%- endif -%}"
+    "{{- image_token -}}"
+    "{%- if loop.last -%}{{- '\\n' -}}{%- else -%}{{- ',' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- endif -%}"
+)
+
+
+def load_chat_template(path: str | os.PathLike[str] | None) -> str:
+    """The template string of a checkpoint/bundle: `chat_template.json` (key "chat_template") or a .jinja file.
+
+    `path` may be the directory holding it. None, or a directory without one, gives BUILTIN_CHAT_TEMPLATE
+    (never tokenizer_config.json's Qwen template: it knows nothing of images, ARCHITECTURE.md 7.1).
+    """
+    if path is None:
+        return BUILTIN_CHAT_TEMPLATE
+    p = Path(path)
+    if p.is_dir():
+        for name in ("chat_template.json", "chat_template.jinja"):
+            if (p / name).is_file():
+                return load_chat_template(p / name)
+        log.info("no chat_template.json in %s; using the built-in Hulu-Med template", p)
+        return BUILTIN_CHAT_TEMPLATE
+    if not p.is_file():
+        raise UnsupportedInputError(p, "chat template file not found")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".jinja":
+        return text
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UnsupportedInputError(p, f"not valid JSON ({e})") from e
+    tpl = data.get("chat_template") if isinstance(data, dict) else None
+    if not isinstance(tpl, str):
+        raise UnsupportedInputError(p, "expected a JSON object with a string 'chat_template'")
+    return tpl
+
+
+def _raise(message: str) -> None:
+    raise UnsupportedInputError("chat template", message)
+
+
+def render(
+    messages: Sequence[Mapping[str, Any]],
+    template: str | None = None,
+    add_generation_prompt: bool = True,
+    add_system_prompt: bool = False,
+    system_prompt: str | None = None,
+    image_token: str = IMAGE_TOKEN,
+) -> str:
+    """Render a conversation the way transformers' apply_chat_template does (Jinja2, trim_blocks,
+    lstrip_blocks, sandboxed, loopcontrols), with Hulu-Med's variables (ARCHITECTURE.md 7.1)."""
+    try:
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:
+        raise UnsupportedInputError(
+            "chat template", f"rendering needs jinja2: pip install 'huluexport-runtime[tokenizer]' ({e})"
+        ) from e
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.globals["raise_exception"] = _raise
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+    try:
+        return env.from_string(template or BUILTIN_CHAT_TEMPLATE).render(
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            add_system_prompt=add_system_prompt,
+            system_prompt=system_prompt,
+            image_token=image_token,
+        )
+    except TemplateError as e:
+        raise UnsupportedInputError("chat template", f"rendering failed: {e}") from e
+
+
+def format_time(t: float) -> str:
+    """Python's str(round(t, 1)) as the templates print a timestamp (2 -> '2.0', 12.345 -> '12.3')."""
+    return str(round(float(t), 1))
+
+
+def render_builtin(
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool = True,
+    add_system_prompt: bool = False,
+    system_prompt: str | None = None,
+    image_token: str = IMAGE_TOKEN,
+) -> str:
+    """The built-in template in plain Python (no Jinja2): same bytes as render(..., BUILTIN_CHAT_TEMPLATE)."""
+    out: list[str] = []
+    for k, msg in enumerate(messages):
+        if k == 0 and add_system_prompt and msg["role"] != "system" and system_prompt:
+            out.append(f"<|im_start|>system\n{system_prompt}<|im_end|>\n")
+        out.append(f"<|im_start|>{msg['role']}\n")
+        content = msg["content"]
+        if isinstance(content, str):
+            out.append(content)
+        else:
+            for item in content:
+                kind = item["type"]
+                if kind == "text":
+                    out.append(item["text"])
+                elif kind == "image":
+                    t = item.get("timestamp", item.get("time"))
+                    if t is not None:
+                        out.append(f"Time {format_time(t)}s: ")
+                    out.append(image_token + "\n")
+                elif kind in ("video", "3d"):
+                    ts = item.get("timestamps")
+                    n = int(item["num_frames"])
+                    for i in range(n):
+                        if ts is not None:
+                            out.append(f"Time {format_time(ts[i])}s:")
+                        out.append(image_token + ("\n" if i == n - 1 else ","))
+        out.append("<|im_end|>\n")
+    if add_generation_prompt:
+        out.append(GENERATION_PROMPT)
+    return "".join(out)
+
+
+def expand(
+    prompt: str,
+    tokens_per_placeholder: Sequence[int],
+    encode: Callable[[str], Sequence[int]],
+    image_token_id: int,
+    image_token: str = IMAGE_TOKEN,
+) -> NDArray[np.int64]:
+    """Token ids of `prompt` with its k-th `<image>` replaced by tokens_per_placeholder[k] image ids.
+
+    The text between placeholders is encoded piece by piece and the image ids are inserted directly, which
+    equals encoding the expanded string whenever `<image>` is an added token (ARCHITECTURE.md 5.2).
+    """
+    pieces = prompt.split(image_token)
+    if len(pieces) - 1 != len(tokens_per_placeholder):
+        raise UnsupportedInputError(
+            "prompt",
+            f"the rendered prompt has {len(pieces) - 1} '{image_token}' placeholders but the visual inputs have "
+            f"{len(tokens_per_placeholder)} frames; each frame needs exactly one placeholder",
+        )
+    ids: list[int] = []
+    for k, piece in enumerate(pieces):
+        if piece:
+            ids.extend(int(i) for i in encode(piece))
+        if k < len(tokens_per_placeholder):
+            n = int(tokens_per_placeholder[k])
+            if n < 0:
+                raise ValueError(f"placeholder {k}: negative token count {n}")
+            ids.extend([image_token_id] * n)
+    return np.asarray(ids, dtype=np.int64)
