@@ -2,6 +2,9 @@
 
 The exporter (dynamic axes), the TensorRT builder (profiles), the manifest, the runtime's input checks,
 the tests and the kernel build (`python -m hulurt.contract --cdefs token_reduce`) all derive from here.
+Helpers: `dim_ranges(...)` (DimRange min/opt/max per named dim; targets pick the limits), `bind(piece, feeds,
+ranges)` / `assert_conforms(piece, outputs, sizes)` (names, dtypes, ranks, static dims, one size per named dim,
+DERIVED_DIMS relations, ranges; ContractError otherwise), `random_feeds(piece, sizes)` (numpy, imported lazily).
 
 Pieces (one visual input per vision call; all its frames share one grid):
 
@@ -145,6 +148,175 @@ def pieces(d: Dims) -> dict[str, PieceSpec]:
         outputs=(TensorSpec("keep_mask", "bool", ("n_frames", "n_groups")),),
     )
     return {p.name: p for p in (vision, embed, decoder, token_reduce)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Dim ranges and checks derived from the specs (export axes, TensorRT profiles, runtime input checks)
+# --------------------------------------------------------------------------------------------------
+
+DYNAMIC_DIMS = (
+    "n_frames", "n_groups", "merge_group", "n_patches", "seq_len", "n_visual", "past_len", "total_len",
+)
+# Relations between named dims that every feed must satisfy (name -> (kind, operand names)).
+DERIVED_DIMS: dict[str, tuple[str, tuple[str, str]]] = {
+    "n_patches": ("mul", ("n_groups", "merge_group")),
+    "total_len": ("add", ("past_len", "seq_len")),
+}
+
+
+@dataclass(frozen=True)
+class DimRange:
+    """Inclusive range of one named dim, with the size TensorRT tunes for (`opt`)."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.min <= self.opt <= self.max):
+            raise _error(f"dim range needs 0 <= min <= opt <= max; got {self}")
+
+
+def _error(message: str) -> Exception:  # hulurt.errors imported lazily: no import cycle at load time
+    from hulurt.errors import ContractError
+
+    return ContractError(message)
+
+
+def dim_ranges(
+    *, max_context: int, max_frames: int, max_groups: int, opt_context: int = 512, opt_groups: int = 256
+) -> dict[str, DimRange]:
+    """Ranges of every dynamic dim for one build target (see huluexport/export/targets.py).
+
+    `max_groups` bounds merged tokens per frame; `n_patches` follows from merge_group <= 4.
+    """
+    def rng(lo: int, opt: int, hi: int) -> DimRange:
+        return DimRange(lo, max(lo, min(opt, hi)), hi)
+
+    return {
+        "n_frames": rng(1, 1, max_frames),
+        "n_groups": rng(1, opt_groups, max_groups),
+        "merge_group": rng(1, 1, 4),
+        "n_patches": rng(1, opt_groups, 4 * max_groups),
+        "seq_len": rng(1, opt_context, max_context),
+        "n_visual": rng(0, opt_groups, max_context),
+        "past_len": rng(0, opt_context, max_context - 1),
+        "total_len": rng(1, opt_context, max_context),
+    }
+
+
+def shape_of(spec: TensorSpec, sizes: dict[str, int]) -> tuple[int, ...]:
+    """Concrete shape of `spec` with named dims looked up in `sizes` (derived dims computed if absent)."""
+    out = []
+    for dim in spec.shape:
+        if isinstance(dim, int):
+            out.append(dim)
+            continue
+        if dim not in sizes and dim in DERIVED_DIMS:
+            kind, (a, b) = DERIVED_DIMS[dim]
+            out.append(sizes[a] * sizes[b] if kind == "mul" else sizes[a] + sizes[b])
+            continue
+        if dim not in sizes:
+            raise _error(f"tensor {spec.name!r} needs a size for dim {dim!r}; got {sorted(sizes)}")
+        out.append(sizes[dim])
+    return tuple(out)
+
+
+def random_feeds(piece: PieceSpec, sizes: dict[str, int], seed: int = 0) -> dict[str, Any]:
+    """Random feeds for `piece` at the given dim sizes (numpy arrays; float ~ N(0, 1), int64 ids in [0, 100))."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, Any] = {}
+    for spec in piece.inputs:
+        shape = shape_of(spec, sizes)
+        if spec.dtype == "int64":
+            feeds[spec.name] = rng.integers(0, 100, size=shape, dtype=np.int64)
+        elif spec.dtype == "bool":
+            feeds[spec.name] = rng.random(shape) > 0.5
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return feeds
+
+
+def _check(
+    piece: PieceSpec,
+    specs: tuple[TensorSpec, ...],
+    arrays: dict[str, Any],
+    role: str,
+    ranges: dict[str, DimRange] | None,
+    sizes: dict[str, int],
+    where: str,
+) -> dict[str, int]:
+    expected = [s.name for s in specs]
+    unknown = sorted(set(arrays) - set(expected))
+    missing = [n for n in expected if n not in arrays]
+    if unknown or missing:
+        raise _error(
+            f"{where}: piece {piece.name!r} {role}s must be exactly {expected}; "
+            f"missing {missing}, unknown {unknown}"
+        )
+    for spec in specs:
+        arr = arrays[spec.name]
+        dtype = str(getattr(arr, "dtype", type(arr).__name__))
+        if dtype != spec.dtype:
+            raise _error(
+                f"{where}: {piece.name} {role} {spec.name!r} is {dtype}; contract v{CONTRACT_VERSION} says "
+                f"{spec.dtype}"
+            )
+        shape = tuple(int(x) for x in getattr(arr, "shape", ()))
+        if len(shape) != len(spec.shape):
+            raise _error(
+                f"{where}: {piece.name} {role} {spec.name!r} has shape {shape}; expected rank "
+                f"{len(spec.shape)} {spec.shape}"
+            )
+        for axis, (dim, got) in enumerate(zip(spec.shape, shape)):
+            if isinstance(dim, int):
+                if got != dim:
+                    raise _error(
+                        f"{where}: {piece.name} {role} {spec.name!r} axis {axis} is {got}; expected {dim}"
+                    )
+                continue
+            if dim in sizes and sizes[dim] != got:
+                raise _error(
+                    f"{where}: {piece.name} {role} {spec.name!r} axis {axis} ({dim}) is {got}, but {dim} "
+                    f"is {sizes[dim]} elsewhere in the same call"
+                )
+            sizes[dim] = got
+            if ranges is not None and dim in ranges:
+                r = ranges[dim]
+                if not r.min <= got <= r.max:
+                    raise _error(
+                        f"{where}: {piece.name} {role} {spec.name!r} dim {dim} = {got} is outside the "
+                        f"bundle's range [{r.min}, {r.max}]"
+                    )
+    for dim, (kind, (a, b)) in DERIVED_DIMS.items():
+        if dim in sizes and a in sizes and b in sizes:
+            want = sizes[a] * sizes[b] if kind == "mul" else sizes[a] + sizes[b]
+            if sizes[dim] != want:
+                op = "*" if kind == "mul" else "+"
+                raise _error(
+                    f"{where}: {piece.name} dim {dim} = {sizes[dim]}; contract needs {dim} = {a} {op} {b} "
+                    f"= {want}"
+                )
+    return sizes
+
+
+def bind(
+    piece: PieceSpec, feeds: dict[str, Any], ranges: dict[str, DimRange] | None = None, where: str = "feeds"
+) -> dict[str, int]:
+    """Check feeds against the contract (names, dtypes, ranks, static dims, consistent named dims, ranges).
+
+    Returns the named dim sizes. Raises ContractError naming the tensor, the expectation and what was found.
+    """
+    return _check(piece, piece.inputs, feeds, "input", ranges, {}, where)
+
+
+def assert_conforms(
+    piece: PieceSpec, outputs: dict[str, Any], sizes: dict[str, int] | None = None, where: str = "outputs"
+) -> dict[str, int]:
+    """Check outputs like `bind` checks inputs; `sizes` from `bind` ties output dims to the input dims."""
+    return _check(piece, piece.outputs, outputs, "output", None, dict(sizes or {}), where)
 
 
 def to_json(d: Dims) -> dict[str, Any]:

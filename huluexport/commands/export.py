@@ -1,0 +1,191 @@
+"""`huluexport build`, `inspect`, `verify`, `trt-check`: parse arguments, build a typed config, call one function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from huluexport.config import SIZES
+
+HELP = {
+    "build": "Export a checkpoint (or random weights of a preset size) to a bundle directory: vision/embed/decoder "
+    "ONNX graphs + external weights, tokenizer and templates, manifest.json.",
+    "checkpoint": "Hulu-Med checkpoint directory (HF-version or original layout).",
+    "out": "Bundle directory to create (written to a temporary sibling and moved into place when complete).",
+    "size": "Preset size. With --checkpoint: the checkpoint must match it; with --random-weights: the model to build.",
+    "random_weights": "No checkpoint: deterministic random weights (for size/memory tests and CI).",
+    "seed": "Seed of --random-weights.",
+    "layers": "Build a shallow slice: the first N decoder and vision layers (full width).",
+    "precision": "fp32, or fp16 with LayerNorm/RMSNorm, softmax and RoPE kept in fp32.",
+    "target": "Device profile: dynamic dim ranges (TensorRT profiles, runtime limits).",
+    "overwrite": "Replace an existing bundle at --out (the old one is removed only after the new one is complete).",
+    "dump_dir": "Write each piece's graph (no weights) after every pass into this directory.",
+    "trt_check": "After the build, parse and build every graph with TensorRT (tensorrt-rtx).",
+    "inspect": "Print a bundle's manifest readably: pieces and their I/O, dims and ranges, tokens, files, versions.",
+    "no_hash": "Skip the sha256 check of the files (sizes are still checked).",
+    "verify": "Run BUNDLE on onnxruntime and the PyTorch reference side by side; one row per output. Exits non-zero "
+    "when any tolerance of huluexport/tolerances.py is exceeded.",
+    "verify_checkpoint": "Checkpoint to compare against (default: the one recorded in the manifest, or its random seed).",
+    "steps": "Greedy decode steps compared after the prefill.",
+    "trt": "Parse and build every graph of BUNDLE with TensorRT (tensorrt-rtx builds on the CPU), with optimization "
+    "profiles from the bundle's dim ranges.",
+    "engines": "Also write the engines (<piece>.plan) into this directory.",
+}
+
+
+def register(group: click.Group) -> None:
+    group.add_command(build_cmd)
+    group.add_command(inspect_cmd)
+    group.add_command(verify_cmd)
+    group.add_command(trt_check_cmd)
+
+
+@click.command("build", help=HELP["build"])
+@click.option("--checkpoint", type=click.Path(path_type=Path, file_okay=False), help=HELP["checkpoint"])
+@click.option("--out", type=click.Path(path_type=Path), required=True, help=HELP["out"])
+@click.option("--size", type=click.Choice(list(SIZES)), help=HELP["size"])
+@click.option("--random-weights", is_flag=True, help=HELP["random_weights"])
+@click.option("--seed", type=int, default=0, show_default=True, help=HELP["seed"])
+@click.option("--layers", type=click.IntRange(min=1), help=HELP["layers"])
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help=HELP["precision"],
+)
+@click.option("--target", default="generic", show_default=True, help=HELP["target"])
+@click.option("--overwrite", is_flag=True, help=HELP["overwrite"])
+@click.option("--dump-dir", type=click.Path(path_type=Path, file_okay=False), help=HELP["dump_dir"])
+@click.option("--trt-check", is_flag=True, help=HELP["trt_check"])
+def build_cmd(
+    checkpoint: Path | None,
+    out: Path,
+    size: str | None,
+    random_weights: bool,
+    seed: int,
+    layers: int | None,
+    precision: str,
+    target: str,
+    overwrite: bool,
+    dump_dir: Path | None,
+    trt_check: bool,
+) -> None:
+    import logging
+
+    from huluexport.export.pipeline import BuildOptions, build
+
+    for noisy in ("onnxscript", "onnx_ir"):  # one line per folded constant at INFO; our phases log their own
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    opts = BuildOptions(
+        out=out,
+        checkpoint=checkpoint,
+        size=size,
+        random_weights=random_weights,
+        seed=seed,
+        layers=layers,
+        precision=precision,
+        target=target,
+        overwrite=overwrite,
+        dump_dir=dump_dir,
+    )
+    path = build(opts)
+    click.echo(f"bundle: {path}")
+    if trt_check:
+        _echo_trt(path, None)
+
+
+@click.command("inspect", help=HELP["inspect"])
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--no-hash", is_flag=True, help=HELP["no_hash"])
+def inspect_cmd(bundle: Path, no_hash: bool) -> None:
+    from hulurt.manifest import load_manifest
+
+    click.echo(describe(load_manifest(bundle, verify_hashes=not no_hash)))
+
+
+@click.command("verify", help=HELP["verify"])
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path, file_okay=False), help=HELP["verify_checkpoint"]
+)
+@click.option("--steps", type=click.IntRange(min=0), default=16, show_default=True, help=HELP["steps"])
+@click.option("--no-hash", is_flag=True, help=HELP["no_hash"])
+def verify_cmd(bundle: Path, checkpoint: Path | None, steps: int, no_hash: bool) -> None:
+    from huluexport.errors import ParityError
+    from huluexport.validate import verify
+
+    report = verify(bundle, checkpoint, steps=steps, verify_hashes=not no_hash)
+    click.echo(report.table())
+    if not report.ok:
+        bad = [f"{r.piece}/{r.case}/{r.output}" for r in report.rows if not r.ok]
+        raise ParityError(f"{bundle}: {len(bad)} output(s) beyond tolerance: {', '.join(bad)}")
+
+
+@click.command("trt-check", help=HELP["trt"])
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--engines", type=click.Path(path_type=Path, file_okay=False), help=HELP["engines"])
+def trt_check_cmd(bundle: Path, engines: Path | None) -> None:
+    _echo_trt(bundle, engines)
+
+
+def _echo_trt(bundle: Path, engines: Path | None) -> None:
+    from huluexport.export.tensorrt import check_bundle
+
+    for r in check_bundle(bundle, engines_dir=engines):
+        click.echo(
+            f"{r.piece:8} {r.module} {r.version}: built, {r.engine_bytes / 1e6:.1f} MB engine, {r.seconds:.1f} s"
+        )
+
+
+def describe(m) -> str:
+    """The manifest as readable text (used by `inspect`)."""
+    lines = [
+        f"bundle      {m.root}",
+        (
+            f"model       {m.model.get('name')} ({m.model['decoder']['layers']} decoder layers, hidden {m.dims.hidden}, "
+            f"vocab {m.dims.vocab}, {'qwen3' if m.model['decoder'].get('qk_norm') else 'qwen2'})"
+        ),
+        f"weights     {m.model.get('weights')}",
+        f"precision   {m.precision} (act {m.dims.act_dtype})   target {m.target}   contract v{m.contract_version}",
+        (
+            f"tokens      image {m.tokens.image}, im_start {m.tokens.im_start}, im_end {m.tokens.im_end}, "
+            f"eos {list(m.tokens.eos)}, pad {m.tokens.pad}"
+        ),
+        (
+            f"reduction   {'on' if m.reduction.enabled else 'off'} (threshold {m.reduction.threshold}, min_tokens "
+            f"{m.reduction.min_tokens}, {m.reduction.mode})"
+        ),
+        (
+            f"vision      patch {m.vision.patch}, merge image {m.vision.merge_image} / video {m.vision.merge_video}, "
+            f"rope theta {m.vision.rope_theta:g}, head_dim {m.vision.head_dim}"
+        ),
+        (
+            f"limits      context {m.limits.max_context}, frames/call {m.limits.max_frames}, merged tokens/frame "
+            f"{m.limits.max_groups}"
+        ),
+        "dim ranges  " + ", ".join(f"{k} [{r.min}, {r.opt}, {r.max}]" for k, r in m.dim_ranges.items()),
+        "pieces",
+    ]
+    specs = m.specs()
+    for name, e in m.pieces.items():
+        size = sum(m.files[f].bytes for f in (e.file, e.data) if f is not None)
+        lines.append(
+            f"  {name:8} {e.file} (+ {e.data}) {size / 1e6:.1f} MB, opset {e.opset}, {e.precision}; "
+            + ", ".join(f"{k} {v}" for k, v in e.compute.items())
+        )
+        for role, ts in (("in ", specs[name].inputs), ("out", specs[name].outputs)):
+            shown = list(ts) if len(ts) <= 4 else [*ts[:3], None]
+            for t in shown:
+                if t is None:
+                    lines.append(f"      {role} ... {len(ts) - 3} more like the above (per layer)")
+                else:
+                    lines.append(
+                        f"      {role} {t.name:26} {t.dtype:8} [{', '.join(str(d) for d in t.shape)}]"
+                    )
+    lines.append("files")
+    for rel, f in m.files.items():
+        lines.append(f"  {rel:28} {f.bytes:>14,d} B  sha256 {f.sha256[:16]}")
+    lines.append("tools       " + ", ".join(f"{k} {v}" for k, v in m.tools.items()))
+    return "\n".join(lines)

@@ -1,0 +1,228 @@
+"""VisionPiece / EmbedPiece / DecoderPiece: nn.Modules whose forward() is exactly the contract's piece I/O.
+
+They wrap the reference modules (parameter names stay the reference names, minus the piece's prefix in
+PIECE_PREFIX) and add only what the contract needs: frame-grouped patches, the in-order scatter of visual
+rows, a flat KV list and last-position logits. `to_precision` makes the fp16 variant with fp32 islands.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from huluexport.config import HuluConfig
+from huluexport.reference.decoder import KV, Attention, RMSNorm, causal_mask, rope_cos_sin, rotate_half
+from huluexport.reference.model import HuluMed
+from huluexport.reference.projector import Projector
+from huluexport.reference.vision import VisionEncoder, merge_groups
+
+# piece name -> (prefix inside the piece, prefix in reference.model.HuluMed)
+PIECE_PREFIX: dict[str, tuple[tuple[str, str], ...]] = {
+    "vision": (("vision_encoder.", "vision_encoder."), ("mm_projector.", "mm_projector.")),
+    "embed": (("embed_tokens.", "decoder.embed_tokens."),),
+    "decoder": (("layers.", "decoder.layers."), ("norm.", "decoder.norm."), ("lm_head.", "decoder.lm_head.")),
+}
+TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def reference_name(piece: str, name: str) -> str:
+    """Parameter name inside a piece -> reference (HuluMed state dict) name."""
+    for inner, ref in PIECE_PREFIX[piece]:
+        if name.startswith(inner):
+            return ref + name[len(inner) :]
+    raise KeyError(f"{piece} parameter {name!r} has no reference name")
+
+
+class VisionPiece(nn.Module):
+    """pixel_patches [T, G, g, 588] + rope_cos/sin [G*g, dv] -> visual_embeds [T, G, H].
+
+    g = merge_group = m*m (1: images, merge is the identity; 4: video/3-D, 2x2 mean, ARCHITECTURE 4.6).
+    """
+
+    def __init__(self, vision_encoder: VisionEncoder, mm_projector: Projector) -> None:
+        super().__init__()
+        self.vision_encoder = vision_encoder
+        self.mm_projector = mm_projector
+
+    def forward(
+        self, pixel_patches: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor
+    ) -> torch.Tensor:
+        t, g, mg, p = pixel_patches.shape
+        x = pixel_patches.reshape(t, g * mg, p)  # (T, G, g, 588) -> (T, n, 588), merge-grouped token order
+        h = self.vision_encoder(x, rope_cos, rope_sin)  # (T, n, Cv)
+        h = merge_groups(h.reshape(t, g, mg, h.shape[-1]))  # (T, n, Cv) -> (T, G, g, Cv) -> (T, G, Cv)
+        return self.mm_projector(h)  # (T, G, H)
+
+
+class EmbedPiece(nn.Module):
+    """input_ids [1, L] + visual_embeds [n_visual, H] -> inputs_embeds [1, L, H].
+
+    Rows at image-token positions are replaced, in order, by the visual rows (ARCHITECTURE 5.3). Sketch:
+
+        ids --Equal(image)--> is_img --CumSum-1--> slot ---------------------------.
+        visual_embeds --Concat(zero row)--> table [n_visual+1, H] --Gather(slot or n_visual)--> vis_rows
+        ids --Gather(embed_tokens)--> text_rows ----------------- Where(is_img, vis_rows, text_rows) --> out
+
+    The appended zero row keeps the Gather valid when n_visual = 0 (text only).
+    """
+
+    def __init__(self, embed_tokens: nn.Embedding, image_token_id: int) -> None:
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.image_token_id = int(image_token_id)
+
+    def forward(self, input_ids: torch.Tensor, visual_embeds: torch.Tensor) -> torch.Tensor:
+        text = self.embed_tokens(input_ids)  # (1, L, H)
+        is_img = input_ids == self.image_token_id  # (1, L)
+        slot = torch.cumsum(is_img.to(torch.int64), dim=1) - 1  # (1, L): k-th image id -> visual row k
+        n_visual = visual_embeds.shape[0]
+        slot = torch.where(is_img, slot, torch.full_like(slot, 0) + n_visual)
+        table = torch.cat(
+            [visual_embeds.to(text.dtype), visual_embeds.new_zeros(1, visual_embeds.shape[1])], 0
+        )
+        vis = table[slot[0]][None]  # (n_visual + 1, H) gathered -> (L, H) -> (1, L, H)
+        return torch.where(is_img[..., None], vis, text)
+
+
+class DecoderPiece(nn.Module):
+    """inputs_embeds [1, L, H], position_ids [1, L], past k/v per layer [1, nkv, P, d]
+    -> logits [1, V] (last position, float32), present k/v per layer [1, nkv, P+L, d].
+
+    One graph serves prefill (P = 0: empty past tensors) and decode (L = 1).
+    """
+
+    def __init__(self, decoder: nn.Module, rope_fp32: bool = False) -> None:
+        super().__init__()
+        self.cfg = decoder.cfg
+        self.layers = decoder.layers
+        self.norm = decoder.norm
+        self.lm_head = decoder.lm_head
+        self.rope_fp32 = rope_fp32
+
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor):
+        x = inputs_embeds
+        cos_dtype = torch.float32 if self.rope_fp32 else x.dtype
+        cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, cos_dtype)  # (1, L, d)
+        mask = causal_mask(x.shape[1], past[0].shape[2], x.device)  # (L, P + L) additive fp32
+        presents: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            x, (k, v) = layer(x, cos, sin, mask, (past[2 * i], past[2 * i + 1]))
+            presents += [k, v]
+        h = self.norm(x[:, -1])  # (1, L, H) -> (1, H): only the last position reaches lm_head
+        return (self.lm_head(h).float(), *presents)
+
+
+def make_pieces(model: HuluMed) -> dict[str, nn.Module]:
+    """The three pieces sharing the model's modules (no copies)."""
+    cfg: HuluConfig = model.cfg
+    return {
+        "vision": VisionPiece(model.vision_encoder, model.mm_projector).eval(),
+        "embed": EmbedPiece(model.decoder.embed_tokens, cfg.tokens.image).eval(),
+        "decoder": DecoderPiece(model.decoder).eval(),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision: fp16 with fp32 islands (norms, softmax, RoPE)
+# --------------------------------------------------------------------------------------------------
+
+COMPUTE = {
+    "fp32": {
+        "matmul": "float32",
+        "norms": "float32",
+        "softmax": "float32",
+        "rope": "float32",
+        "io": "float32",
+    },
+    "fp16": {
+        "matmul": "float16",
+        "norms": "float32",
+        "softmax": "float32",
+        "rope": "float32",
+        "io": "float16",
+    },
+}
+
+
+class Fp32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 (fp32 weights) on any input dtype; the result is cast back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return y.to(x.dtype)
+
+
+class Fp32RMSNorm(RMSNorm):
+    """RMSNorm whose weight multiply also stays in fp32 (fp32 weight); the result is cast back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (self.weight.float() * y).to(x.dtype)
+
+
+class Fp32RopeAttention(Attention):
+    """The reference attention with RoPE applied in fp32 (cos/sin arrive in fp32) and cast back.
+
+    Same steps as reference.decoder.Attention.forward; only the dtype of the rotation differs.
+    """
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, past: KV | None
+    ) -> tuple[torch.Tensor, KV]:
+        b, l, _ = x.shape
+        d = self.head_dim
+        q = self.q_proj(x).view(b, l, self.heads, d)  # (B, L, nh*d) -> (B, L, nh, d)
+        k = self.k_proj(x).view(b, l, self.kv_heads, d)
+        v = self.v_proj(x).view(b, l, self.kv_heads, d)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, L, n, d) -> (B, n, L, d)
+        c, s = cos[:, None].float(), sin[:, None].float()  # (B, L, d) -> (B, 1, L, d)
+        q32, k32 = q.float(), k.float()
+        q = (q32 * c + rotate_half(q32) * s).to(x.dtype)
+        k = (k32 * c + rotate_half(k32) * s).to(x.dtype)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, nkv, P + L, d)
+            v = torch.cat([past[1], v], dim=2)
+        rep = self.heads // self.kv_heads
+        kr = k.repeat_interleave(rep, dim=1)  # (B, nkv, T, d) -> (B, nh, T, d)
+        vr = v.repeat_interleave(rep, dim=1)
+        scores = torch.matmul(q, kr.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, nh, L, T)
+        probs = torch.softmax(scores.float() + mask, dim=-1).to(q.dtype)
+        out = (
+            torch.matmul(probs, vr).transpose(1, 2).reshape(b, l, self.heads * d)
+        )  # (B, nh, L, d) -> (B, L, nh*d)
+        return self.o_proj(out), (k, v)
+
+
+_ISLANDS: tuple[tuple[type, type], ...] = (
+    (nn.LayerNorm, Fp32LayerNorm),
+    (RMSNorm, Fp32RMSNorm),
+    (Attention, Fp32RopeAttention),
+)
+
+
+def to_precision(piece: nn.Module, precision: str, copy_first: bool = True) -> nn.Module:
+    """fp32: the piece as is. fp16: a half copy whose norms keep fp32 weights and compute in fp32, whose
+    decoder RoPE runs in fp32; softmax is fp32 in the reference already. Parameter names are unchanged."""
+    if precision == "fp32":
+        return piece
+    if precision != "fp16":
+        raise ValueError(f"precision {precision!r}")
+    out = copy.deepcopy(piece) if copy_first else piece
+    out = out.half()
+    for mod in out.modules():
+        for base, island in _ISLANDS:
+            if type(mod) is base:
+                mod.__class__ = island
+                if island in (Fp32LayerNorm, Fp32RMSNorm):
+                    for p in mod.parameters(recurse=False):
+                        p.data = p.data.float()
+    if isinstance(out, DecoderPiece):
+        out.rope_fp32 = True
+    return out

@@ -1,0 +1,355 @@
+"""`huluexport build`: checkpoint (or random weights) -> bundle directory, as an ordered list of logged phases.
+
+Every size takes the large-model path: the model is built on the meta device, each piece is traced without
+weights, and weights are attached lazily, one tensor at a time, while the graph is saved (external data).
+The bundle is written into a temporary sibling directory and moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+import torch
+from hulurt import manifest as rt
+from hulurt.contract import pieces as contract_pieces
+
+from huluexport.config import (
+    DecoderConfig,
+    HuluConfig,
+    PreprocessConfig,
+    ProjectorConfig,
+    ReductionConfig,
+    TokenConfig,
+    VisionConfig,
+    from_checkpoint,
+    preset,
+    to_dims,
+)
+from huluexport.errors import ConfigError
+from huluexport.export import onnx as onnx_export
+from huluexport.export import pieces as P
+from huluexport.export.manifest import build_manifest, write_manifest
+from huluexport.export.passes import attach_weights, fold_constants, fold_weight_transposes, name_dims
+from huluexport.export.targets import get_target
+
+log = logging.getLogger(__name__)
+
+PIECES = ("vision", "embed", "decoder")
+INLINE_BYTES = (
+    1024  # tensors up to this size stay inside the .onnx (shape constants must: ORT infers with them)
+)
+SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+)
+# Fields a checkpoint must share with the preset named by --size (layers are checked unless --layers slices).
+_SIZE_FIELDS = {
+    "decoder": ("hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "qkv_bias", "qk_norm"),
+    "vision": ("hidden", "intermediate", "heads", "patch"),
+}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out: Path
+    checkpoint: Path | None = None
+    size: str | None = None  # preset; with a checkpoint it must match, with random weights it is required
+    random_weights: bool = False
+    seed: int = 0
+    layers: int | None = None  # shallow slice: the first N decoder and vision layers
+    precision: str = "fp32"
+    target: str = "generic"
+    overwrite: bool = False
+    dump_dir: Path | None = None  # graphs (no weights) after every pass
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """Where a bundle's weights came from (recorded in the manifest so `verify` can rebuild the reference)."""
+
+    kind: str  # "checkpoint" | "random"
+    checkpoint: str | None = None
+    seed: int = 0
+    layers: int | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Config and weight sources
+# --------------------------------------------------------------------------------------------------
+
+
+def slice_layers(cfg: HuluConfig, layers: int | None) -> HuluConfig:
+    if layers is None:
+        return cfg
+    if layers < 1 or layers > cfg.decoder.layers:
+        raise ConfigError(f"--layers {layers}: expected 1..{cfg.decoder.layers} for {cfg.name}")
+    return cfg.replace(
+        decoder=dataclasses.replace(cfg.decoder, layers=layers),
+        vision=dataclasses.replace(cfg.vision, layers=min(layers, cfg.vision.layers)),
+    )
+
+
+def check_size(cfg: HuluConfig, size: str, where: Path, sliced: bool) -> None:
+    """Reject a checkpoint whose architecture differs from the preset `size` (before any export work)."""
+    want = preset(size)
+    diffs = []
+    for part, names in _SIZE_FIELDS.items():
+        for n in names + (() if sliced else ("layers",)):
+            a, b = getattr(getattr(cfg, part), n), getattr(getattr(want, part), n)
+            if a != b:
+                diffs.append(f"{part}.{n} = {a} (--size {size} has {b})")
+    if diffs:
+        raise ConfigError(
+            f"{where / 'config.json'}: checkpoint does not match --size {size}: "
+            + "; ".join(diffs)
+            + ". Drop --size to export the checkpoint as it is, or pass the right size."
+        )
+
+
+def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
+    if opts.precision not in rt.PRECISIONS:
+        raise ConfigError(f"--precision {opts.precision!r}: expected one of {', '.join(rt.PRECISIONS)}")
+    if opts.checkpoint is not None and opts.random_weights:
+        raise ConfigError("--checkpoint and --random-weights exclude each other")
+    if opts.checkpoint is not None:
+        full = from_checkpoint(opts.checkpoint)
+        if opts.size is not None:
+            check_size(full, opts.size, Path(opts.checkpoint), sliced=opts.layers is not None)
+        return full, WeightSpec("checkpoint", str(Path(opts.checkpoint).resolve()), 0, opts.layers)
+    if not opts.random_weights:
+        raise ConfigError("give --checkpoint DIR, or --size SIZE --random-weights")
+    if opts.size is None:
+        raise ConfigError("--random-weights needs --size (e.g. --size 7b)")
+    return preset(opts.size), WeightSpec("random", None, opts.seed, opts.layers)
+
+
+def random_tensor(ref: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Deterministic per (seed, name): matrices ~ N(0, 1/fan_in), norm weights ~ 1 +- 0.1, biases ~ 0.1 N(0,1)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(ref.encode()))
+    leaf = ref.rsplit(".", 1)[-1]
+    if "norm" in ref and leaf == "weight":
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    if leaf == "bias":
+        return 0.1 * torch.randn(shape, generator=gen)
+    fan_in = 1
+    for s in shape[1:]:
+        fan_in *= s
+    return torch.randn(shape, generator=gen) / fan_in**0.5
+
+
+def weight_source(full_cfg: HuluConfig, spec: WeightSpec) -> Callable[[str], torch.Tensor]:
+    """reference name -> tensor (stored dtype), read one at a time. Names/shapes checked up front (plan)."""
+    from huluexport.reference.weights import EMBED, LM_HEAD, _load_bin, expected_shapes, plan
+
+    if spec.kind == "random":
+        shapes = expected_shapes(full_cfg)
+        return lambda ref: random_tensor(ref, shapes[ref], spec.seed)
+    assert spec.checkpoint is not None
+    p = plan(spec.checkpoint, full_cfg)
+    bins: dict[Path, dict[str, torch.Tensor]] = {}  # .bin files load memory-mapped, once
+
+    def read(ref: str) -> torch.Tensor:
+        if ref == LM_HEAD and p.tie_lm_head:
+            ref = EMBED
+        e = p.entries[ref]
+        if e.file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(e.file), framework="pt") as f:
+                return f.get_tensor(e.stored)
+        if e.file not in bins:
+            bins[e.file] = _load_bin(e.file)
+        return bins[e.file][e.stored]
+
+    return read
+
+
+def reference_model(cfg: HuluConfig, source: Callable[[str], torch.Tensor], dtype=torch.float32):
+    """The reference HuluMed (CPU, `dtype`) filled from `source`: what `verify` compares against."""
+    from huluexport.reference.model import HuluMed
+
+    with torch.device("meta"):
+        model = HuluMed(cfg)
+    for ref in model.state_dict(keep_vars=True):
+        mod_path, _, attr = ref.rpartition(".")
+        setattr(
+            model.get_submodule(mod_path),
+            attr,
+            torch.nn.Parameter(source(ref).to(dtype).contiguous(), requires_grad=False),
+        )
+    return model.eval()
+
+
+def config_from_dict(d: dict[str, Any]) -> HuluConfig:
+    """Inverse of dataclasses.asdict(HuluConfig) (the manifest's `model` section)."""
+    tok = dict(d["tokens"])
+    tok["eos"] = tuple(tok["eos"])
+    pre = dict(d["preprocess"])
+    pre["image_mean"], pre["image_std"] = tuple(pre["image_mean"]), tuple(pre["image_std"])
+    return HuluConfig(
+        name=d["name"],
+        vision=VisionConfig(**d["vision"]),
+        decoder=DecoderConfig(**d["decoder"]),
+        tokens=TokenConfig(**tok),
+        projector=ProjectorConfig(**d["projector"]),
+        reduction=ReductionConfig(**d["reduction"]),
+        preprocess=PreprocessConfig(**pre),
+        torch_dtype=d.get("torch_dtype", "bfloat16"),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Phases
+# --------------------------------------------------------------------------------------------------
+
+
+def _dump(model: ir.Model, dump_dir: Path | None, name: str) -> None:
+    if dump_dir is None:
+        return
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    inits = dict(model.graph.initializers)
+    model.graph.initializers.clear()  # graph structure only: weights may not be materialisable here
+    try:
+        ir.save(model, dump_dir / f"{name}.onnx")
+    finally:
+        for v in inits.values():
+            model.graph.register_initializer(v)
+
+
+def export_piece(
+    name: str,
+    module: torch.nn.Module,
+    cfg: HuluConfig,
+    precision: str,
+    source: Callable[[str], torch.Tensor],
+    out_dir: Path,
+    dump_dir: Path | None = None,
+) -> rt.PieceEntry:
+    spec = contract_pieces(to_dims(cfg, rt.ACT_DTYPE[precision]))[name]
+    model = onnx_export.export_graph(module, spec, image_token_id=cfg.tokens.image)
+    _dump(model, dump_dir, f"{name}.0-exported")
+    phases: list[tuple[str, Callable[[ir.Model], ir.Model]]] = [
+        ("name_dims", lambda m: name_dims.run(m, spec)),
+        ("attach_weights", lambda m: attach_weights.run(m, source, lambda n: P.reference_name(name, n))),
+        ("fold_weight_transposes", fold_weight_transposes.run),
+        ("fold_constants", fold_constants.run),
+        ("name_dims (after folding)", lambda m: name_dims.run(m, spec)),
+    ]
+    for i, (phase, fn) in enumerate(phases, start=1):
+        t0 = time.perf_counter()
+        model = fn(model)
+        log.info("%s: %s (%.2f s)", name, phase, time.perf_counter() - t0)
+        _dump(model, dump_dir, f"{name}.{i}-{phase}")
+    model.producer_name = "huluexport"
+    model.doc_string = f"huluexport {name} piece ({precision})"
+    t0 = time.perf_counter()
+    path = out_dir / spec.file
+    data = f"{spec.file}.data"
+    ir.save(
+        model,
+        path,
+        external_data=data,
+        size_threshold_bytes=INLINE_BYTES,
+        max_workers=1,
+        max_in_flight_bytes=256 << 20,
+    )
+    log.info("%s: saved %s + %s (%.1f s)", name, path.name, data, time.perf_counter() - t0)
+    return rt.PieceEntry(
+        file=spec.file,
+        data=data if (out_dir / data).exists() else None,
+        precision=precision,
+        opset=onnx_export.OPSET,
+        compute=dict(P.COMPUTE[precision]),
+    )
+
+
+def build(opts: BuildOptions) -> Path:
+    """Run every phase; return the bundle directory. Nothing is written at `opts.out` until the end."""
+    t_start = time.perf_counter()
+    full_cfg, wspec = resolve(opts)
+    target = get_target(opts.target)
+    source = weight_source(full_cfg, wspec)  # checks every name and shape before any export work
+    cfg = slice_layers(full_cfg, opts.layers)
+    log.info(
+        "build: %s (%s, %d decoder layers), %s weights, %s, target %s",
+        cfg.name,
+        cfg.decoder.flavor,
+        cfg.decoder.layers,
+        wspec.kind,
+        opts.precision,
+        target.name,
+    )
+    out = Path(opts.out)
+    if out.exists() and not opts.overwrite:
+        raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        from huluexport.reference.model import HuluMed
+
+        with torch.device("meta"):
+            model = HuluMed(cfg)
+        entries = {}
+        for name, module in P.make_pieces(model).items():
+            module = P.to_precision(module, opts.precision, copy_first=False)
+            entries[name] = export_piece(name, module, cfg, opts.precision, source, tmp, opts.dump_dir)
+        del model
+        tok = _copy_side_files(wspec, tmp)
+        manifest = build_manifest(
+            root=tmp, cfg=cfg, precision=opts.precision, target=target, pieces=entries, tokenizer=tok
+        )
+        manifest["model"]["weights"] = dataclasses.asdict(wspec)
+        write_manifest(tmp, manifest)
+        _move_into_place(tmp, out, opts.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("build: %s done in %.1f s", out, time.perf_counter() - t_start)
+    return out
+
+
+def _copy_side_files(wspec: WeightSpec, dst: Path) -> rt.TokenizerFiles:
+    if wspec.kind != "checkpoint" or wspec.checkpoint is None:
+        return rt.TokenizerFiles(None, None, None)
+    src = Path(wspec.checkpoint)
+    for name in SIDE_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+    def have(n: str) -> str | None:
+        return n if (dst / n).is_file() else None
+
+    return rt.TokenizerFiles(
+        have("tokenizer.json"), have("chat_template.json"), have("generation_config.json")
+    )
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Atomic on one filesystem: the bundle appears complete or not at all; an old one is replaced last."""
+    if out.exists():
+        if not overwrite:
+            raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    try:
+        os.chmod(out, 0o755)  # mkdtemp makes 0700
+    except OSError:
+        pass

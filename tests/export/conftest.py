@@ -1,0 +1,37 @@
+"""Tiny checkpoints and bundles for the export tier, built once per session (each build traces three graphs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from huluexport.export.pipeline import BuildOptions, build
+from huluexport.fixtures import write_checkpoint
+
+_BUNDLES: dict[tuple[str, str], Path] = {}
+
+
+@pytest.fixture(scope="session")
+def ckpt_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen2", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def ckpt_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen3", "tiny", seed=1, decoder="qwen3")
+
+
+@pytest.fixture(scope="session")
+def bundle_factory(tmp_path_factory: pytest.TempPathFactory, ckpt_qwen2: Path, ckpt_qwen3: Path):
+    """bundle(flavor, precision) -> path; built on first use with the 'tiny' target (small TensorRT profiles)."""
+    ckpts = {"qwen2": ckpt_qwen2, "qwen3": ckpt_qwen3}
+
+    def get(flavor: str, precision: str) -> Path:
+        key = (flavor, precision)
+        if key not in _BUNDLES:
+            out = tmp_path_factory.mktemp("bundles") / f"{flavor}-{precision}"
+            _BUNDLES[key] = build(BuildOptions(out=out, checkpoint=ckpts[flavor], precision=precision, target="tiny"))
+        return _BUNDLES[key]
+
+    return get
