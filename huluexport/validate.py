@@ -368,7 +368,8 @@ def verify(
 
     runner = BundleRunner(m)
     prec = m.precision
-    tol = {p: get(p, prec, backend) for p in ("vision", "embed", "decoder")}
+    # per piece: a quantized bundle's decoder is "int4"/"int8" while the others stay at the bundle's precision
+    tol = {p: get(p, m.pieces[p].precision, backend) for p in ("vision", "embed", "decoder")}
     rows: list[Row] = []
     bundle_rows, ref_rows = [], []
     for case, _vis, patches, want, keep in vision:  # compared before any compaction

@@ -1,4 +1,4 @@
-"""`huluexport build`, `inspect`, `verify`, `trt-check`: parse arguments, build a typed config, call one function."""
+"""`huluexport build`, `inspect`, `verify`, `trt-check`, `quantize`: parse arguments, build a typed config, call one function."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ HELP = {
     "trt": "Parse and build every graph of BUNDLE with TensorRT (tensorrt-rtx builds on the CPU), with optimization "
     "profiles from the bundle's dim ranges.",
     "engines": "Also write the engines (<piece>.plan) into this directory.",
+    "quantize": "Copy BUNDLE to --out with the decoder's weights (its layers and the lm_head) quantized weight-only "
+    "to int8 or int4 (onnxruntime MatMulNBits, CPU kernels; activations stay at the bundle's precision). Cuts the "
+    "bytes read per decoded token 4-8x. Loads the decoder's weights fully (about 1.6x its fp32 size in RAM). "
+    "onnxruntime only: TensorRT cannot build MatMulNBits.",
+    "quantize_out": "Quantized bundle directory to create (temporary sibling, moved into place when complete).",
+    "bits": "Weight bits: 8 (int8, near-lossless) or 4 (int4, 2x smaller again, visibly lossier).",
+    "block_size": "Weights per quantization block (one scale + zero point each) along the input dim.",
+    "accuracy_level": "MatMulNBits accuracy_level: 4 = each matmul input block is quantized to int8 on the fly "
+    "(integer kernels: the fast CPU path, slightly more error); 0 = fp matmul inputs (onnxruntime 1.32 CPU: int4 "
+    "3.7x slower per decoded token than 4, int8 100x slower; see benchmarks/results/quantize.md).",
 }
 
 
@@ -39,6 +49,7 @@ def register(group: click.Group) -> None:
     group.add_command(inspect_cmd)
     group.add_command(verify_cmd)
     group.add_command(trt_check_cmd)
+    group.add_command(quantize_cmd)
 
 
 @click.command("build", help=HELP["build"])
@@ -128,6 +139,39 @@ def verify_cmd(bundle: Path, checkpoint: Path | None, steps: int, no_hash: bool)
 @click.option("--engines", type=click.Path(path_type=Path, file_okay=False), help=HELP["engines"])
 def trt_check_cmd(bundle: Path, engines: Path | None) -> None:
     _echo_trt(bundle, engines)
+
+
+@click.command("quantize", help=HELP["quantize"])
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help=HELP["quantize_out"])
+@click.option("--bits", type=click.Choice(["4", "8"]), required=True, help=HELP["bits"])
+@click.option(
+    "--block-size",
+    type=click.Choice(["16", "32", "64", "128", "256"]),
+    default="32",
+    show_default=True,
+    help=HELP["block_size"],
+)
+@click.option(
+    "--accuracy-level",
+    type=click.Choice(["0", "4"]),
+    default="4",
+    show_default=True,
+    help=HELP["accuracy_level"],
+)
+@click.option("--overwrite", is_flag=True, help=HELP["overwrite"])
+def quantize_cmd(bundle: Path, out: Path, bits: str, block_size: str, accuracy_level: str, overwrite: bool) -> None:
+    from huluexport.export.quantize import QuantizeOptions, quantize
+
+    opts = QuantizeOptions(
+        src=bundle,
+        out=out,
+        bits=int(bits),
+        block_size=int(block_size),
+        accuracy_level=int(accuracy_level),
+        overwrite=overwrite,
+    )
+    click.echo(f"bundle: {quantize(opts)}")
 
 
 def _echo_trt(bundle: Path, engines: Path | None) -> None:

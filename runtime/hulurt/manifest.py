@@ -37,6 +37,9 @@ FORMAT = "huluexport-bundle"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16")
 ACT_DTYPE = {"fp32": "float32", "fp16": "float16"}
+# A piece is at the bundle's precision, or weight-only quantized (`huluexport quantize`: MatMulNBits with
+# int8/int4 weights, activations still at the bundle's act dtype; how exactly is in the piece's compute["weights"]).
+WEIGHT_ONLY = ("int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class FileEntry:
 class PieceEntry:
     file: str  # relative path of the .onnx graph
     data: str | None  # relative path of its external data file, or None when weights are inline
-    precision: str  # "fp32" | "fp16"
+    precision: str  # the bundle's "fp32" | "fp16", or "int8" | "int4" (weight-only, WEIGHT_ONLY)
     opset: int
     compute: dict[str, str]  # what runs in which dtype: {"matmul": "float16", "norms": "float32", ...}
 
@@ -289,6 +292,12 @@ def load_manifest(
         if name not in known:
             raise r.fail(f"pieces.{name}", f"unknown piece (contract v{CONTRACT_VERSION} has {sorted(known)})")
         e = r.dataclass_of(PieceEntry, v, f"pieces.{name}")
+        if e.precision not in (precision, *WEIGHT_ONLY):
+            raise r.fail(f"pieces.{name}.precision", f"expected the bundle's {precision!r} or one of "
+                         f"{WEIGHT_ONLY} (weight-only), found {e.precision!r}")
+        if e.precision in WEIGHT_ONLY and "weights" not in e.compute:
+            raise r.fail(f"pieces.{name}.compute", f"a {e.precision} piece must say how its weights are stored "
+                         "in compute['weights']; re-run `huluexport quantize`")
         for rel in (e.file, e.data):
             if rel is not None and rel not in files:
                 raise r.fail(f"pieces.{name}", f"refers to {rel!r}, which is not listed under 'files'")

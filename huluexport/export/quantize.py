@@ -1,0 +1,355 @@
+"""`huluexport quantize`: an fp32/fp16 bundle -> a bundle whose chosen pieces carry weight-only int8/int4 matmuls
+(onnxruntime's own block quantizer -> com.microsoft MatMulNBits), for memory-bound decode on CPU/edge.
+
+Memory: weights are read one matrix at a time (see quantize_graph); the quantized piece is held whole until saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from hulurt import manifest as rt
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
+
+from huluexport.errors import ConfigError, ExportError
+from huluexport.export.manifest import list_files, tool_versions, write_manifest
+from huluexport.export.pipeline import INLINE_BYTES, _move_into_place
+
+log = logging.getLogger(__name__)
+
+BITS = (4, 8)
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+# Pieces whose graphs we quantize; embed's lookups read one row per token (no decode speed to gain there), and
+# vision runs once per request: only the decoder (its layers and the lm_head) is on the per-token path.
+QUANTIZABLE = ("decoder",)
+# onnxruntime's MatMulNBits `accuracy_level`: the minimum precision of the activation side of the product.
+ACCURACY_LEVELS = {0: "fp32 (unset)", 1: "fp32", 2: "fp16", 3: "bf16", 4: "int8"}
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    src: Path
+    out: Path
+    bits: int = 4
+    block_size: int = 32
+    pieces: tuple[str, ...] = ("decoder",)
+    # 4: MatMulNBits quantizes each activation block to int8 on the fly and runs integer dot products. On this
+    # AVX2 CPU it is what makes the product memory-bound (7B slice decode step: int4 102 ms at 4 vs 377 ms at 0;
+    # int8 119 ms vs 12.2 s at 0, where onnxruntime 1.32 dequantizes the whole matrix every call).
+    accuracy_level: int = 4
+    symmetric: bool = False  # False: a uint zero point per block (onnxruntime's default and better for RTN)
+    overwrite: bool = False
+
+
+def precision_name(bits: int) -> str:
+    return f"int{bits}"
+
+
+def describe(opts: QuantizeOptions, act_dtype: str) -> str:
+    acts = act_dtype
+    if opts.accuracy_level > 1:
+        acts += f" (matmul inputs {ACCURACY_LEVELS[opts.accuracy_level]} per block, on the fly)"
+    kind = "symmetric" if opts.symmetric else "asymmetric"
+    return (
+        f"int{opts.bits}-weight-only (MatMulNBits, block {opts.block_size}, {kind}, accuracy_level "
+        f"{opts.accuracy_level}), activations {acts}"
+    )
+
+
+def check_options(opts: QuantizeOptions) -> None:
+    if opts.bits not in BITS:
+        raise ConfigError(f"--bits {opts.bits}: expected one of {BITS}")
+    if opts.block_size not in BLOCK_SIZES:
+        raise ConfigError(
+            f"--block-size {opts.block_size}: expected one of {BLOCK_SIZES} (MatMulNBits blocks)"
+        )
+    if opts.accuracy_level not in ACCURACY_LEVELS:
+        raise ConfigError(f"accuracy_level {opts.accuracy_level}: expected one of {sorted(ACCURACY_LEVELS)}")
+    if not opts.pieces:
+        raise ConfigError("pieces: expected at least one piece to quantize, found none")
+    for p in opts.pieces:
+        if p not in QUANTIZABLE:
+            raise ConfigError(f"piece {p!r}: this quantizer handles {QUANTIZABLE}, not {p!r}")
+    if Path(opts.out).resolve() == Path(opts.src).resolve():
+        raise ConfigError(f"--out {opts.out}: must differ from the source bundle {opts.src}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph work
+# --------------------------------------------------------------------------------------------------
+
+
+def read_weight(t: onnx.TensorProto, base_dir: Path) -> np.ndarray:
+    """One initializer as a numpy array, read straight from its external data file (never stored in the proto:
+    protobuf keeps the bytes of a loaded field in its arena until the whole model is freed)."""
+    if not uses_external_data(t):
+        return onnx.numpy_helper.to_array(t)
+    info = ExternalDataInfo(t)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    count = int(np.prod(t.dims))
+    path = base_dir / info.location
+    arr = np.fromfile(path, dtype=dtype, count=count, offset=info.offset or 0)
+    if arr.size != count:
+        raise ExportError(
+            f"{path}: {t.name!r} needs {count} values at offset {info.offset}, the file ends first"
+        )
+    return arr.reshape(tuple(t.dims))
+
+
+def _matmul_weight(
+    node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], uses: dict[str, int]
+) -> bool | None:
+    """None: not a candidate; else whether the constant 2-D weight is stored [N, K] (Gemm transB=1)."""
+    if node.domain not in ("", "ai.onnx") or len(node.input) != 2 or node.input[1] not in inits:
+        return None
+    if uses[node.input[1]] != 1 or len(inits[node.input[1]].dims) != 2:
+        return None  # a shared or batched weight keeps its fp form
+    if node.op_type == "MatMul":
+        return False
+    if node.op_type != "Gemm":
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("transA", 0) != 0 or attrs.get("alpha", 1.0) != 1.0:
+        return None
+    return attrs.get("transB", 0) == 1
+
+
+def quantize_graph(
+    model: onnx.ModelProto, base_dir: Path, opts: QuantizeOptions
+) -> tuple[onnx.ModelProto, int]:
+    """Every MatMul (and bias-free Gemm, e.g. our lm_head) with a constant 2-D weight -> com.microsoft MatMulNBits.
+
+    The block quantization is onnxruntime's own (DefaultWeightOnlyQuantizer.qbits_block_quant, the C++ RTN kernels
+    behind MatMulNBitsQuantizer, onnxruntime/python/tools/quantization/matmul_nbits_quantizer.py); the node is
+    built the way its quantize_matmul builds it. We drive it one weight at a time from the external data file,
+    so the peak is the quantized weights so far + ~3 copies of the largest fp matrix (MatMulNBitsQuantizer.
+    process() holds the whole fp graph and its quantized copy: 10.6 GB for the 4 GB 7B-slice decoder).
+        before:  A [M, K] -> MatMul <- W [K, N]          (or Gemm(transB=1) <- W [N, K])
+        after:   A [M, K] -> MatMulNBits(K, N, bits, block_size, accuracy_level)
+                               <- W_q [N, ceil(K/block), block*bits/8] uint8, scales [N, ceil(K/block)],
+                                  zero_points [N, ceil(ceil(K/block)*bits/8)] uint8
+    Returns the model and how many Gemm nodes were rewritten.
+    """
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    root.setLevel(saved[0])  # its package calls logging.basicConfig(level=INFO) on import: undo that
+    root.handlers[:] = saved[1]
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=opts.block_size,
+        is_symmetric=opts.symmetric,
+        accuracy_level=opts.accuracy_level,
+        bits=opts.bits,
+    )
+    quantizer = DefaultWeightOnlyQuantizer(config)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    consumed: set[str] = set()
+    gemms = 0
+    for node in graph.node:
+        transposed = _matmul_weight(node, inits, uses)
+        if transposed is None:
+            new_nodes.append(node)
+            continue
+        w = inits[node.input[1]]
+        arr = read_weight(w, base_dir)
+        act = arr.dtype  # MatMulNBits' scales share the activation type (fp32 or fp16 bundles)
+        arr = arr.astype(np.float32, copy=False)
+        if transposed:
+            arr = arr.T  # (N, K) -> (K, N)
+        k, n = arr.shape
+        packed, scales, zero_points = quantizer.qbits_block_quant(np.ascontiguousarray(arr))
+        del arr
+        q = f"{w.name}_Q{opts.bits}"
+        inputs = [node.input[0], q, f"{w.name}_scales"]
+        new_inits += [
+            onnx.numpy_helper.from_array(packed, q),
+            onnx.numpy_helper.from_array(scales.astype(act, copy=False), f"{w.name}_scales"),
+        ]
+        if not opts.symmetric:
+            inputs.append(f"{w.name}_zero_points")
+            new_inits.append(onnx.numpy_helper.from_array(zero_points, f"{w.name}_zero_points"))
+        attrs: dict[str, int] = {"K": k, "N": n, "bits": opts.bits, "block_size": opts.block_size}
+        if opts.accuracy_level:
+            attrs["accuracy_level"] = opts.accuracy_level
+        new_nodes.append(
+            onnx.helper.make_node(
+                "MatMulNBits",
+                inputs,
+                list(node.output),
+                name=f"{node.name}_Q{opts.bits}",
+                domain="com.microsoft",
+                **attrs,
+            )
+        )
+        consumed.add(w.name)
+        gemms += node.op_type == "Gemm"
+    kept = [t for t in graph.initializer if t.name not in consumed]
+    for t in kept:
+        if uses_external_data(t):  # norms, biases, tables: small
+            load_external_data_for_tensor(t, str(base_dir))
+    graph.ClearField("node")
+    graph.node.extend(new_nodes)
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept + new_inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return model, gemms
+
+
+def count_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """MatMul with a constant weight, and MatMulNBits nodes (what the tests and the log report)."""
+    inits = {t.name for t in model.graph.initializer}
+    out = {"MatMul(const weight)": 0, "MatMulNBits": 0, "Gemm(const weight)": 0}
+    for n in model.graph.node:
+        if n.op_type == "MatMulNBits":
+            out["MatMulNBits"] += 1
+        elif n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+            out[f"{n.op_type}(const weight)"] += 1
+    return out
+
+
+def quantize_piece(src: Path, dst: Path, entry: rt.PieceEntry, opts: QuantizeOptions) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    path = src / entry.file
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, ValueError, DecodeError) as exc:  # missing / not a protobuf
+        raise ExportError(f"{path}: cannot load the graph ({exc})") from None
+    fp_bytes = sum(
+        int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        for t in model.graph.initializer
+    )
+    try:
+        model, rewritten = quantize_graph(model, src, opts)
+    except (OSError, ValueError) as exc:  # missing/short external data file
+        raise ExportError(
+            f"{path}: cannot read its external weights ({exc}); check the bundle with `huluexport inspect`"
+        ) from None
+    ops = count_ops(model)
+    if ops["MatMulNBits"] == 0:
+        raise ExportError(
+            f"{path}: no MatMul with a constant weight was quantized; is this a huluexport graph?"
+        )
+    data = f"{entry.file}.data"
+    onnx.save_model(
+        model,
+        str(dst / entry.file),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data,
+        size_threshold=INLINE_BYTES,
+    )
+    for f in (dst / entry.file, dst / data):
+        if f.exists():
+            f.chmod(0o644)  # onnx writes external data 0600
+    q_bytes = (dst / data).stat().st_size if (dst / data).exists() else 0
+    seconds = time.perf_counter() - t0
+    log.info(
+        "quantize: %s: %d MatMulNBits (%d Gemm rewritten), %d const MatMul left, %.2f -> %.2f GB (%.1f s)",
+        entry.file,
+        ops["MatMulNBits"],
+        rewritten,
+        ops["MatMul(const weight)"],
+        fp_bytes / 1e9,
+        q_bytes / 1e9,
+        seconds,
+    )
+    return {"ops": ops, "gemm_rewritten": rewritten, "seconds": seconds, "data": data if q_bytes else None}
+
+
+# --------------------------------------------------------------------------------------------------
+# Bundle
+# --------------------------------------------------------------------------------------------------
+
+
+def quantize_bundle(
+    src_bundle: str | Path,
+    out_bundle: str | Path,
+    *,
+    bits: int = 4,
+    block_size: int = 32,
+    pieces: tuple[str, ...] = ("decoder",),
+    accuracy_level: int = 4,
+    symmetric: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write a copy of `src_bundle` at `out_bundle` with `pieces` quantized; the manifest records each piece's
+    precision ("int4" / "int8") and how (compute["weights"]). Written to a temporary sibling, moved at the end."""
+    opts = QuantizeOptions(
+        Path(src_bundle),
+        Path(out_bundle),
+        bits,
+        block_size,
+        tuple(pieces),
+        accuracy_level,
+        symmetric,
+        overwrite,
+    )
+    return quantize(opts)
+
+
+def quantize(opts: QuantizeOptions) -> Path:
+    check_options(opts)
+    t_start = time.perf_counter()
+    m = rt.load_manifest(opts.src, verify_hashes=False)
+    for p in opts.pieces:
+        if p not in m.pieces:
+            raise ConfigError(f"{m.path}: bundle has no piece {p!r} to quantize; it has {sorted(m.pieces)}")
+        if m.pieces[p].precision not in rt.PRECISIONS:
+            raise ConfigError(
+                f"{m.path}: piece {p!r} is already {m.pieces[p].precision}; quantize an fp32/fp16 bundle instead"
+            )
+    out = Path(opts.out)
+    if out.exists() and not opts.overwrite:
+        raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    raw = json.loads(m.path.read_text(encoding="utf-8"))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        skip = {rt.MANIFEST}
+        for p in opts.pieces:
+            skip |= {f for f in (m.pieces[p].file, m.pieces[p].data) if f is not None}
+        for rel in m.files:
+            if rel not in skip:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(m.root / rel, tmp / rel)
+        for p in opts.pieces:
+            e = m.pieces[p]
+            res = quantize_piece(m.root, tmp, e, opts)
+            compute = dict(e.compute)
+            compute["weights"] = describe(opts, m.dims.act_dtype)
+            new = dataclasses.replace(
+                e, data=res["data"], precision=precision_name(opts.bits), compute=compute
+            )
+            raw["pieces"][p] = dataclasses.asdict(new)
+        raw["files"] = {k: dataclasses.asdict(v) for k, v in list_files(tmp).items()}
+        raw["tools"] = {**raw.get("tools", {}), **tool_versions()}
+        write_manifest(tmp, raw)
+        _move_into_place(tmp, out, opts.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("quantize: %s done in %.1f s", out, time.perf_counter() - t_start)
+    return out
