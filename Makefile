@@ -25,13 +25,20 @@ test: $(STAMP)
 test-gpu: $(STAMP)
 	$(VPY) -m pytest -q -m gpu tests/gpu
 
+# A tiny random bundle built by the dev venv, for the runtime-only venv's CLI tests (which cannot build one).
+RT_BUNDLE ?= artifacts/runtime-only/bundle
+$(RT_BUNDLE)/manifest.json: $(STAMP)
+	$(VENV)/bin/huluexport init-checkpoint --size tiny --out artifacts/runtime-only/checkpoint
+	$(VENV)/bin/huluexport build --checkpoint artifacts/runtime-only/checkpoint --out $(RT_BUNDLE) --overwrite
+
 # hulurt installed alone (no torch, transformers, onnx, huluexport) into a fresh venv.
-test-runtime-only:
+test-runtime-only: $(RT_BUNDLE)/manifest.json
 	rm -rf $(RT_VENV)
 	$(PY) -m venv $(RT_VENV)
 	$(RT_VENV)/bin/python -m pip install -q --upgrade pip
 	$(RT_VENV)/bin/python -m pip install -q -c requirements/dev.txt "./runtime[ort,tokenizer,image,volume,video]" pytest
-	$(RT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime_only
+	HULU_RUNTIME_ONLY_VENV=1 HULU_RUNTIME_ONLY_BUNDLE=$(RT_BUNDLE) \
+	  $(RT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime_only
 
 demo: $(STAMP)
 	$(VPY) scripts/demo.py --out $(DEMO_DIR)
@@ -41,6 +48,10 @@ kernels:
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
+
+# TensorRT compatibility of the exported graphs (tensorrt-rtx parses and builds engines on the CPU).
+trt-check: $(STAMP)
+	$(VPY) -m pytest -q -m trt tests/export
 
 clean:
 	rm -rf $(VENV) $(RT_VENV) artifacts kernels/build

@@ -1,0 +1,223 @@
+"""The Python API: `hulurt.load(bundle).generate("question", volume="ct/")`. Reads the manifest (checksums
+verified unless told not to), opens the pieces lazily with the chosen backend, and runs requests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from hulurt.backends.base import BackendOptions, Session, open_session
+from hulurt.errors import UnsupportedInputError
+from hulurt.generate import BundleFacts, Generation, Generator, PromptFeed, VisualFeed, check_context
+from hulurt.manifest import Manifest, load_manifest
+from hulurt.sampling import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+_VOLUME_KINDS = ("nifti", "dicom")
+
+
+def facts_of(m: Manifest) -> BundleFacts:
+    """The loop's numbers from a manifest: max context, stop ids, image id and token-reduction settings."""
+    stops = tuple(dict.fromkeys((*m.tokens.eos, m.tokens.im_end, m.tokens.endoftext)))
+    r = m.reduction
+    return BundleFacts(
+        dims=m.dims,
+        max_context=m.limits.max_context,
+        stop_ids=stops,
+        image_token_id=m.tokens.image,
+        reduction_enabled=r.enabled,
+        reduction_threshold=r.threshold,
+        reduction_min_tokens=r.min_tokens,
+        reduction_mode=r.mode,
+        default_max_new_tokens=m.limits.max_new_tokens_default,
+        dim_ranges=dict(m.dim_ranges),
+        target=m.target,
+    )
+
+
+class Model:
+    """A loaded bundle. `stream(...)` returns a Generation to iterate for text pieces; `generate(...)` runs to
+    the end. Both accept `on_text` for a callback per piece. One request at a time per Model."""
+
+    def __init__(self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None) -> None:
+        from hulurt.prompt import load_chat_template
+        from hulurt.tokenizer import Tokenizer
+
+        self.manifest = manifest
+        self.options = options
+        tok_rel = manifest.tokenizer.tokenizer
+        if tok_rel is None:
+            raise UnsupportedInputError(
+                manifest.path, "this bundle has no tokenizer (bundles built with --random-weights carry none), so "
+                "it cannot answer text prompts; build one from a checkpoint: huluexport build --checkpoint DIR"
+            )
+        self.tokenizer = Tokenizer.from_file(manifest.root / tok_rel)
+        tpl = manifest.file_path(manifest.tokenizer.chat_template)
+        self.chat_template = load_chat_template(tpl)
+        self.facts = facts_of(manifest)
+        self._sessions: dict[str, Session] = {}
+        self._kv_strategy = kv_strategy
+        self._generator: Generator | None = None
+
+    # ---- sessions (opened on first use: a text-only request never loads the vision graph) --------------
+
+    def session(self, piece: str) -> Session:
+        if piece not in self._sessions:
+            t = time.perf_counter()
+            self._sessions[piece] = open_session(self.manifest.piece_path(piece), self.options)
+            log.info("loaded %s in %.0f ms", piece, (time.perf_counter() - t) * 1e3)
+        return self._sessions[piece]
+
+    @property
+    def has_vision(self) -> bool:
+        return "vision" in self.manifest.pieces
+
+    @property
+    def provider(self) -> str:
+        return self.session("decoder").provider
+
+    def _gen(self, visual: bool) -> Generator:
+        sessions = {"embed": self.session("embed"), "decoder": self.session("decoder")}
+        if visual:
+            sessions["vision"] = self.session("vision")
+        if self._generator is None or set(self._generator.sessions) != set(sessions):
+            self._generator = Generator(sessions, self.facts, self._kv_strategy)
+        return self._generator
+
+    # ---- requests --------------------------------------------------------------------------------------
+
+    def inputs(
+        self,
+        prompt: str,
+        images: Sequence[PathLike] = (),
+        volume: PathLike | None = None,
+        video: PathLike | None = None,
+        token_reduction: bool | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Any:
+        """Files + question -> hulurt.inputs.ModelInputs (the same function the reference path uses).
+        Media order in the prompt: images, then the volume, then the video. The context is checked on the text
+        alone before any file is read (and again with the visual tokens before any graph runs)."""
+        from hulurt.inputs import InputOptions, build_inputs
+        from hulurt.media import kind_of
+
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UnsupportedInputError("--prompt", "the prompt is empty; ask a question")
+        media: list[Any] = [Path(p) for p in images]
+        if volume is not None:
+            kind = kind_of(volume)
+            if kind not in _VOLUME_KINDS or (kind == "dicom" and not Path(volume).is_dir()):
+                raise UnsupportedInputError(
+                    volume, f"--volume expects a NIfTI file (.nii/.nii.gz) or a directory holding one DICOM "
+                    f"series; this is a {kind} file (use --image for 2-D images and single DICOM files, "
+                    "--video for videos)"
+                )
+            media.append(Path(volume))
+        if video is not None:
+            media.append(Path(video))
+        if media and not self.has_vision:
+            raise UnsupportedInputError(
+                media[0], f"this bundle ({self.manifest.root}) is text-only: it has no vision piece, so it cannot "
+                "take images, volumes or videos; ask a text question or build a bundle with vision"
+            )
+        text_ids = len(self.tokenizer.encode(prompt))
+        check_context(text_ids, 1 if max_new_tokens is None else max_new_tokens, self.facts.max_context,
+                      what="question text")
+        f = self.facts
+        opts = InputOptions(
+            compression=f.reduction_enabled if token_reduction is None else token_reduction,
+            compression_mode=f.reduction_mode,
+            threshold=f.reduction_threshold,
+            min_kept=f.reduction_min_tokens,
+            min_tokens=self.manifest.preprocess.min_tokens,
+            max_tokens=self.manifest.preprocess.max_tokens,
+        )
+        pp = self.manifest.preprocess
+        reader_options = {"video": {"fps": pp.fps, "max_frames": min(pp.max_frames, self.manifest.limits.max_frames)}}
+        return build_inputs(media, prompt, self.tokenizer, f.image_token_id, opts, self.chat_template,
+                            reader_options=reader_options)
+
+    def prepare(
+        self,
+        prompt: str,
+        images: Sequence[PathLike] = (),
+        volume: PathLike | None = None,
+        video: PathLike | None = None,
+        token_reduction: bool | None = None,
+        max_new_tokens: int | None = None,
+    ) -> PromptFeed:
+        """`inputs(...)` as the loop's PromptFeed, timed as the request's preprocessing."""
+        t0 = time.perf_counter()
+        inputs = self.inputs(prompt, images, volume, video, token_reduction, max_new_tokens)
+        visuals = tuple(
+            VisualFeed(v.patches, (v.grid_thw[1], v.grid_thw[2]), v.merge_size, v.keep) for v in inputs.visuals
+        )
+        ids = np.asarray(inputs.input_ids, dtype=np.int64).reshape(-1)  # [1, L] -> [L]
+        return PromptFeed(ids, visuals, preprocess_s=time.perf_counter() - t0)
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        images: Sequence[PathLike] = (),
+        volume: PathLike | None = None,
+        video: PathLike | None = None,
+        max_new_tokens: int | None = None,
+        sampling: SamplingConfig | None = None,
+        token_reduction: bool | None = None,
+        stop_ids: Sequence[int] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Prepare and check the request now; iterate the result for text pieces as they are decoded."""
+        started = time.perf_counter()
+        feed = self.prepare(prompt, images, volume, video, token_reduction, max_new_tokens)
+        return self.run(feed, max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids,
+                        on_text=on_text, started=started)
+
+    def generate(self, prompt: str, **kwargs: Any) -> Generation:
+        """Like `stream`, run to the end: `.text`, `.token_ids`, `.timings`."""
+        return self.stream(prompt, **kwargs).result()
+
+    def run(
+        self,
+        feed: PromptFeed,
+        *,
+        max_new_tokens: int | None = None,
+        sampling: SamplingConfig | None = None,
+        stop_ids: Sequence[int] | None = None,
+        on_text: Callable[[str], None] | None = None,
+        started: float | None = None,
+    ) -> Generation:
+        """Run an already prepared request (e.g. ids built by the caller)."""
+        return self._gen(bool(feed.visuals)).generate(
+            feed, self.tokenizer, max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids,
+            on_text=on_text, started=started,
+        )
+
+
+def load(
+    bundle: PathLike,
+    *,
+    provider: str = "auto",
+    threads: int = 0,
+    verify_hashes: bool = True,
+    kv_strategy: str | None = None,
+) -> Model:
+    """Open a bundle directory: strict manifest, every file's size and (unless verify_hashes=False) sha256."""
+    t = time.perf_counter()
+    manifest = load_manifest(bundle, verify_hashes=verify_hashes)
+    model = Model(manifest, BackendOptions(provider=provider, threads=threads), kv_strategy)
+    for piece in ("embed", "decoder", "vision"):  # open now: load time is not part of a request's latency
+        if piece in manifest.pieces:
+            model.session(piece)
+    log.info("bundle %s checked in %.0f ms (hashes %s)", bundle, (time.perf_counter() - t) * 1e3,
+             "verified" if verify_hashes else "skipped")
+    return model

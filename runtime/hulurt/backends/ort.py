@@ -1,0 +1,154 @@
+"""onnxruntime sessions: CPU by default, the CUDA and TensorRT execution providers when the installed
+onnxruntime has them. onnxruntime is imported only when this module is."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hulurt.backends.base import GPU_PREFERENCE, BackendError, BackendOptions
+
+log = logging.getLogger(__name__)
+
+_EP = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendError(
+            "onnxruntime is not installed; install the runtime with the 'ort' extra "
+            "(pip install 'huluexport-runtime[ort]', or '[ort-gpu]' for CUDA/TensorRT)"
+        ) from exc
+    return onnxruntime
+
+
+def available() -> list[str]:
+    """Our provider names that the installed onnxruntime offers, best first."""
+    have = set(_ort().get_available_providers())
+    return [name for name in (*GPU_PREFERENCE, "cpu") if _EP[name] in have]
+
+
+def resolve_provider(requested: str) -> str:
+    """'auto' -> the best available; an explicit name must be available or we say what is."""
+    have = available()
+    if requested == "auto":
+        return have[0]
+    if requested not in have:
+        raise BackendError(
+            f"provider {requested!r} was requested but this onnxruntime offers only {', '.join(have)}; "
+            "install onnxruntime-gpu (and TensorRT for 'tensorrt') or pass --provider cpu"
+        )
+    return requested
+
+
+def provider_list(name: str, options: BackendOptions) -> list[Any]:
+    """The onnxruntime providers argument: the chosen one first, CPU last as the fallback for unsupported nodes."""
+    cuda = ("CUDAExecutionProvider", {"device_id": options.device_id})
+    if name == "cpu":
+        return ["CPUExecutionProvider"]
+    if name == "cuda":
+        return [cuda, "CPUExecutionProvider"]
+    trt_opts: dict[str, Any] = {"device_id": options.device_id}
+    if options.trt_cache_dir:
+        trt_opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=options.trt_cache_dir)
+    return [("TensorrtExecutionProvider", trt_opts), cuda, "CPUExecutionProvider"]
+
+
+def session_options(options: BackendOptions) -> Any:
+    """Latency-tuned: full graph optimisation, one request at a time (sequential execution, one inter-op
+    thread), intra-op threads as asked, spinning kept on so the short decode steps do not pay thread wake-ups."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if options.threads:
+        so.intra_op_num_threads = options.threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    so.log_severity_level = 3
+    return so
+
+
+class OrtSession:
+    """Session protocol over onnxruntime.InferenceSession, plus IO binding for device-resident tensors."""
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        if not path.is_file():
+            raise BackendError(f"{path}: graph file not found")
+        ort = _ort()
+        self.path = path
+        self.provider = resolve_provider(options.provider)
+        self.options = options
+        try:
+            self._sess = ort.InferenceSession(
+                os.fspath(path), sess_options=session_options(options),
+                providers=provider_list(self.provider, options),
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BackendError(f"{path}: onnxruntime could not load this graph: {exc}") from exc
+        self._inputs = [i.name for i in self._sess.get_inputs()]
+        self._outputs = [o.name for o in self._sess.get_outputs()]
+        log.info("opened %s on %s (%s)", path.name, self.provider, self._sess.get_providers()[0])
+
+    @property
+    def on_device(self) -> bool:
+        """True when the graph runs on a GPU provider, so IO binding can keep tensors on the device."""
+        return self.provider in ("cuda", "tensorrt")
+
+    @property
+    def device_type(self) -> str:
+        """Where IO-bound outputs live: "cuda" on GPU providers, else "cpu" (the same code path, testable here)."""
+        return "cuda" if self.on_device else "cpu"
+
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def run(self, feeds: dict[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]:
+        outs = self._sess.run(None, feeds)
+        return dict(zip(self._outputs, outs))
+
+    # ---- IO binding (GPU providers): inputs may be OrtValues already on the device ------------------
+
+    def run_bound(
+        self, feeds: dict[str, Any], device_outputs: tuple[str, ...]
+    ) -> tuple[dict[str, NDArray[np.generic]], dict[str, Any]]:
+        """Run with IO binding. `feeds` values are numpy arrays or onnxruntime OrtValues (e.g. the previous
+        step's KV outputs, still on the GPU). Outputs named in `device_outputs` stay on the device and come
+        back as OrtValues; the others are copied to host numpy."""
+        ort = _ort()
+        binding = self._sess.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self._outputs:
+            if name in device_outputs:
+                binding.bind_output(name, self.device_type, self.options.device_id)
+            else:
+                binding.bind_output(name, "cpu")
+        self._sess.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        host: dict[str, NDArray[np.generic]] = {}
+        dev: dict[str, Any] = {}
+        for name, val in zip(self._outputs, values):
+            if name in device_outputs:
+                dev[name] = val
+            else:
+                host[name] = val.numpy()
+        return host, dev
+
+    def empty_device(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
+        """A device OrtValue of the given shape (used for the zero-length past of the prefill)."""
+        ort = _ort()
+        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device_type, self.options.device_id)

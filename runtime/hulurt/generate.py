@@ -1,0 +1,359 @@
+"""The generation loop: visual inputs -> vision graph -> kept rows (token reduction) -> embed graph ->
+decoder prefill -> decode loop with a KV cache, streaming text as it is decoded. Boring, visible code.
+
+The loop follows the reference model's `generate` (huluexport/reference/model.py) and ARCHITECTURE.md 5.3,
+6.3 and 8.2: one `<image>` id per kept visual row, replaced in order; positions 0..L-1 over the compacted
+prompt, then L, L+1, ... for generated tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hulurt.backends.base import Session
+from hulurt.contract import DimRange, Dims
+from hulurt.errors import ContextLengthError, ContractError
+from hulurt.kv_cache import KVCache, KVShape
+from hulurt.rope import vision_rope
+from hulurt.sampling import Sampler, SamplingConfig
+from hulurt.tokenizer import StreamDecoder
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# What the loop consumes
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundleFacts:
+    """The numbers of one bundle the loop needs (read from its manifest by hulurt.api)."""
+
+    dims: Dims
+    max_context: int  # prompt + generated tokens must fit
+    stop_ids: tuple[int, ...]
+    image_token_id: int
+    reduction_enabled: bool = False
+    reduction_threshold: float = 0.1
+    reduction_min_tokens: int = 1
+    reduction_mode: str = "bf16"
+    default_max_new_tokens: int = 256  # used when a request does not say, clamped to the room left
+    dim_ranges: dict[str, DimRange] = field(default_factory=dict)  # the bundle's build-time limits per named dim
+    target: str = "generic"  # the build target those ranges came from
+
+
+@dataclass(frozen=True)
+class VisualFeed:
+    """One visual input ready for the vision graph: patches [n_frames, n_groups, merge_group, patch_dim] of
+    a (gh, gw) patch grid with merge m; keep [n_frames, n_groups] (None = every merged token kept)."""
+
+    patches: NDArray[np.float32]
+    grid_hw: tuple[int, int]
+    merge: int
+    keep: NDArray[np.bool_] | None = None
+
+    @property
+    def tokens_before(self) -> int:
+        return int(self.patches.shape[0] * self.patches.shape[1])
+
+    @property
+    def tokens_after(self) -> int:
+        return self.tokens_before if self.keep is None else int(self.keep.sum())
+
+
+@dataclass(frozen=True)
+class PromptFeed:
+    """A request after preprocessing: prompt ids (1-D, image ids already compacted to the kept rows) and
+    its visual inputs in placeholder order."""
+
+    input_ids: NDArray[np.int64]
+    visuals: tuple[VisualFeed, ...] = ()
+    preprocess_s: float = 0.0
+
+
+class TextDecoder(Protocol):
+    """What the loop needs of a tokenizer (hulurt.tokenizer.Tokenizer; tests use a byte-level stand-in)."""
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds per phase of one request, token counts, and the derived rates."""
+
+    preprocess_s: float
+    vision_s: float
+    prefill_s: float
+    ttft_s: float  # request start (incl. preprocessing) -> first generated token chosen
+    decode_s: float  # first token chosen -> last token chosen
+    decode_steps: int  # decoder calls after the prefill
+    prompt_tokens: int
+    new_tokens: int
+    visual_tokens_before: int
+    visual_tokens_after: int
+
+    @property
+    def decode_tok_s(self) -> float:
+        steps = self.decode_steps
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+    def summary(self) -> str:
+        """The one-line timing summary the CLI prints after the answer."""
+        vis = (
+            f"visual tokens {self.visual_tokens_before} -> {self.visual_tokens_after}"
+            if self.visual_tokens_before
+            else "visual tokens 0"
+        )
+        return (
+            f"preprocess {self.preprocess_s * 1e3:.0f} ms | vision {self.vision_s * 1e3:.0f} ms | "
+            f"prefill {self.prefill_s * 1e3:.0f} ms ({self.prompt_tokens} tok) | TTFT {self.ttft_s * 1e3:.0f} ms | "
+            f"decode {self.decode_tok_s:.1f} tok/s ({self.new_tokens} tok) | {vis}"
+        )
+
+
+@dataclass
+class Generation:
+    """A running request. Iterate it for text pieces as they are decoded; afterwards `token_ids`, `text`,
+    `stop_reason` and `timings` are set. Concatenating the pieces gives exactly `text`."""
+
+    _pieces: Iterator[str]
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    stop_reason: str = ""  # "stop_id" | "max_new_tokens" | "context"
+    timings: Timings | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def result(self) -> Generation:
+        """Run to the end (if not iterated yet) and return self."""
+        for _ in self._pieces:
+            pass
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def check_context(prompt_tokens: int, max_new_tokens: int, max_context: int, *, what: str = "prompt") -> None:
+    """Refuse a request that cannot fit before any graph runs, with the numbers."""
+    if max_new_tokens < 1:
+        raise ContextLengthError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    need = prompt_tokens + max_new_tokens
+    if need > max_context:
+        raise ContextLengthError(
+            f"{what} of {prompt_tokens} tokens + max_new_tokens {max_new_tokens} = {need} exceeds the bundle's "
+            f"maximum context of {max_context} tokens; shorten the prompt, use fewer/smaller images or frames, "
+            f"or lower --max-new-tokens to at most {max(max_context - prompt_tokens, 0)}"
+        )
+
+
+class Generator:
+    """Holds the three sessions of a bundle and runs requests through them, one at a time."""
+
+    def __init__(
+        self,
+        sessions: dict[str, Session],
+        facts: BundleFacts,
+        kv_strategy: str | None = None,
+    ) -> None:
+        for name in ("embed", "decoder"):
+            if name not in sessions:
+                raise ContractError(f"a bundle needs the {name!r} piece; sessions given: {sorted(sessions)}")
+        self.sessions = sessions
+        self.facts = facts
+        d = facts.dims
+        self._act = np.dtype(d.act_dtype)
+        dec = sessions["decoder"]
+        on_device = bool(getattr(dec, "on_device", False))
+        # CPU default "buffer": allocated once, rows written in place ("chain" measures the same within noise,
+        # benchmarks/results/runtime.md)
+        self.kv_strategy = kv_strategy or ("device" if on_device else "buffer")
+        self._kv_shape = KVShape(d.layers, d.kv_heads, d.head_dim, d.act_dtype)
+        self._no_visual = np.zeros((0, d.hidden), dtype=self._act)
+
+    # ---- pieces ----------------------------------------------------------------------------------
+
+    def encode_visual(self, v: VisualFeed) -> NDArray[Any]:
+        """Vision graph for one input, then the kept rows in token order: -> [n_kept, hidden]."""
+        if "vision" not in self.sessions:
+            raise ContractError("this request has visual inputs but the bundle has no 'vision' piece")
+        gh, gw = v.grid_hw
+        cos, sin = vision_rope(gh, gw, v.merge, self.facts.dims.vision_head_dim)
+        n_patches = v.patches.shape[1] * v.patches.shape[2]
+        if cos.shape[0] != n_patches:
+            raise ContractError(
+                f"visual input grid {gh}x{gw} gives {cos.shape[0]} rope rows but its patches hold {n_patches}"
+            )
+        out = self.sessions["vision"].run(
+            {"pixel_patches": np.ascontiguousarray(v.patches, dtype=np.float32), "rope_cos": cos, "rope_sin": sin}
+        )["visual_embeds"]  # [n_frames, n_groups, hidden]
+        if v.keep is None:
+            return out.reshape(-1, out.shape[-1])  # [n_frames * n_groups, hidden]
+        if v.keep.shape != out.shape[:2]:
+            raise ContractError(f"keep mask {v.keep.shape} does not match vision output frames/groups {out.shape[:2]}")
+        return out[v.keep]  # boolean [n_frames, n_groups] -> [n_kept, hidden], frame-major order
+
+    def embed(self, ids: NDArray[np.int64], visual: NDArray[Any] | None = None) -> NDArray[Any]:
+        feeds = {
+            "input_ids": ids.reshape(1, -1).astype(np.int64),  # [L] -> [1, L]
+            "visual_embeds": self._no_visual if visual is None else np.ascontiguousarray(visual, dtype=self._act),
+        }
+        return self.sessions["embed"].run(feeds)["inputs_embeds"]
+
+    def _decoder_step(self, embeds: NDArray[Any], start: int, cache: KVCache) -> NDArray[np.float32]:
+        seq = embeds.shape[1]
+        cache.check_room(seq)
+        pos = np.arange(start, start + seq, dtype=np.int64).reshape(1, seq)  # [1, seq_len]
+        feeds: dict[str, Any] = {"inputs_embeds": embeds, "position_ids": pos, **cache.feeds()}
+        dec = self.sessions["decoder"]
+        if cache.strategy == "device":
+            host, dev = dec.run_bound(feeds, tuple(cache.present_names))  # type: ignore[attr-defined]
+            cache.update(dev, seq)
+            return host["logits"]
+        outs = dec.run(feeds)
+        cache.update(outs, seq)
+        return outs["logits"]
+
+    # ---- a request -------------------------------------------------------------------------------
+
+    def resolve_max_new_tokens(self, prompt_tokens: int, max_new_tokens: int | None) -> int:
+        """None -> the bundle default, clamped to the room left in the context (at least 1, so an over-long
+        prompt still fails the context check with its numbers)."""
+        if max_new_tokens is not None:
+            return max_new_tokens
+        return max(1, min(self.facts.default_max_new_tokens, self.facts.max_context - prompt_tokens))
+
+    def check(self, prompt: PromptFeed, max_new_tokens: int) -> None:
+        """Host safety before any graph runs: context budget and the image-id count."""
+        ids = prompt.input_ids
+        check_context(int(ids.shape[0]), max_new_tokens, self.facts.max_context)
+        n_image_ids = int((ids == self.facts.image_token_id).sum())
+        n_rows = sum(v.tokens_after for v in prompt.visuals)
+        if n_image_ids != n_rows:
+            raise ContractError(
+                f"the prompt holds {n_image_ids} image ids ({self.facts.image_token_id}) but its visual inputs "
+                f"give {n_rows} rows after token reduction; the inputs and the bundle disagree"
+            )
+        for k, v in enumerate(prompt.visuals):
+            t, g, mg = (int(x) for x in v.patches.shape[:3])
+            for dim, got in (("n_frames", t), ("n_groups", g), ("merge_group", mg), ("n_patches", g * mg)):
+                r = self.facts.dim_ranges.get(dim)
+                if r is not None and not r.min <= got <= r.max:
+                    raise ContextLengthError(
+                        f"visual input {k + 1}: {dim} = {got} is outside the bundle's range [{r.min}, {r.max}] "
+                        f"(build target {self.facts.target!r}); use fewer frames or a smaller image, or rebuild "
+                        "the bundle for a larger target"
+                    )
+        if ids.size and (ids.min() < 0 or ids.max() >= self.facts.dims.vocab):
+            raise ContractError(f"prompt ids must lie in [0, {self.facts.dims.vocab}); got {ids.min()}..{ids.max()}")
+
+    def generate(
+        self,
+        prompt: PromptFeed,
+        tokenizer: TextDecoder,
+        *,
+        max_new_tokens: int | None = None,
+        sampling: SamplingConfig | None = None,
+        stop_ids: Sequence[int] | None = None,
+        on_text: Callable[[str], None] | None = None,
+        started: float | None = None,
+    ) -> Generation:
+        """Check the request now; the graphs run while the returned Generation is iterated."""
+        max_new_tokens = self.resolve_max_new_tokens(int(prompt.input_ids.shape[0]), max_new_tokens)
+        self.check(prompt, max_new_tokens)
+        stops = frozenset(self.facts.stop_ids if stop_ids is None else stop_ids)
+        gen = Generation(_pieces=iter(()))
+        t_start = time.perf_counter() - prompt.preprocess_s if started is None else started
+        sampler = Sampler(sampling or SamplingConfig())
+        gen._pieces = self._run(gen, prompt, tokenizer, max_new_tokens, sampler, stops, on_text, t_start)
+        return gen
+
+    def _run(
+        self,
+        gen: Generation,
+        prompt: PromptFeed,
+        tokenizer: TextDecoder,
+        max_new_tokens: int,
+        sampler: Sampler,
+        stops: frozenset[int],
+        on_text: Callable[[str], None] | None,
+        t_start: float,
+    ) -> Iterator[str]:
+        ids = prompt.input_ids.astype(np.int64)
+        n_prompt = int(ids.shape[0])
+        cache = KVCache(self._kv_shape, n_prompt + max_new_tokens, self.kv_strategy)
+        if cache.strategy == "device":
+            cache.set_device_empty(self.sessions["decoder"].empty_device)  # type: ignore[attr-defined]
+
+        t0 = time.perf_counter()
+        rows = [self.encode_visual(v) for v in prompt.visuals]
+        visual = np.concatenate(rows, axis=0) if rows else None  # [n_visual, hidden]
+        t1 = time.perf_counter()
+        embeds = self.embed(ids, visual)  # [1, L, hidden]
+        logits = self._decoder_step(embeds, 0, cache)
+        seen = np.empty(n_prompt + max_new_tokens, dtype=np.int64)  # prompt + generated ids, for the penalty
+        seen[:n_prompt] = ids
+        n_seen = n_prompt
+        token = sampler(logits, seen[:n_seen])
+        t2 = time.perf_counter()
+        t_first = t2
+        stream = StreamDecoder(tokenizer)  # type: ignore[arg-type]  # any object with decode(ids, skip)
+        gen.stop_reason = "max_new_tokens"
+        text_parts: list[str] = []
+        steps = 0
+        while True:
+            if token in stops:
+                gen.stop_reason = "stop_id"
+                break
+            gen.token_ids.append(token)
+            piece = stream.push(token)
+            if piece:
+                text_parts.append(piece)
+                if on_text is not None:
+                    on_text(piece)
+                yield piece
+            if len(gen.token_ids) >= max_new_tokens:
+                break
+            seen[n_seen] = token
+            n_seen += 1
+            step_embeds = self.embed(np.array([token], dtype=np.int64))  # [1, 1, hidden]
+            logits = self._decoder_step(step_embeds, cache.length, cache)
+            steps += 1
+            token = sampler(logits, seen[:n_seen])
+        tail = stream.flush()
+        if tail:
+            text_parts.append(tail)
+            if on_text is not None:
+                on_text(tail)
+            yield tail
+        t3 = time.perf_counter()
+        gen.text = "".join(text_parts)
+        gen.timings = Timings(
+            preprocess_s=prompt.preprocess_s,
+            vision_s=t1 - t0,
+            prefill_s=t2 - t1,
+            ttft_s=t_first - t_start,
+            decode_s=t3 - t_first,
+            decode_steps=steps,
+            prompt_tokens=n_prompt,
+            new_tokens=len(gen.token_ids),
+            visual_tokens_before=sum(v.tokens_before for v in prompt.visuals),
+            visual_tokens_after=sum(v.tokens_after for v in prompt.visuals),
+        )
+        log.info("generated %d tokens (%s): %s", len(gen.token_ids), gen.stop_reason, gen.timings.summary())

@@ -1,0 +1,78 @@
+"""Tiny bundles for the runtime's end-to-end and CLI tests: a random tiny checkpoint -> `huluexport build`,
+cached on disk under artifacts/test-bundles/ keyed by a hash of the exporter's sources (a build takes ~45 s
+on the 2-core CI machine, so one build serves every test process until the exporter changes)."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("HULU_TEST_BUNDLES", ROOT / "artifacts" / "test-bundles"))
+# (preset size, decoder flavour) of each tiny bundle
+KINDS = {"qwen2": ("tiny", "qwen2"), "qwen3": ("tiny-qwen3", "qwen3")}
+
+
+def _source_key() -> str:
+    h = hashlib.sha256()
+    hx = ROOT / "huluexport"
+    files = sorted((hx / "export").rglob("*.py")) + sorted((hx / "reference").rglob("*.py")) + [
+        hx / "config.py",
+        hx / "fixtures.py",
+        ROOT / "runtime/hulurt/contract.py",
+        ROOT / "runtime/hulurt/manifest.py",
+        ROOT / "runtime/hulurt/prompt.py",
+    ]
+    for f in files:
+        if f.is_file() and f.name not in ("tensorrt.py", "token_reduce.py"):
+            h.update(f.relative_to(ROOT).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def checkpoint(kind: str, compression: bool = True) -> Path:
+    """The tiny random checkpoint of `kind` (cached like the bundles)."""
+    return _cached(f"ckpt-{kind}-{int(compression)}", lambda out: _write_checkpoint(kind, compression, out))
+
+
+def bundle(kind: str, compression: bool = True) -> Path:
+    """A tiny fp32 bundle of `kind` ("qwen2" | "qwen3"), built from checkpoint(kind)."""
+    ck = checkpoint(kind, compression)
+
+    def make(out: Path) -> None:
+        from huluexport.export.pipeline import BuildOptions, build
+
+        build(BuildOptions(out=out, checkpoint=ck, precision="fp32"))
+
+    return _cached(f"bundle-{kind}-{int(compression)}", make)
+
+
+def _write_checkpoint(kind: str, compression: bool, out: Path) -> None:
+    from huluexport.fixtures import write_checkpoint
+
+    size, flavour = KINDS[kind]
+    write_checkpoint(out, size=size, seed=0, decoder=flavour, use_token_compression=compression)
+
+
+def _cached(name: str, make) -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = CACHE / f"{name}-{_source_key()}"
+    with open(CACHE / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel pytest processes build once
+        if not out.is_dir():
+            for old in CACHE.glob(f"{name}-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            tmp = CACHE / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            make(tmp)
+            os.replace(tmp, out)
+    return out
+
+
+def copy_bundle(src: Path, dst: Path) -> Path:
+    """A private copy a test may corrupt."""
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,99 @@
+"""Backends: the Session protocol over onnxruntime (CPU here), provider resolution, threads, lazy imports,
+and the native TensorRT place holder's clear refusal where tensorrt/cuda-python are absent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hulurt.backends.base import BackendError, BackendOptions, Session, open_session
+
+
+@pytest.fixture(scope="module")
+def add_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 3])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"])], "add", [x, y], [z])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path = tmp_path_factory.mktemp("g") / "add.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_ort_cpu_session_runs_and_reports(add_graph: Path) -> None:
+    sess = open_session(add_graph, BackendOptions(provider="cpu", threads=1))
+    assert isinstance(sess, Session)
+    assert sess.provider == "cpu" and sess.input_names() == ["x", "y"] and sess.output_names() == ["z"]
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    out = sess.run({"x": a, "y": a * 2})
+    np.testing.assert_array_equal(out["z"], a * 3)
+    assert not sess.on_device  # type: ignore[attr-defined]
+
+
+def test_auto_picks_best_available(add_graph: Path) -> None:
+    from hulurt.backends import ort
+
+    have = ort.available()
+    assert "cpu" in have
+    assert open_session(add_graph, BackendOptions()).provider == have[0]
+
+
+def test_unavailable_provider_names_what_is_available(add_graph: Path) -> None:
+    from hulurt.backends import ort
+
+    missing = [p for p in ("cuda", "tensorrt") if p not in ort.available()]
+    if not missing:
+        pytest.skip("this onnxruntime has every GPU provider")
+    with pytest.raises(BackendError, match=f"provider '{missing[0]}' was requested but this onnxruntime offers only"):
+        open_session(add_graph, BackendOptions(provider=missing[0]))
+
+
+def test_session_options_are_latency_tuned() -> None:
+    from hulurt.backends import ort
+
+    so = ort.session_options(BackendOptions(threads=3))
+    assert so.intra_op_num_threads == 3 and so.inter_op_num_threads == 1
+    assert so.execution_mode == ort._ort().ExecutionMode.ORT_SEQUENTIAL
+    assert so.graph_optimization_level == ort._ort().GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_bad_options_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="provider 'metal' is unknown"):
+        BackendOptions(provider="metal")
+    with pytest.raises(BackendError, match="threads must be >= 0"):
+        BackendOptions(threads=-1)
+    with pytest.raises(BackendError, match="graph file not found"):
+        open_session(tmp_path / "nope.onnx", BackendOptions(provider="cpu"))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a graph")
+    with pytest.raises(BackendError, match="could not load this graph"):
+        open_session(bad, BackendOptions(provider="cpu"))
+
+
+def test_native_tensorrt_placeholder_refuses_clearly(tmp_path: Path) -> None:
+    try:
+        import tensorrt  # noqa: F401
+        from cuda.bindings import runtime  # noqa: F401
+
+        pytest.skip("tensorrt and cuda-python are installed: the gpu tier covers the native backend")
+    except ImportError:
+        pass
+    with pytest.raises(BackendError, match="native TensorRT backend needs"):
+        open_session(tmp_path / "vision.plan", BackendOptions(provider="trt-native"))
+
+
+def test_backends_are_imported_lazily() -> None:
+    code = (
+        "import sys, hulurt.backends.base, hulurt.generate, hulurt.api\n"
+        "print(sorted(m for m in ('onnxruntime', 'tensorrt', 'tensorrt_rtx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
