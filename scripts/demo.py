@@ -23,39 +23,6 @@ def _default_volume() -> Path:
     return Path(data_path) / "anatomical.nii"  # a 3-D T1 MR volume (33 x 41 x 25) shipped with nibabel
 
 
-def _minimal_inputs(path: Path, question: str, tok: Any, image_id: int, image_token: str = "<image>") -> Any:
-    """Fallback when hulurt.inputs is not installed: axial slices -> min-max u8 -> 112x140 -> m=2 patches."""
-    import nibabel as nib
-    from PIL import Image
-
-    vol = np.asarray(nib.load(str(path)).get_fdata())
-    frames = []
-    for k in range(vol.shape[2]):
-        s = vol[:, :, k]
-        lo, hi = float(s.min()), float(s.max())
-        u8 = ((s - lo) / (hi - lo) * 255).astype(np.uint8) if hi > lo else np.zeros(s.shape, np.uint8)
-        img = Image.fromarray(u8).convert("RGB").resize((140, 112), Image.BICUBIC)
-        frames.append(np.asarray(img))
-    x = np.stack(frames).astype(np.float32) / 127.5 - 1  # (T, h, w, 3)
-    t, h, w, _ = x.shape
-    gh, gw, m = h // 14, w // 14, 2
-    # (T, h, w, 3) -> (T, gh/m, m, 14, gw/m, m, 14, 3) -> (T, bi, bj, mi, mj, 3, py, px) -> (T, G, m*m, 588)
-    p = x.reshape(t, gh // m, m, 14, gw // m, m, 14, 3).transpose(0, 1, 4, 2, 5, 7, 3, 6)
-    patches = np.ascontiguousarray(p.reshape(t, (gh // m) * (gw // m), m * m, 588))
-    per_frame = (gh // m) * (gw // m)
-    prompt = (
-        "<|im_start|>user\n"
-        + ",".join([image_token] * t)
-        + f"\n{question}<|im_end|>\n<|im_start|>assistant\n"
-    )
-    ids: list[int] = []
-    for i, part in enumerate(prompt.split(image_token)):
-        if i:
-            ids += [image_id] * per_frame
-        ids += tok.encode(part)
-    return ids, [patches], [(gh, gw)], np.arange(t * per_frame), prompt
-
-
 def _run_bundle(ckpt: Path, volume: Path, args: argparse.Namespace) -> None:
     """The deployment path: checkpoint -> bundle (`huluexport build`) -> `python -m hulurt`, streamed, timed."""
     import shlex
@@ -105,30 +72,19 @@ def main(argv: list[str] | None = None) -> int:
 
     volume = args.volume or _default_volume()
     image_id = cfg.tokens.image
-    try:
-        from hulurt.inputs import InputOptions, build_inputs
-        from hulurt.prompt import load_chat_template
-        from hulurt.tokenizer import Tokenizer
-    except ImportError:
-        from tokenizers import Tokenizer as _Tok
+    from hulurt.inputs import InputOptions, build_inputs
+    from hulurt.prompt import load_chat_template
+    from hulurt.tokenizer import Tokenizer
 
-        tok = _Tok.from_file(str(ckpt / "tokenizer.json"))
-        ids, patches, grids, rows, prompt = _minimal_inputs(volume, args.question, tok, image_id)
-        decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
-        path_used = "minimal slice->patch path (hulurt.inputs not installed)"
-        kept, total = len(rows), len(rows)
-    else:
-        tok = Tokenizer.from_file(ckpt)
-        opts = InputOptions(compression=cfg.reduction.enabled)
-        mi = build_inputs(
-            [volume], args.question, tok, image_id, opts, load_chat_template(ckpt / "chat_template.json")
-        )
-        ids, rows, prompt = mi.input_ids[0], mi.visual_rows, mi.prompt
-        patches = [v.patches for v in mi.visuals]
-        grids = [tuple(v.grid_thw[1:]) for v in mi.visuals]
-        decode = tok.decode
-        path_used = "hulurt.inputs (the runtime's preprocessing)"
-        kept, total = mi.n_kept, mi.n_visual_tokens
+    tok = Tokenizer.from_file(ckpt)
+    opts = InputOptions(compression=cfg.reduction.enabled)
+    mi = build_inputs([volume], args.question, tok, image_id, opts, load_chat_template(ckpt / "chat_template.json"))
+    ids, rows, prompt = mi.input_ids[0], mi.visual_rows, mi.prompt
+    patches = [v.patches for v in mi.visuals]
+    grids = [tuple(v.grid_thw[1:]) for v in mi.visuals]
+    decode = tok.decode
+    path_used = "hulurt.inputs (the runtime's preprocessing)"
+    kept, total = mi.n_kept, mi.n_visual_tokens
     t_frames, n_groups = patches[0].shape[:2]
     print(
         f"volume     : {volume} -> {t_frames} slices, patch grid {grids[0][0]}x{grids[0][1]}, "
