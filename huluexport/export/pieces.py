@@ -8,14 +8,13 @@ rows, a flat KV list and last-position logits. `to_precision` makes the fp16 var
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from huluexport.config import HuluConfig
-from huluexport.reference.decoder import KV, Attention, RMSNorm, causal_mask, rope_cos_sin, rotate_half
+from huluexport.reference.decoder import Attention, RMSNorm, causal_mask, rope_cos_sin
 from huluexport.reference.model import HuluMed
 from huluexport.reference.projector import Projector
 from huluexport.reference.vision import VisionEncoder, merge_groups
@@ -166,38 +165,9 @@ class Fp32RMSNorm(RMSNorm):
 
 
 class Fp32RopeAttention(Attention):
-    """The reference attention with RoPE applied in fp32 (cos/sin arrive in fp32) and cast back.
+    """The reference attention with RoPE applied in fp32 (cos/sin arrive in fp32) and cast back."""
 
-    Same steps as reference.decoder.Attention.forward; only the dtype of the rotation differs.
-    """
-
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, past: KV | None
-    ) -> tuple[torch.Tensor, KV]:
-        b, l, _ = x.shape
-        d = self.head_dim
-        q = self.q_proj(x).view(b, l, self.heads, d)  # (B, L, nh*d) -> (B, L, nh, d)
-        k = self.k_proj(x).view(b, l, self.kv_heads, d)
-        v = self.v_proj(x).view(b, l, self.kv_heads, d)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, L, n, d) -> (B, n, L, d)
-        c, s = cos[:, None].float(), sin[:, None].float()  # (B, L, d) -> (B, 1, L, d)
-        q32, k32 = q.float(), k.float()
-        q = (q32 * c + rotate_half(q32) * s).to(x.dtype)
-        k = (k32 * c + rotate_half(k32) * s).to(x.dtype)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)  # (B, nkv, P + L, d)
-            v = torch.cat([past[1], v], dim=2)
-        rep = self.heads // self.kv_heads
-        kr = k.repeat_interleave(rep, dim=1)  # (B, nkv, T, d) -> (B, nh, T, d)
-        vr = v.repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q, kr.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, nh, L, T)
-        probs = torch.softmax(scores.float() + mask, dim=-1).to(q.dtype)
-        out = (
-            torch.matmul(probs, vr).transpose(1, 2).reshape(b, l, self.heads * d)
-        )  # (B, nh, L, d) -> (B, L, nh*d)
-        return self.o_proj(out), (k, v)
+    rope_in_fp32 = True
 
 
 _ISLANDS: tuple[tuple[type, type], ...] = (

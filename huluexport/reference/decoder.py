@@ -46,6 +46,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
+    rope_in_fp32 = False  # a class flag, not config: only the exporter's fp16 pieces set it
+
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         h, d = cfg.hidden, cfg.head_dim
@@ -71,8 +73,13 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, L, n, d) -> (B, n, L, d)
         c, s = cos[:, None], sin[:, None]  # (B, L, d) -> (B, 1, L, d)
-        q = q * c + rotate_half(q) * s
-        k = k * c + rotate_half(k) * s
+        if self.rope_in_fp32:  # export's fp16 graphs: rotate in fp32, cast back (cos/sin arrive in fp32)
+            q32, k32, c, s = q.float(), k.float(), c.float(), s.float()
+            q = (q32 * c + rotate_half(q32) * s).to(x.dtype)
+            k = (k32 * c + rotate_half(k32) * s).to(x.dtype)
+        else:  # transformers' order: cos/sin already cast to the activation dtype
+            q = q * c + rotate_half(q) * s
+            k = k * c + rotate_half(k) * s
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, nkv, P + L, d)
             v = torch.cat([past[1], v], dim=2)
