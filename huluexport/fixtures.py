@@ -143,50 +143,16 @@ def write_tokenizer(out_dir: str | Path) -> Path:
 # Checkpoint
 # --------------------------------------------------------------------------------------------------
 
-# Used only when hulurt.prompt (the runtime's built-in template) is not importable. ARCHITECTURE.md 7.2
-# structure (HF version, with the add_system_prompt branch); the system text is a dummy.
-FALLBACK_SYSTEM_PROMPT = (
-    "You are Hulu-Med (tiny random test weights), a helpful assistant for medical images."
-)
-FALLBACK_CHAT_TEMPLATE = (
-    "{%- set image_token = image_token if image_token is defined else '<image>' -%}"
-    "{%- if add_system_prompt is defined and add_system_prompt and messages[0]['role'] != 'system' -%}"
-    "{{- '<|im_start|>system\\n" + FALLBACK_SYSTEM_PROMPT + "<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'text' -%}{{- item['text'] -}}"
-    "{%- elif item['type'] == 'image' -%}"
-    "{%- if 'timestamp' in item -%}"
-    "{{- 'Time ' + (item['timestamp'] | round(1) | string) + 's: ' -}}{%- endif -%}"
-    "{{- image_token + '\\n' -}}"
-    "{%- elif item['type'] in ('video', '3d') -%}"
-    "{%- for i in range(item['num_frames']) -%}"
-    "{%- if 'timestamps' in item -%}"
-    "{{- 'Time ' + (item['timestamps'][i] | round(1) | string) + 's:' -}}{%- endif -%}"
-    "{{- image_token -}}"
-    "{%- if i < item['num_frames'] - 1 -%}{{- ',' -}}{%- else -%}{{- '\\n' -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
-
 LAYOUTS = ("hf", "original")
 LM_HEAD_MODES = ("auto", "stored", "absent")
 ORIGINAL_VISION_DIR = "siglip-navit"
 
 
 def chat_template() -> str:
-    try:
-        from hulurt.prompt import BUILTIN_CHAT_TEMPLATE  # type: ignore[attr-defined]
-    except (ImportError, AttributeError):
-        return FALLBACK_CHAT_TEMPLATE
-    return str(BUILTIN_CHAT_TEMPLATE)
+    """The fixture's chat_template.json: the runtime's built-in Hulu-Med template (ARCHITECTURE.md 7.2)."""
+    from hulurt.prompt import BUILTIN_CHAT_TEMPLATE
+
+    return BUILTIN_CHAT_TEMPLATE
 
 
 def fixture_config(size: str = "tiny", decoder: str | None = None, layers: int | None = None) -> HuluConfig:
