@@ -67,7 +67,10 @@ def _dispatch(word: str, argv: list[str]) -> int:
 def run_main(argv: Sequence[str], prog: str = "hulurt") -> int:
     from hulurt.options import parse_run_args
 
-    ns = parse_run_args(argv, prog)
+    try:
+        ns = parse_run_args(argv, prog)
+    except SystemExit as e:  # a refusal (printed, exit 2) or --help (exit 0): an exit status, as for errors
+        return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return guarded(lambda: _run(ns), ns.verbose)
