@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -136,7 +137,7 @@ class Server:
 
     async def health(self, request: Request) -> Response:
         e = self.engine
-        body: dict[str, Any] = {"status": e.state, "model": e.config.model_name}
+        body: dict[str, Any] = {"status": e.state, "model": e.config.model_name, "pid": os.getpid()}
         if e.state == "failed":
             body["error"] = e.error
         return JSONResponse(body, status_code=200 if e.state == "ready" else 503)
