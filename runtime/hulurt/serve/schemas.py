@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from hulurt import checks
+
 
 class APIError(Exception):
     """An error answered as OpenAI's error JSON: {"error": {"message", "type", "param", "code"}}."""
@@ -104,6 +106,9 @@ def _num(body: dict[str, Any], name: str, lo: float, hi: float, *, integer: bool
 
 def _parts(content: Any, where: str, role: str) -> tuple[Part, ...]:
     if isinstance(content, str):
+        reason = checks.text(content)
+        if reason is not None:
+            raise bad(f"'{where}' {reason}", where)
         return (Part("text", where, text=content),)
     if content is None and role == "assistant":
         return ()
@@ -116,8 +121,9 @@ def _parts(content: Any, where: str, role: str) -> tuple[Part, ...]:
             raise bad(f"'{w}' must be an object with a 'type'", w)
         kind = item["type"]
         if kind == "text":
-            if not isinstance(item.get("text"), str):
-                raise bad(f"'{w}.text' must be a string", f"{w}.text")
+            reason = checks.text(item.get("text"))
+            if reason is not None:
+                raise bad(f"'{w}.text' {reason}", f"{w}.text")
             out.append(Part("text", w, text=item["text"]))
         elif kind == "image_url":
             iu = item.get("image_url")
