@@ -184,7 +184,7 @@ def parse_chat_request(body: Any, default_model: str) -> ChatRequest:
                       "assistant", f"{w}.role")
         messages.append(Message(role, _parts(m.get("content"), f"{w}.content", role)))
     if messages[-1].role != "user":
-        raise bad(f"the last message must come from the user; got {messages[-1].role}",
+        raise bad(f"the last message must have role 'user' (the question); got {messages[-1].role!r}",
                   f"messages[{len(messages) - 1}].role")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):

@@ -204,4 +204,5 @@ class Workspace:
 
 def _hidden(name: str) -> bool:
     parts = name.replace("\\", "/").split("/")
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts if p) or parts[-1].upper() == "DICOMDIR"
+    hidden = any((p.startswith(".") and p not in (".", "..")) or p == "__MACOSX" for p in parts)
+    return hidden or parts[-1].upper() == "DICOMDIR"
