@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,7 +205,7 @@ def run(studies: list[Study], model: Any, out: Path, *, max_new_tokens: int | No
             except HuluRuntimeError as e:
                 rec.update(status="error", error=str(e))
                 failed += 1
-            except Exception as e:  # noqa: BLE001 - recorded, the batch goes on; -v logs the traceback
+            except Exception as e:
                 log.debug("study %s failed", s.key, exc_info=True)
                 rec.update(status="error", error=f"{type(e).__name__}: {e}")
                 failed += 1

@@ -49,7 +49,7 @@ class LiveServer:
     def upload_root(self) -> Path:
         return self.app.state.server.upload_root
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> LiveServer:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,8 +15,8 @@ from e2e.bundles import bundle
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
 
-import hulurt  # noqa: E402
-from hulurt.batch import discover, main  # noqa: E402
+import hulurt
+from hulurt.batch import discover, main
 
 PYDICOM_DATA = Path(pydicom.__file__).parent / "data" / "test_files"
 SERIES = PYDICOM_DATA / "dicomdirtests" / "98892001" / "CT5N"

@@ -14,11 +14,10 @@ from e2e.bundles import bundle
 
 pytest.importorskip("ray.serve")
 openai = pytest.importorskip("openai")
-import httpx  # noqa: E402
-
-import hulurt  # noqa: E402
-from hulurt.serve.app import ServerConfig  # noqa: E402
-from hulurt.serve.engine import EngineConfig  # noqa: E402
+import httpx
+import hulurt
+from hulurt.serve.app import ServerConfig
+from hulurt.serve.engine import EngineConfig
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from e2e.bundles import bundle
 
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
-import httpx  # noqa: E402
+import httpx
 
 
 def _free_port() -> int:
@@ -62,7 +62,7 @@ def test_serve_subprocess_answers_and_stops(tmp_path: Path) -> None:
         assert oct(private[0].stat().st_mode & 0o777) == "0o700"
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -SIGTERM)
     assert proc.returncode in (0, -signal.SIGTERM), err
     assert "Traceback" not in err
@@ -71,10 +71,10 @@ def test_serve_subprocess_answers_and_stops(tmp_path: Path) -> None:
 
 def test_bad_arguments_are_one_line_exit_2(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "hulurt", "serve", str(tmp_path / "nope")], capture_output=True,
-                       text=True, timeout=60)
+                       text=True, timeout=60, check=False)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0], r.stderr
     r = subprocess.run([sys.executable, "-m", "hulurt.serve", str(bundle("qwen2")), "--concurrency", "0"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: concurrency"), r.stderr

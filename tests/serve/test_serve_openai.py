@@ -22,13 +22,12 @@ openai = pytest.importorskip("openai")
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
 
-import hulurt  # noqa: E402
-from hulurt.serve.app import ServerConfig, create_app  # noqa: E402
-from hulurt.serve.engine import EngineConfig  # noqa: E402
-from hulurt.serve.limits import Limits  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from serve.live import LiveServer  # noqa: E402
+import hulurt
+from hulurt.serve.app import ServerConfig, create_app
+from hulurt.serve.engine import EngineConfig
+from hulurt.serve.limits import Limits
+from prometheus_client.parser import text_string_to_metric_families
+from serve.live import LiveServer
 
 KEY = "test-key-1234"
 NAME = "hulu-tiny"
@@ -87,8 +86,7 @@ def file_part(path: Path, filename: str | None = None, mime: str = "application/
 
 
 def ask(client, parts: list[dict] | str, max_tokens: int = 12, **kw):
-    content = parts if isinstance(parts, str) else parts
-    return client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": content}],
+    return client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": parts}],
                                           max_tokens=max_tokens, temperature=0, **kw)
 
 
@@ -272,9 +270,7 @@ def test_full_queue_gets_429_and_metrics_move(client, server, model) -> None:
     def long_stream() -> None:
         s = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": prompt}],
                                            max_tokens=n, temperature=0, stream=True)
-        k = 0
-        for c in s:
-            k += 1
+        for _ in s:
             first_chunk.set()
         results["end"] = time.monotonic()
 

@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from hulurt.serve.engine import StopStrings
 from hulurt.serve.schemas import APIError, Part, parse_chat_request
 from hulurt.serve.uploads import Workspace
@@ -58,10 +57,9 @@ def test_request_fields_are_read() -> None:
 
 
 def test_media_of_an_earlier_turn_stays_in_that_turn(tmp_path: Path) -> None:
+    import numpy as np
     from hulurt.inputs import build_inputs, content_item
     from hulurt.media import image_from_array
-
-    import numpy as np
 
     class Chars:
         def encode(self, text: str) -> list[int]:

@@ -13,7 +13,6 @@ Needs the `ray` extra: pip install 'huluexport-runtime[ray]'.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
