@@ -33,6 +33,7 @@ KEY = "test-key-1234"
 NAME = "hulu-tiny"
 SERIES = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+CT_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,24 @@ def series_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
         for f in sorted(SERIES.iterdir()):
             z.write(f, f"study/CT5N/{f.name}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3 s moving-bar clip written with PyAV."""
+    av = pytest.importorskip("av")
+    p = tmp_path_factory.mktemp("vid") / "clip.mp4"
+    with av.open(str(p), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        for i in range(30):
+            a = np.full((64, 96, 3), 30, np.uint8)
+            a[:, (i * 3) % 80: (i * 3) % 80 + 16] = (220, 200, 40)
+            for pkt in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
     return p
 
 
@@ -125,18 +144,24 @@ CASES = {
                   {"volume": "series"}),
     "nifti": (lambda f: [{"type": "text", "text": "Describe the volume."}, file_part(ANATOMICAL)],
               {"volume": "nifti"}),
+    "dicom_file": (lambda f: [{"type": "image_url", "image_url": {"url": data_url(CT_SMALL, "application/dicom")}},
+                              {"type": "text", "text": "Which body part?"}], {"images": "dicom"}),
+    "video": (lambda f: [file_part(f["mp4"], "clip.mp4", "video/mp4"), {"type": "text", "text": "What moves?"}],
+              {"video": "mp4"}),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_answers_equal_generate(case: str, client, server, model, png, series_zip) -> None:
-    files = {"png": png, "zip": series_zip}
+def test_answers_equal_generate(case: str, client, server, model, png, series_zip, request) -> None:
+    files = {"png": png, "zip": series_zip, "mp4": request.getfixturevalue("mp4") if case == "video" else None}
     parts, ref_kw = CASES[case]
     content = parts(files)
     prompt = content if isinstance(content, str) else next(p["text"] for p in content if p["type"] == "text")
     kw: dict = {}
     if ref_kw.get("images"):
-        kw["images"] = [png]
+        kw["images"] = [png if ref_kw["images"] == "png" else CT_SMALL]
+    if ref_kw.get("video"):
+        kw["video"] = files["mp4"]
     if ref_kw.get("volume") == "series":
         kw["volume"] = SERIES
     if ref_kw.get("volume") == "nifti":
@@ -252,17 +277,20 @@ def test_api_key(server) -> None:
     assert r.status_code == 404 and "error" in r.json()
 
 
-def _long_prompt(model, n: int) -> str:
-    """A prompt whose greedy answer runs the full n tokens on this bundle (checked, not assumed)."""
+LONG = 1200  # tokens: a few seconds of decoding on the tiny bundle
+
+
+@pytest.fixture(scope="module")
+def long_prompt(model) -> str:
+    """A prompt whose greedy answer runs the full LONG tokens on this bundle (checked, not assumed)."""
     for p in ("Is there a nodule?", "Report the findings.", "What is shown?", "Describe the spine."):
-        if len(model.generate(p, max_new_tokens=n).token_ids) == n:
+        if len(model.generate(p, max_new_tokens=LONG).token_ids) == LONG:
             return p
-    raise AssertionError(f"no candidate prompt runs {n} tokens on this bundle; add one")
+    raise AssertionError(f"no candidate prompt runs {LONG} tokens on this bundle; add one")
 
 
-def test_full_queue_gets_429_and_metrics_move(client, server, model) -> None:
-    n = 1200
-    prompt = _long_prompt(model, n)
+def test_full_queue_gets_429_and_metrics_move(client, server, long_prompt) -> None:
+    n, prompt = LONG, long_prompt
     before = metrics(server)
     first_chunk = threading.Event()
     results: dict[str, object] = {}
@@ -312,9 +340,8 @@ def test_visual_tokens_metric(client, server, png) -> None:
     assert after["hulurt_visual_tokens_total{stage=after}"] > before.get("hulurt_visual_tokens_total{stage=after}", 0)
 
 
-def test_client_disconnect_stops_the_generation(client, server, model) -> None:
-    n = 1200
-    prompt = _long_prompt(model, n)
+def test_client_disconnect_stops_the_generation(client, server, long_prompt) -> None:
+    n, prompt = LONG, long_prompt
     before = metrics(server)
     t0 = time.monotonic()
     with httpx.stream("POST", server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
@@ -331,4 +358,18 @@ def test_client_disconnect_stops_the_generation(client, server, model) -> None:
     assert after["hulurt_generations_cancelled_total"] == before.get("hulurt_generations_cancelled_total", 0) + 1
     assert after["hulurt_completion_tokens_total"] - before["hulurt_completion_tokens_total"] < n
     assert stopped_after < 30
+    assert_clean(server)
+
+    # a non-streamed request whose client gives up (read timeout closes the connection) stops as well
+    before = after
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                   json={"model": NAME, "messages": [{"role": "user", "content": prompt}], "max_tokens": n,
+                         "temperature": 0}, timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.monotonic() + 30
+    while metrics(server).get("hulurt_generations_running", 1) != 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    after = metrics(server)
+    assert after["hulurt_generations_cancelled_total"] == before["hulurt_generations_cancelled_total"] + 1
+    assert after["hulurt_completion_tokens_total"] - before["hulurt_completion_tokens_total"] < n
     assert_clean(server)
