@@ -51,7 +51,7 @@ def bundle(kind: str, compression: bool = True) -> Path:
 
 
 def _write_checkpoint(kind: str, compression: bool, out: Path) -> None:
-    from huluexport.fixtures import write_checkpoint
+    from huluexport.checkpoint.fixtures import write_checkpoint
 
     size, flavour = KINDS[kind]
     write_checkpoint(out, size=size, seed=0, decoder=flavour, use_token_compression=compression)

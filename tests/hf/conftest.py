@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="session")
 def ckpt_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from huluexport.fixtures import write_checkpoint
+    from huluexport.checkpoint.fixtures import write_checkpoint
 
     # seeds picked so that 8 greedy steps are not one repeated token (random tiny nets often loop)
     root = tmp_path_factory.mktemp("hf_ckpts")

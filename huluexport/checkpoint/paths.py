@@ -1,0 +1,48 @@
+"""Every file a build reads from a checkpoint must resolve inside the checkpoint directory.
+
+A weight index may name `../outside.safetensors` or an absolute path, a shard or side file may be a symlink to
+somewhere else on the machine, and the original layout's config.json names a vision-encoder directory. All of
+these go through `inside()`, which resolves symlinks first and refuses, in one line, what lands outside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huluexport.errors import CheckpointError
+
+
+def root_of(ckpt_dir: str | Path) -> Path:
+    """The checkpoint directory, resolved (it may itself be a symlink, e.g. a Hub cache snapshot)."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: checkpoint directory not found", file=d)
+    return d.resolve()
+
+
+def inside(root: Path, rel: str | Path, *, named_by: str | Path | None = None, entry: str | None = None) -> Path:
+    """root / rel, resolved; CheckpointError unless it stays inside root.
+
+    `named_by` is the file that named `rel` (an index, config.json) and `entry` the key it was named under;
+    both go into the message so the user knows which line of which file to fix.
+    """
+    root = root.resolve()
+    target = (root / rel).resolve()  # an absolute rel replaces root here, and is then refused below
+    if target == root or root in target.parents:
+        return target
+    where = f"{named_by}: " if named_by is not None else f"{root / rel}: "
+    what = f"entry {entry!r} -> {str(rel)!r}" if entry is not None else f"{str(rel)!r}"
+    raise CheckpointError(
+        f"{where}{what} resolves to {target}, outside the checkpoint directory {root}; refusing to read it",
+        file=named_by if named_by is not None else root / rel,
+        tensor=entry,
+    )
+
+
+def side_file(root: Path, name: str) -> Path | None:
+    """A side file (tokenizer.json, ...) of the checkpoint if present, refused if it leads outside."""
+    p = root / name
+    if not p.exists() and not p.is_symlink():
+        return None
+    resolved = inside(root, name)
+    return resolved if resolved.is_file() else None
