@@ -20,7 +20,9 @@ def root_of(ckpt_dir: str | Path) -> Path:
     return d.resolve()
 
 
-def inside(root: Path, rel: str | Path, *, named_by: str | Path | None = None, entry: str | None = None) -> Path:
+def inside(
+    root: Path, rel: str | Path, *, named_by: str | Path | None = None, entry: str | None = None
+) -> Path:
     """root / rel, resolved; CheckpointError unless it stays inside root.
 
     `named_by` is the file that named `rel` (an index, config.json) and `entry` the key it was named under;
@@ -45,4 +47,4 @@ def side_file(root: Path, name: str) -> Path | None:
     if not p.exists() and not p.is_symlink():
         return None
     resolved = inside(root, name)
-    return resolved if resolved.is_file() else None
+    return p if resolved.is_file() else None  # named as listed; checked to resolve inside

@@ -39,7 +39,8 @@ _VISION_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_at
 def read_config_json(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     """(path, raw) of the checkpoint's config.json after `check_config_json`: the first thing a build reads."""
     d = root_of(ckpt_dir)
-    path = inside(d, "config.json")
+    inside(d, "config.json")
+    path = d / "config.json"  # named as listed (in a Hub cache it is a link to a blob inside the cache)
     raw = read_json(path, "config.json")
     check_config_json(path, raw)
     return path, raw

@@ -36,7 +36,7 @@ MAX_PICKLE_BYTES = 64 << 20  # a state dict's data.pkl holds names and shapes on
 class TensorEntry:
     canonical: str  # HF-version checkpoint name
     stored: str  # the name inside the file
-    file: Path  # resolved, inside the checkpoint directory
+    file: Path  # as listed (checkpoint dir / name); checked to resolve inside the checkpoint directory
     shape: tuple[int, ...]
     dtype: str  # safetensors spelling: F32, BF16, F16, ...
 
@@ -165,7 +165,8 @@ def weight_files(ckpt_dir: str | Path) -> tuple[Path | None, dict[str, Path]]:
     d = root_of(ckpt_dir)
     for index_name in INDEX_FILES:
         if (d / index_name).exists() or (d / index_name).is_symlink():
-            index = inside(d, index_name)
+            inside(d, index_name)
+            index = d / index_name
             data = read_json(index, "weight index")
             wm = data.get("weight_map")
             if not isinstance(wm, dict) or not wm:
@@ -178,7 +179,8 @@ def weight_files(ckpt_dir: str | Path) -> tuple[Path | None, dict[str, Path]]:
                         file=index,
                         tensor=name,
                     )
-                f = inside(d, fname, named_by=index, entry=name)
+                inside(d, fname, named_by=index, entry=name)
+                f = d / fname  # the listed name (its suffix says the format; Hub blobs have none)
                 if not f.is_file():
                     raise CheckpointError(
                         f"{index}: shard {fname} listed for tensor {name!r} does not exist in {d}",
@@ -189,14 +191,15 @@ def weight_files(ckpt_dir: str | Path) -> tuple[Path | None, dict[str, Path]]:
             return index, files
     for single in SINGLE_FILES:
         if (d / single).exists() or (d / single).is_symlink():
-            f = inside(d, single)
+            inside(d, single)
+            f = d / single
             return None, {name: f for name in file_tensors(f)}
     bins = sorted(d.glob("pytorch_model*.bin"))
     if bins:
         found: dict[str, Path] = {}
         for b in bins:
-            f = inside(d, b.name)
-            found.update({name: f for name in file_tensors(f)})
+            inside(d, b.name)
+            found.update({name: b for name in file_tensors(b)})
         return None, found
     raise CheckpointError(
         f"{d}: no weights found; expected one of {', '.join(INDEX_FILES + SINGLE_FILES)}", file=d

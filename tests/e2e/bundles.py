@@ -20,8 +20,8 @@ def _source_key() -> str:
     h = hashlib.sha256()
     hx = ROOT / "huluexport"
     files = sorted((hx / "export").rglob("*.py")) + sorted((hx / "reference").rglob("*.py")) + [
+        *sorted((hx / "checkpoint").rglob("*.py")),
         hx / "config.py",
-        hx / "fixtures.py",
         ROOT / "runtime/hulurt/contract.py",
         ROOT / "runtime/hulurt/manifest.py",
         ROOT / "runtime/hulurt/prompt.py",

@@ -1,4 +1,4 @@
-"""config.from_checkpoint: both formats, Qwen2/Qwen3 detection, logged defaults; preset arithmetic."""
+"""checkpoint.from_checkpoint: both formats, Qwen2/Qwen3 detection, logged defaults; preset arithmetic."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from huluexport.checkpoint import from_checkpoint
+from huluexport.checkpoint.fixtures import ORIGINAL_VISION_DIR, build_tokenizer
 from huluexport.config import SIZES, to_dims
 from huluexport.errors import ConfigError
-from huluexport.checkpoint.fixtures import ORIGINAL_VISION_DIR, build_tokenizer
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
