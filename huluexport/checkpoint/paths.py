@@ -3,6 +3,8 @@
 A weight index may name `../outside.safetensors` or an absolute path, a shard or side file may be a symlink to
 somewhere else on the machine, and the original layout's config.json names a vision-encoder directory. All of
 these go through `inside()`, which resolves symlinks first and refuses, in one line, what lands outside.
+A snapshot in a Hugging Face cache is the one case where links leave the folder by design (into the same
+repository's `blobs/`); `boundary_of` widens the boundary to that repository's cache folder, no further.
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ def root_of(ckpt_dir: str | Path) -> Path:
     return d.resolve()
 
 
+def boundary_of(root: Path) -> Path:
+    """The directory that resolved paths of checkpoint `root` must stay in: root itself, or, for a snapshot of
+    a Hugging Face cache (`models--org--name/snapshots/<commit>/`, whose files link to `../../blobs/`), the
+    cache folder of that one repository."""
+    root = root.resolve()
+    repo = root.parent.parent
+    if root.parent.name == "snapshots" and repo.name.startswith("models--") and (repo / "blobs").is_dir():
+        return repo
+    return root
+
+
 def inside(
     root: Path, rel: str | Path, *, named_by: str | Path | None = None, entry: str | None = None
 ) -> Path:
@@ -29,13 +42,14 @@ def inside(
     both go into the message so the user knows which line of which file to fix.
     """
     root = root.resolve()
+    bound = boundary_of(root)
     target = (root / rel).resolve()  # an absolute rel replaces root here, and is then refused below
-    if target == root or root in target.parents:
+    if target == bound or bound in target.parents:
         return target
     where = f"{named_by}: " if named_by is not None else f"{root / rel}: "
     what = f"entry {entry!r} -> {str(rel)!r}" if entry is not None else f"{str(rel)!r}"
     raise CheckpointError(
-        f"{where}{what} resolves to {target}, outside the checkpoint directory {root}; refusing to read it",
+        f"{where}{what} resolves to {target}, outside the checkpoint directory {bound}; refusing to read it",
         file=named_by if named_by is not None else root / rel,
         tensor=entry,
     )
