@@ -17,7 +17,8 @@ from hulurt import manifest as rt
 from hulurt.contract import assert_conforms, bind
 from hulurt.rope import vision_rope
 
-from huluexport.config import HuluConfig, from_checkpoint
+from huluexport.checkpoint import from_checkpoint
+from huluexport.config import HuluConfig
 from huluexport.errors import ConfigError, ManifestError
 from huluexport.tolerances import Tolerance, get
 

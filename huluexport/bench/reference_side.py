@@ -20,7 +20,8 @@ def load_reference(m: Any, checkpoint: Path | None, dtype: str) -> tuple[Any, An
     seed or checkpoint path, layer slice), as `huluexport verify` does."""
     import torch
 
-    from huluexport.config import from_checkpoint, preset
+    from huluexport.checkpoint import from_checkpoint
+    from huluexport.config import preset
     from huluexport.export.pipeline import (
         WeightSpec,
         config_from_dict,

@@ -44,6 +44,15 @@ def facts_of(m: Manifest) -> BundleFacts:
     )
 
 
+def feed_of(inputs: Any, preprocess_s: float = 0.0) -> PromptFeed:
+    """hulurt.inputs.ModelInputs -> the loop's PromptFeed (ids [1, L] -> [L], one VisualFeed per input)."""
+    visuals = tuple(
+        VisualFeed(v.patches, (v.grid_thw[1], v.grid_thw[2]), v.merge_size, v.keep) for v in inputs.visuals
+    )
+    ids = np.asarray(inputs.input_ids, dtype=np.int64).reshape(-1)  # [1, L] -> [L]
+    return PromptFeed(ids, visuals, preprocess_s=preprocess_s)
+
+
 class Model:
     """A loaded bundle. `stream(...)` returns a Generation to iterate for text pieces; `generate(...)` runs to
     the end. Both accept `on_text` for a callback per piece. One request at a time per Model."""
@@ -108,7 +117,7 @@ class Model:
         """Files + question -> hulurt.inputs.ModelInputs (the same function the reference path uses).
         Media order in the prompt: images, then the volume, then the video. The context is checked on the text
         alone before any file is read (and again with the visual tokens before any graph runs)."""
-        from hulurt.inputs import InputOptions, build_inputs
+        from hulurt.inputs import build_inputs
         from hulurt.media import kind_of
 
         reason = checks.prompt(prompt)
@@ -137,6 +146,15 @@ class Model:
                       what="question text")
         for path in media:  # a named pipe or a device would block its reader: refused before anything opens it
             _check_path(path, "input file", checks.file_or_dir_path)
+        opts, reader_options = self.input_options(token_reduction)
+        return build_inputs(media, prompt, self.tokenizer, self.facts.image_token_id, opts, self.chat_template,
+                            reader_options=reader_options)
+
+    def input_options(self, token_reduction: bool | None = None) -> tuple[Any, dict[str, dict[str, Any]]]:
+        """This bundle's hulurt.inputs.InputOptions and per-reader options (video fps and frame cap), as
+        `inputs` uses them; for callers that build inputs themselves (the server's multi-turn chats)."""
+        from hulurt.inputs import InputOptions
+
         f = self.facts
         opts = InputOptions(
             compression=f.reduction_enabled if token_reduction is None else token_reduction,
@@ -148,8 +166,7 @@ class Model:
         )
         pp = self.manifest.preprocess
         reader_options = {"video": {"fps": pp.fps, "max_frames": min(pp.max_frames, self.manifest.limits.max_frames)}}
-        return build_inputs(media, prompt, self.tokenizer, f.image_token_id, opts, self.chat_template,
-                            reader_options=reader_options)
+        return opts, reader_options
 
     def prepare(
         self,
@@ -163,11 +180,7 @@ class Model:
         """`inputs(...)` as the loop's PromptFeed, timed as the request's preprocessing."""
         t0 = time.perf_counter()
         inputs = self.inputs(prompt, images, volume, video, token_reduction, max_new_tokens)
-        visuals = tuple(
-            VisualFeed(v.patches, (v.grid_thw[1], v.grid_thw[2]), v.merge_size, v.keep) for v in inputs.visuals
-        )
-        ids = np.asarray(inputs.input_ids, dtype=np.int64).reshape(-1)  # [1, L] -> [L]
-        return PromptFeed(ids, visuals, preprocess_s=time.perf_counter() - t0)
+        return feed_of(inputs, preprocess_s=time.perf_counter() - t0)
 
     def stream(
         self,
