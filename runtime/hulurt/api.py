@@ -153,7 +153,8 @@ class Model:
                 media[0], f"this bundle ({self.manifest.root}) is text-only: it has no vision piece, so it cannot "
                 "take images, volumes or videos; ask a text question or build a bundle with vision"
             )
-        text_ids = len(self.tokenizer.encode_text(prompt))
+        # a caller's tokenizer without special tokens has no encode_text (hulurt.inputs.Encoder)
+        text_ids = len(getattr(self.tokenizer, "encode_text", self.tokenizer.encode)(prompt))
         check_context(text_ids, 1 if max_new_tokens is None else max_new_tokens, self.facts.max_context,
                       what="question text")
         for path in media:  # a named pipe or a device would block its reader: refused before anything opens it
