@@ -10,15 +10,10 @@ from typing import Any
 import torch
 from hulurt import manifest as rt
 
-from huluexport.config import HuluConfig, from_checkpoint, preset
+from huluexport.checkpoint import from_checkpoint
+from huluexport.config import HuluConfig, preset, slice_layers
 from huluexport.errors import ConfigError
-from huluexport.export.pipeline import (
-    WeightSpec,
-    config_from_dict,
-    reference_model,
-    slice_layers,
-    weight_source,
-)
+from huluexport.export.pipeline import WeightSpec, config_from_dict, reference_model, weight_source
 
 
 def reference_for_bundle(

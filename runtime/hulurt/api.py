@@ -46,6 +46,16 @@ def facts_of(m: Manifest) -> BundleFacts:
     )
 
 
+def feed_of(inputs: Any, preprocess_s: float = 0.0, stages: dict[str, float] | None = None) -> PromptFeed:
+    """hulurt.inputs.ModelInputs -> the loop's PromptFeed (ids [1, L] -> [L], one VisualFeed per input).
+    stages: the preprocessing's own stage seconds (hulurt.clock), carried into the request's Timings."""
+    visuals = tuple(
+        VisualFeed(v.patches, (v.grid_thw[1], v.grid_thw[2]), v.merge_size, v.keep) for v in inputs.visuals
+    )
+    ids = np.asarray(inputs.input_ids, dtype=np.int64).reshape(-1)  # [1, L] -> [L]
+    return PromptFeed(ids, visuals, preprocess_s=preprocess_s, stages=dict(stages or {}))
+
+
 class Model:
     """A loaded bundle. `stream(...)` returns a Generation to iterate for text pieces; `generate(...)` runs to
     the end. Both accept `on_text` for a callback per piece. One request at a time per Model."""
@@ -143,7 +153,7 @@ class Model:
         """`inputs` for visual inputs in prompt order, each a path of any kind (image, DICOM file or series
         directory, NIfTI, video) or an already-read hulurt.media.Media. clock: times "reduction" (token
         reduction masks) apart from the rest."""
-        from hulurt.inputs import InputOptions, build_inputs
+        from hulurt.inputs import build_inputs
 
         reason = checks.prompt(prompt)
         if reason is not None:
@@ -160,6 +170,15 @@ class Model:
         for path in media:  # a named pipe or a device would block its reader: refused before anything opens it
             if isinstance(path, (str, os.PathLike)):
                 _check_path(path, "input file", checks.file_or_dir_path)
+        opts, reader_options = self.input_options(token_reduction)
+        return build_inputs(media, prompt, self.tokenizer, self.facts.image_token_id, opts, self.chat_template,
+                            reader_options=reader_options, clock=clock)
+
+    def input_options(self, token_reduction: bool | None = None) -> tuple[Any, dict[str, dict[str, Any]]]:
+        """This bundle's hulurt.inputs.InputOptions and per-reader options (video fps and frame cap), as
+        `inputs` uses them; for callers that build inputs themselves (the server's multi-turn chats)."""
+        from hulurt.inputs import InputOptions
+
         f = self.facts
         opts = InputOptions(
             compression=f.reduction_enabled if token_reduction is None else token_reduction,
@@ -171,8 +190,7 @@ class Model:
         )
         pp = self.manifest.preprocess
         reader_options = {"video": {"fps": pp.fps, "max_frames": min(pp.max_frames, self.manifest.limits.max_frames)}}
-        return build_inputs(media, prompt, self.tokenizer, f.image_token_id, opts, self.chat_template,
-                            reader_options=reader_options, clock=clock)
+        return opts, reader_options
 
     def prepare(
         self,
@@ -244,11 +262,7 @@ def _feed(build: Callable[[StageClock], Any]) -> PromptFeed:
     t0 = time.perf_counter()
     with clock("preprocess"):
         inputs = build(clock)
-    visuals = tuple(
-        VisualFeed(v.patches, (v.grid_thw[1], v.grid_thw[2]), v.merge_size, v.keep) for v in inputs.visuals
-    )
-    ids = np.asarray(inputs.input_ids, dtype=np.int64).reshape(-1)  # [1, L] -> [L]
-    return PromptFeed(ids, visuals, preprocess_s=time.perf_counter() - t0, stages=dict(clock.seconds))
+    return feed_of(inputs, preprocess_s=time.perf_counter() - t0, stages=clock.seconds)
 
 
 def _check_path(path: PathLike, name: str, check: Callable[[Any], str | None]) -> None:

@@ -157,6 +157,7 @@ def build_inputs(
     chat_template: str | None = None,
     reader_options: Mapping[str, Mapping[str, Any]] | None = None,
     history: Sequence[Mapping[str, Any]] = (),
+    history_media: int = 0,
     clock: StageClock | None = None,
 ) -> ModelInputs:
     """Files (or Media) + question -> ModelInputs.
@@ -165,8 +166,10 @@ def build_inputs(
     they appear in the user turn (before the question). reader_options: per reader kind ("image", "dicom",
     "nifti", "video") keyword arguments, e.g. {"nifti": {"profile": "original", "num_slices": 160}}.
     chat_template: a template string (hulurt.prompt.load_chat_template reads a checkpoint's), None = built-in.
-    history: earlier text-only turns as chat messages, rendered before this user turn (their placeholders
-    would need frames: a history item carrying an image is rejected as a placeholder mismatch).
+    history: earlier turns as chat messages, rendered before this user turn. history_media: how many of
+    `media` (the first ones) belong to those turns; their content items (content_item(media)) must already
+    stand in `history`, in the same order, and only the rest go into this user turn. A history item carrying
+    an image without its media is rejected as a placeholder mismatch.
     clock: the token-reduction masks are timed as its stage "reduction" (the rest is the caller's).
     """
     clock = clock or StageClock()
@@ -208,7 +211,9 @@ def build_inputs(
             keep.size,
         )
 
-    content = [content_item(m, options.video_timestamps) for m in loaded]
+    if not 0 <= history_media <= len(loaded):
+        raise ValueError(f"history_media={history_media}; expected 0..{len(loaded)} (the number of media)")
+    content = [content_item(m, options.video_timestamps) for m in loaded[history_media:]]
     content.append({"type": "text", "text": question})
     messages = [*history, {"role": "user", "content": content}]
     rendered = render_pieces(
