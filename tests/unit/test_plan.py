@@ -168,7 +168,7 @@ def test_cli_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
         "device",
     ):
         assert key in doc, key
-    assert set(doc["memory"]) == {"weights", "kv_cache", "activations", "workspace", "total"}
+    assert set(doc["memory"]) == {"weights", "kv_cache", "inputs", "activations", "workspace", "total"}
     assert doc["memory"]["total"] == sum(v for k, v in doc["memory"].items() if k != "total")
     assert doc["visual_tokens"] == 16000 and doc["fits"] and doc["compute_precision"] == "fp8"
 
@@ -233,7 +233,8 @@ def test_bounds_follow_the_hardware() -> None:
 
 
 def test_chunking_lowers_activation_memory() -> None:
-    vol = P.InputSpec(kind="volume", frames=180, height=512, width=512)
+    # token reduction keeping half the visual tokens (the whole prompt's fp32 patches and embeddings are counted)
+    vol = P.InputSpec(kind="volume", frames=180, height=512, width=512, kept_fraction=0.5)
     whole = P.plan("7b", "orin-nano", "int4", vol, search_volume=False)
     chunked = P.plan(
         "7b", "orin-nano", "int4", vol, vision_batch_frames=16, prefill_chunk_tokens=1024, search_volume=False
