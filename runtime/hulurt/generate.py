@@ -77,6 +77,7 @@ class PromptFeed:
     input_ids: NDArray[np.int64]
     visuals: tuple[VisualFeed, ...] = ()
     preprocess_s: float = 0.0
+    notes: tuple[str, ...] = ()  # changes the readers made on their own, for the timing summary
 
 
 class TextDecoder(Protocol):
@@ -104,6 +105,7 @@ class Timings:
     new_tokens: int
     visual_tokens_before: int
     visual_tokens_after: int
+    notes: tuple[str, ...] = ()  # e.g. "ct.nii.gz: 600 -> 256 slices sampled" (never a silent change)
 
     @property
     def decode_tok_s(self) -> float:
@@ -121,6 +123,7 @@ class Timings:
             f"preprocess {self.preprocess_s * 1e3:.0f} ms | vision {self.vision_s * 1e3:.0f} ms | "
             f"prefill {self.prefill_s * 1e3:.0f} ms ({self.prompt_tokens} tok) | TTFT {self.ttft_s * 1e3:.0f} ms | "
             f"decode {self.decode_tok_s:.1f} tok/s ({self.new_tokens} tok) | {vis}"
+            + "".join(f" | {n}" for n in self.notes)
         )
 
 
@@ -355,5 +358,6 @@ class Generator:
             new_tokens=len(gen.token_ids),
             visual_tokens_before=sum(v.tokens_before for v in prompt.visuals),
             visual_tokens_after=sum(v.tokens_after for v in prompt.visuals),
+            notes=prompt.notes,
         )
         log.info("generated %d tokens (%s): %s", len(gen.token_ids), gen.stop_reason, gen.timings.summary())
