@@ -215,10 +215,21 @@ def load_dicom(
     """
     p = Path(path)
     _check_file(p)
+    with pydicom_log_captured(p):  # pydicom logs odd values and failing decoders itself: keep that off stderr
+        return _load(p, window, preset, use_file_window, num_slices if num_slices is not None else max_slices,
+                     series, limits or ReadLimits())
+
+
+def _load(
+    p: Path,
+    window: WindowSpec,
+    preset: str | None,
+    use_file_window: bool,
+    num_slices: int | None,
+    series: str | None,
+    lim: ReadLimits,
+) -> Media:
     pydicom = _lazy("pydicom", "volume", p)
-    lim = limits or ReadLimits()
-    if num_slices is None:
-        num_slices = max_slices
     win = resolve_window(window, preset, p)
     if isinstance(window, str) and preset is None and window.strip().lower() in CT_PRESETS:
         preset = window.strip().lower()
