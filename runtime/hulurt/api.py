@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 _VOLUME_KINDS = ("nifti", "dicom")
 _TEMPLATE_MARGIN = 64  # chat-template tokens around the question (role markers, vision markers), generously
+_FRAME_TEXT = 2  # template tokens per frame of a video/volume (the built-in template spends 1: a separator)
 
 
 def facts_of(m: Manifest) -> BundleFacts:
@@ -209,6 +210,9 @@ class Model:
         reserve = max_new_tokens if max_new_tokens is not None else min(self.facts.default_max_new_tokens, ctx // 4)
         n_visual = self.facts.dim_ranges.get("n_visual")
         room = ctx - text_tokens - _TEMPLATE_MARGIN - reserve
+        # each frame also costs template text (a separator): at most min_tokens-sized frames fit, so leave
+        # _FRAME_TEXT tokens per min_tokens visual tokens
+        room = room * pp.min_tokens // (pp.min_tokens + _FRAME_TEXT)
         budget = min(pp.max_tokens, n_visual.max if n_visual is not None else pp.max_tokens, room)
         budget = max(budget, pp.min_tokens)
         if budget < pp.max_tokens:

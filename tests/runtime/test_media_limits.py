@@ -4,12 +4,8 @@ sampling by upstream's linspace rule, and NIfTI slices identical to nibabel's ge
 
 from __future__ import annotations
 
-import gzip
-import io
 import logging
-import struct
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +13,8 @@ import pytest
 
 from hulurt import media as md
 from hulurt.errors import UnsupportedInputError
+
+from media_files import deflate_bomb, nifti_header, series, zero_nii_gz  # noqa: E402  (tests/runtime)
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -51,43 +49,6 @@ def _peak(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 # ------------------------------------------------------------------------------------ hostile headers
 
 
-def deflate_bomb(path: Path, frames: int = 32, side: int = 4096) -> Path:
-    """A Deflated Explicit VR Little Endian file declaring frames x side^2 16-bit pixels of zeros: the
-    ~1 GiB of pixel data is streamed through zlib, so the file is about 1 MB and the test never holds it."""
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.Modality = "OT"
-    ds.Rows = ds.Columns = side
-    ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    meta = pydicom.dataset.FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
-    head = io.BytesIO()
-    pydicom.filewriter.write_file_meta_info(head, meta)
-    body = io.BytesIO()
-    fp = pydicom.filebase.DicomFileLike(body)
-    fp.is_implicit_VR, fp.is_little_endian = False, True
-    pydicom.filewriter.write_dataset(fp, ds)  # header elements only
-    n_bytes = frames * side * side * 2
-    pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, n_bytes)
-    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    with open(path, "wb") as f:
-        f.write(b"\0" * 128 + b"DICM" + head.getvalue())
-        f.write(comp.compress(body.getvalue() + pixel_header))
-        zeros = bytes(16 * MiB)
-        left = n_bytes
-        while left:
-            f.write(comp.compress(zeros[: min(left, len(zeros))]))
-            left -= min(left, len(zeros))
-        f.write(comp.flush())
-    return path
-
-
 def test_deflate_bomb_dicom_refused_from_its_header(tmp_path: Path) -> None:
     p = deflate_bomb(tmp_path / "bomb.dcm")
     assert p.stat().st_size < 2 * MiB
@@ -102,28 +63,6 @@ def test_deflate_dicom_within_limits_still_reads(tmp_path: Path) -> None:
     p = deflate_bomb(tmp_path / "small.dcm", frames=2, side=64)
     m = md.load_dicom(p)
     assert m.frames.shape == (2, 64, 64, 1) and m.info["window"] == "minmax"
-
-
-def _nifti_header(shape: tuple[int, ...], dtype: type) -> bytes:
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape(shape)
-    hdr.set_data_dtype(dtype)
-    hdr.set_qform(np.eye(4), code=1)
-    hdr["vox_offset"] = 352
-    return hdr.binaryblock + b"\0" * 4  # 348-byte header + empty extension flag
-
-
-def zero_nii_gz(path: Path, shape: tuple[int, int, int], dtype: type = np.uint8, cut: int | None = None) -> Path:
-    """A .nii.gz of zeros written slab by slab (the test never holds the volume); `cut` keeps only that many
-    compressed bytes (a file that lies about its size)."""
-    with gzip.open(path, "wb", compresslevel=9) as f:
-        f.write(_nifti_header(shape, dtype))
-        slab = np.zeros(shape[0] * shape[1] * 8, dtype=dtype).tobytes()
-        for _ in range(shape[2] // 8):
-            f.write(slab)
-    if cut is not None:
-        path.write_bytes(path.read_bytes()[:cut])
-    return path
 
 
 def test_nifti_1024_cubed_refused_from_header(tmp_path: Path) -> None:
@@ -158,7 +97,7 @@ def test_nifti_512_cubed_sampled_to_the_frame_limit(tmp_path: Path, caplog: pyte
 
 def test_uncompressed_nifti_shorter_than_its_header(tmp_path: Path) -> None:
     p = tmp_path / "short.nii"
-    p.write_bytes(_nifti_header((64, 64, 64), np.int16) + bytes(1000))
+    p.write_bytes(nifti_header((64, 64, 64), np.int16) + bytes(1000))
     with pytest.raises(md.CorruptInputError) as e:
         md.load_nifti(p)
     _one_line(e, p, "cut short")
@@ -276,28 +215,8 @@ def test_voi_lut_from_the_file() -> None:
     assert md.load_dicom(p, use_file_window=False).info["window"] == "minmax"
 
 
-def _series(d: Path, n: int, uid: str | None = None, side: int = 64) -> Path:
-    base = pydicom.dcmread(PYDICOM_DATA / "CT_small.dcm")
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(n)
-    for k in range(n):
-        ds = base.copy()
-        px = rng.integers(0, 2000, (side, side), dtype=np.int16)
-        px[:4, :4] = 10 * k
-        ds.Rows = ds.Columns = side
-        ds.PixelData = px.tobytes()
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [0.0, 0.0, 1.5 * k]
-        ds.InstanceNumber = k + 1
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        if uid is not None:
-            ds.SeriesInstanceUID = uid
-        ds.save_as(d / f"{uid or 'a'}-{(k * 7919) % 1000:04d}.dcm")
-    return d
-
-
 def test_series_num_slices_and_info_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    d = _series(tmp_path / "s", 30)
+    d = series(tmp_path / "s", 30)
     m = md.load_dicom(d, num_slices=7, window="brain")
     assert m.info["slices"] == np.linspace(0, 29, 7).astype(int).tolist()
     assert m.info["sorted_by"] == "ImagePositionPatient" and m.info["window"] == (40.0, 80.0)
@@ -310,7 +229,7 @@ def test_series_num_slices_and_info_keys(tmp_path: Path, caplog: pytest.LogCaptu
 
 def test_series_min_max_matches_stacked_volume(tmp_path: Path) -> None:
     """Per-slice decoding gives exactly the old whole-volume float64 min-max."""
-    d = _series(tmp_path / "s", 6)
+    d = series(tmp_path / "s", 6)
     m = md.load_dicom(d, use_file_window=False)
     files = sorted(d.iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
     vol = np.stack([pydicom.dcmread(f).pixel_array.astype(np.float64) * 1.0 + float(pydicom.dcmread(f).RescaleIntercept)
@@ -320,7 +239,7 @@ def test_series_min_max_matches_stacked_volume(tmp_path: Path) -> None:
 
 
 def test_series_memory_stays_near_the_output(tmp_path: Path) -> None:
-    d = _series(tmp_path / "s", 40, side=256)
+    d = series(tmp_path / "s", 40, side=256)
     m, peak = _peak(md.load_dicom, d, window="abdomen")
     assert isinstance(m, md.Media), m
     # the output (2.6 MB) plus a few frames and the headers; the old reader held 40 float64 frames twice
