@@ -124,5 +124,5 @@ def test_slices_window_series_options(tiny: Path, tmp_path: Path, capfd, caplog)
 def test_undecodable_dicom_one_line_no_pydicom_traceback(tiny: Path, capfd) -> None:
     from pydicom.data import get_testdata_file
 
-    p = Path(get_testdata_file("JPEG-lossy.dcm"))
+    p = Path(get_testdata_file("JPEG-lossy.dcm", download=False))
     _refused(*_run(capfd, tiny, "--prompt", "What is shown?", "--image", p), p, "cannot decode DICOM pixel data")

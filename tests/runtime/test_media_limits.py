@@ -161,7 +161,7 @@ def test_nifti_num_slices_above_the_bundle_frames_refused(tmp_path: Path) -> Non
     ],
 )
 def test_lossless_codecs_decode_to_the_uncompressed_twin(compressed: str, plain: str) -> None:
-    a, b = get_testdata_file(compressed), get_testdata_file(plain)
+    a, b = get_testdata_file(compressed, download=False), get_testdata_file(plain, download=False)
     if a is None or b is None:
         pytest.skip("pydicom-data is not installed (requirements/dev.txt pins it)")
     np.testing.assert_array_equal(md.load_dicom(a).frames, md.load_dicom(b).frames)
@@ -170,7 +170,7 @@ def test_lossless_codecs_decode_to_the_uncompressed_twin(compressed: str, plain:
 @pytest.mark.parametrize("name", ["JPEG-LL.dcm", "JPGExtended.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm"])
 def test_jpeg_lossless_12bit_and_2000_decode(name: str) -> None:
     """JPEG Lossless (process 14), 12-bit JPEG Extended (process 2/4), JPEG 2000: decoded by pylibjpeg."""
-    p = get_testdata_file(name)
+    p = get_testdata_file(name, download=False)
     if p is None:
         pytest.skip("pydicom-data is not installed")
     m = md.load_dicom(p)
@@ -178,7 +178,7 @@ def test_jpeg_lossless_12bit_and_2000_decode(name: str) -> None:
 
 
 def test_undecodable_dicom_is_one_line_without_pydicom_tracebacks(tmp_path: Path, capsys, caplog) -> None:
-    p = get_testdata_file("JPEG-lossy.dcm")  # a 12-bit JPEG with a misplaced marker: no installed codec takes it
+    p = get_testdata_file("JPEG-lossy.dcm", download=False)  # a 12-bit JPEG with a misplaced marker: no installed codec takes it
     with pytest.raises(md.CorruptInputError) as e:
         md.load_dicom(p)
     _one_line(e, p, "cannot decode DICOM pixel data")
@@ -201,7 +201,7 @@ def test_window_spellings_agree() -> None:
 
 
 def test_voi_lut_from_the_file() -> None:
-    p = get_testdata_file("vlut_04.dcm")
+    p = get_testdata_file("vlut_04.dcm", download=False)
     if p is None:
         pytest.skip("pydicom-data is not installed")
     from pydicom.pixels import apply_voi_lut
