@@ -43,8 +43,12 @@ def describe(block_size: int, act_dtype: str) -> str:
     )
 
 
-def quantize_matrix(w: np.ndarray, block: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """w [K, N] float -> (int8 values in [-8, 7] of shape [K, N], float32 scales [K/block, N])."""
+def quantize_matrix(
+    w: np.ndarray, block: int, name: str, scale_dtype: np.dtype | type = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """w [K, N] float -> (int8 values in [-8, 7] of shape [K, N], scales [K/block, N] in `scale_dtype`). The
+    values are rounded against the scale as stored (fp16 in fp16 bundles), so the graph dequantizes to the
+    nearest level of what it holds."""
     k, n = w.shape
     if k % block:
         raise ConfigError(
@@ -52,8 +56,8 @@ def quantize_matrix(w: np.ndarray, block: int, name: str) -> tuple[np.ndarray, n
         )
     blocks = w.reshape(k // block, block, n)
     amax = np.abs(blocks).max(axis=1)  # [K/B, N]
-    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
-    q = np.clip(np.rint(blocks / scale[:, None, :]), QMIN, QMAX).astype(np.int8)
+    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(scale_dtype)
+    q = np.clip(np.rint(blocks / scale.astype(np.float32)[:, None, :]), QMIN, QMAX).astype(np.int8)
     return q.reshape(k, n), scale
 
 
@@ -102,10 +106,10 @@ def quantize_graph(model: onnx.ModelProto, base_dir: Path, block: int) -> tuple[
         w32 = arr.astype(np.float32, copy=False)
         if transposed:
             w32 = w32.T  # Gemm(transB=1) holds [N, K]
-        q, scale = quantize_matrix(np.ascontiguousarray(w32), block, w.name)
+        q, scale = quantize_matrix(np.ascontiguousarray(w32), block, w.name, act)
         del arr, w32
         qname, sname, dname = f"{w.name}_int4", f"{w.name}_scale", f"{w.name}_dq"
-        new_inits += [int4_tensor(q, qname), onnx.numpy_helper.from_array(scale.astype(act), sname)]
+        new_inits += [int4_tensor(q, qname), onnx.numpy_helper.from_array(scale, sname)]
         new_nodes.append(
             onnx.helper.make_node("DequantizeLinear", [qname, sname], [dname], name=f"{node.name}_dq", axis=0,
                                   block_size=block)
