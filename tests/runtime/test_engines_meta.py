@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from hulurt.backends.base import BackendOptions
 from hulurt.contract import Dims, dim_ranges, pieces
 from hulurt.engines import meta as em
 from hulurt.engines.__main__ import size_bytes
@@ -164,3 +165,28 @@ def test_option_parsing() -> None:
     with pytest.raises(em.EngineError, match="expected a compute capability"):
         parse_sm("ampere")
     assert size_bytes("2G") == 2 * 2**30 and size_bytes("512M") == 512 * 2**20 and size_bytes("4096") == 4096
+
+
+def test_ort_tensorrt_ep_gets_manifest_profiles_and_caches(tmp_path: Path) -> None:
+    """The TensorRT execution provider's options (onnxruntime CPU here has no TensorRT EP to open them with):
+    explicit min/opt/max shapes of every input from the manifest, engine and timing caches in one directory."""
+    from hulurt.backends.ort import provider_list
+    from hulurt.manifest import load_manifest
+
+    from e2e.bundles import bundle
+
+    b = bundle("qwen2")
+    m = load_manifest(b, verify_hashes=False)
+    opts = BackendOptions(provider="tensorrt", trt_cache_dir=str(tmp_path / "cache"))
+    (name, trt), cuda, cpu = provider_list("tensorrt", opts, b / "decoder.onnx")
+    assert name == "TensorrtExecutionProvider" and cpu == "CPUExecutionProvider"
+    assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == str(tmp_path / "cache")
+    assert trt["trt_engine_cache_enable"] and trt["trt_timing_cache_enable"]
+    prof = profile_shapes(m.specs()["decoder"], m.dim_ranges)
+    mins = dict(item.split(":") for item in trt["trt_profile_min_shapes"].split(","))
+    maxs = dict(item.split(":") for item in trt["trt_profile_max_shapes"].split(","))
+    assert set(mins) == set(prof) and len(trt["trt_profile_opt_shapes"].split(",")) == len(prof)
+    k = "past_key_values.0.key"
+    assert mins[k] == "x".join(map(str, prof[k][0])) and maxs[k] == "x".join(map(str, prof[k][2]))
+    (_, plain), _, _ = provider_list("tensorrt", BackendOptions(provider="tensorrt"), b / "decoder.onnx")
+    assert "trt_engine_cache_enable" not in plain and "trt_profile_min_shapes" in plain
