@@ -96,7 +96,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--threads",), "intra-op threads (0 = engine default)", type=int, default=0, check=checks.threads,
            metavar="N", to="load"),
     Option(("--provider",), "execution provider: auto picks TensorRT EP, then CUDA EP, then CPU (onnxruntime); "
-           "trt-native runs the bundle's TensorRT engines (python -m hulurt.engines; not yet run on a GPU)",
+           "trt-native runs the bundle's TensorRT engines (built by hulurt.engines; not yet run on a GPU)",
            choices=PROVIDERS, default="auto",
            to="load"),
     Option(("--trt-cache",), "TensorRT execution provider: keep its engine and timing caches in DIR between runs "
