@@ -25,7 +25,7 @@ from pathlib import Path
 
 def timed(cmd: list[str]) -> dict:
     t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
@@ -53,7 +53,7 @@ def planned(size: str, layers: int, precision: str) -> dict[str, int]:
 
 
 def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def main() -> int:
@@ -91,12 +91,12 @@ def main() -> int:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
     md = [f"# TensorRT engines of the 7B-width {args.layers}-layer slice ({res['module']} {res['version']}, CPU-only)",
           "",
-          f"{res['date']}, {res['cpus']} cores ({res['machine']}), no GPU: {res['module']} builds ahead of time "
-          "(portable engines: compute capability 8.0 and later). Shared machine: other jobs were running.",
+          (f"{res['date']}, {res['cpus']} cores ({res['machine']}), no GPU: {res['module']} builds ahead of time "
+          "(portable engines: compute capability 8.0 and later). Shared machine: other jobs were running."),
           f"Load before: `{res['load_before']}`; after: `{res['load_after']}`.",
           "",
-          f"`huluexport quantize --format qdq` (int4, block 128): {res['quantize']['wall_s']} s, peak RSS "
-          f"{res['quantize']['peak_rss_bytes'] / 1e9:.2f} GB.",
+          (f"`huluexport quantize --format qdq` (int4, block 128): {res['quantize']['wall_s']} s, peak RSS "
+          f"{res['quantize']['peak_rss_bytes'] / 1e9:.2f} GB."),
           "",
           "| bundle | piece | ONNX files (MB) | planner (MB) | engine (MB) | build (s) |",
           "|---|---|---:|---:|---:|---:|"]

@@ -34,10 +34,10 @@ def check_bundle(
     bundle: str | Path,
     pieces: tuple[str, ...] = ("vision", "embed", "decoder"),
     engines_dir: Path | None = None,
-    prefer: str | None = "tensorrt_rtx",
+    prefer: str | None = None,
 ) -> list[EngineResult]:
     """The compatibility check: every graph of the bundle parses and builds with profiles from its dim ranges
-    (tensorrt-rtx by default: it builds on a CPU). With `engines_dir` the engines and their engines.json are kept
+    (with `tensorrt` where installed, else tensorrt-rtx, which builds on a CPU). With `engines_dir` the engines and their engines.json are kept
     there (replacing an engine directory written before)."""
     try:
         trt = load_trt(prefer)

@@ -140,23 +140,20 @@ def test_bad_engines_json_is_one_line(tmp_path: Path, edit, message: str) -> Non
 
 def test_staged_dir_is_all_or_nothing(tmp_path: Path) -> None:
     final = tmp_path / "engines" / "x"
-    with pytest.raises(RuntimeError):
-        with staged_dir(final, marker="engines.json") as tmp:
-            (tmp / "decoder.plan").write_bytes(b"half")
-            raise RuntimeError("build failed")
+    with pytest.raises(RuntimeError), staged_dir(final, marker="engines.json") as tmp:
+        (tmp / "decoder.plan").write_bytes(b"half")
+        raise RuntimeError("build failed")
     assert not final.exists() and list(final.parent.iterdir()) == []
     with staged_dir(final, marker="engines.json") as tmp:
         (tmp / "engines.json").write_text("{}")
     assert (final / "engines.json").is_file()
-    with pytest.raises(StagingError, match="already exists; pass --overwrite"):
-        with staged_dir(final, marker="engines.json"):
-            pass
+    with pytest.raises(StagingError, match="already exists; pass --overwrite"), staged_dir(final, marker="engines.json"):
+        pass
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "a.txt").write_text("mine")
-    with pytest.raises(StagingError, match="replaces only a directory this tool wrote"):
-        with staged_dir(foreign, overwrite=True, marker="engines.json"):
-            pass
+    with pytest.raises(StagingError, match="this tool wrote"), staged_dir(foreign, overwrite=True, marker="engines.json"):
+        pass
     assert (foreign / "a.txt").read_text() == "mine"
 
 
@@ -170,15 +167,14 @@ def test_option_parsing() -> None:
 def test_ort_tensorrt_ep_gets_manifest_profiles_and_caches(tmp_path: Path) -> None:
     """The TensorRT execution provider's options (onnxruntime CPU here has no TensorRT EP to open them with):
     explicit min/opt/max shapes of every input from the manifest, engine and timing caches in one directory."""
+    from e2e.bundles import bundle
     from hulurt.backends.ort import provider_list
     from hulurt.manifest import load_manifest
-
-    from e2e.bundles import bundle
 
     b = bundle("qwen2")
     m = load_manifest(b, verify_hashes=False)
     opts = BackendOptions(provider="tensorrt", trt_cache_dir=str(tmp_path / "cache"))
-    (name, trt), cuda, cpu = provider_list("tensorrt", opts, b / "decoder.onnx")
+    (name, trt), _cuda, cpu = provider_list("tensorrt", opts, b / "decoder.onnx")
     assert name == "TensorrtExecutionProvider" and cpu == "CPUExecutionProvider"
     assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == str(tmp_path / "cache")
     assert trt["trt_engine_cache_enable"] and trt["trt_timing_cache_enable"]

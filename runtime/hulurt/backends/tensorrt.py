@@ -48,10 +48,10 @@ def _import_trt() -> Any:
 
 def _import_cudart() -> Any:
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]  # cuda-python >= 12.6
     except ImportError:
         try:
-            from cuda import cudart  # type: ignore[no-redef]  # older cuda-python layout
+            from cuda import cudart  # type: ignore[import-not-found,no-redef]  # older cuda-python layout
         except ImportError as exc:
             raise BackendError(
                 "the native TensorRT backend needs cuda-python for device memory (pip install cuda-python)"

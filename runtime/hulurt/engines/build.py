@@ -28,7 +28,7 @@ from hulurt.engines.staging import staged_dir, write_atomic
 log = logging.getLogger(__name__)
 
 ENGINES_DIR = "engines"  # inside the bundle
-OPT_LEVELS = range(0, 6)
+OPT_LEVELS = range(6)
 
 
 @dataclass(frozen=True)

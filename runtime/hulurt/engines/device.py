@@ -38,15 +38,15 @@ def load_trt(prefer: str | None = None) -> Any:
 
 def _cuda_python(device_id: int) -> Gpu | None:
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]  # cuda-python >= 12.6
     except ImportError:
         try:
-            from cuda import cudart  # type: ignore[no-redef]  # older layout
+            from cuda import cudart  # type: ignore[import-not-found,no-redef]  # older cuda-python layout
         except ImportError:
             return None
     try:
         err, prop = cudart.cudaGetDeviceProperties(device_id)
-    except Exception:  # no driver: cuda-python raises its own types
+    except Exception:  # noqa: BLE001  # no driver: cuda-python raises its own error types
         return None
     if int(err) != 0:
         return None

@@ -7,9 +7,10 @@ from __future__ import annotations
 import shlex
 
 from hulurt.engines.build import BuildPlan
+from hulurt.engines.profiles import Profile
 
 
-def _shapes(plan_profile: dict[str, tuple[tuple[int, ...], ...]], which: int) -> str:
+def _shapes(plan_profile: Profile, which: int) -> str:
     return ",".join(f"{name}:{'x'.join(str(d) for d in shapes[which])}" for name, shapes in plan_profile.items())
 
 
