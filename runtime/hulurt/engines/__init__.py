@@ -13,4 +13,11 @@ from __future__ import annotations
 
 from hulurt.engines.meta import EngineError, EngineMeta
 
-__all__ = ["EngineError", "EngineMeta"]
+__all__ = ["EngineError", "EngineMeta", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`hulurt engines ...` (hulurt/cli.py SUBCOMMANDS) and `python -m hulurt.engines ...`."""
+    from hulurt.engines.__main__ import main as cli_main
+
+    return cli_main(argv)
