@@ -110,8 +110,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--threads",), "intra-op threads (0 = engine default)", type=int, default=0, check=checks.threads,
            metavar="N", to="load"),
     Option(("--provider",), "execution provider: auto picks TensorRT EP, then CUDA EP, then CPU (onnxruntime); "
-           "trt-native is the untested native TensorRT place holder", choices=PROVIDERS, default="auto",
+           "trt-native runs the bundle's TensorRT engines (built by hulurt.engines; not yet run on a GPU)",
+           choices=PROVIDERS, default="auto",
            to="load"),
+    Option(("--trt-cache",), "TensorRT execution provider: keep its engine and timing caches in DIR between runs "
+           "(profiles come from the bundle's dim ranges)", type=Path, metavar="DIR", to="load",
+           kwarg="trt_cache"),
     Option(("--skip-hash-check",), "check bundle file sizes only, not their sha256 (faster for large bundles)",
            type=None, flag=True, to="load", kwarg="verify_hashes", convert=lambda v: not v),
     Option(("-v", "--verbose"), "log progress; show tracebacks on errors", type=None, flag=True),
