@@ -82,6 +82,7 @@ class PromptFeed:
     visuals: tuple[VisualFeed, ...] = ()
     preprocess_s: float = 0.0
     stages: Mapping[str, float] = field(default_factory=dict)  # preprocessing's own stages (hulurt.clock)
+    notes: tuple[str, ...] = ()  # changes the readers made on their own, for the timing summary
 
 
 class TextDecoder(Protocol):
@@ -114,6 +115,7 @@ class Timings:
     stages: Mapping[str, float] = field(default_factory=dict)
     vision_batch: int = 0  # most frames per vision call (0: no visual input)
     prefill_chunk: int = 0  # most prompt tokens per prefill call
+    notes: tuple[str, ...] = ()  # e.g. "ct.nii.gz: 600 -> 256 slices sampled" (never a silent change)
 
     @property
     def decode_tok_s(self) -> float:
@@ -131,6 +133,7 @@ class Timings:
             f"preprocess {self.preprocess_s * 1e3:.0f} ms | vision {self.vision_s * 1e3:.0f} ms | "
             f"prefill {self.prefill_s * 1e3:.0f} ms ({self.prompt_tokens} tok) | TTFT {self.ttft_s * 1e3:.0f} ms | "
             f"decode {self.decode_tok_s:.1f} tok/s ({self.new_tokens} tok) | {vis}"
+            + "".join(f" | {n}" for n in self.notes)
         )
 
 
@@ -233,11 +236,8 @@ class Generator:
 
     # ---- pieces ----------------------------------------------------------------------------------
 
-    def vision(self, v: VisualFeed, frames: tuple[int, int] | None = None) -> NDArray[Any]:
-        """Vision graph for one input (or its frames [start, stop)): -> [n_frames, n_groups, hidden], every
-        merged token."""
-        if "vision" not in self.sessions:
-            raise ContractError("this request has visual inputs but the bundle has no 'vision' piece")
+    def _vision_feeds(self, v: VisualFeed, frames: tuple[int, int] | None = None) -> dict[str, NDArray[Any]]:
+        """The vision graph's feeds for one input, or for its frames [start, stop)."""
         gh, gw = v.grid_hw
         cos, sin = vision_rope(gh, gw, v.merge, self.facts.dims.vision_head_dim)
         n_patches = v.patches.shape[1] * v.patches.shape[2]
@@ -246,9 +246,29 @@ class Generator:
                 f"visual input grid {gh}x{gw} gives {cos.shape[0]} rope rows but its patches hold {n_patches}"
             )
         patches = v.patches if frames is None else v.patches[frames[0]:frames[1]]
-        return self.sessions["vision"].run(
-            {"pixel_patches": np.ascontiguousarray(patches, dtype=np.float32), "rope_cos": cos, "rope_sin": sin}
-        )["visual_embeds"]
+        return {"pixel_patches": np.ascontiguousarray(patches, dtype=np.float32), "rope_cos": cos, "rope_sin": sin}
+
+    def vision(self, v: VisualFeed, frames: tuple[int, int] | None = None) -> NDArray[Any]:
+        """Vision graph for one input (or its frames [start, stop)): -> [n_frames, n_groups, hidden], every
+        merged token."""
+        if "vision" not in self.sessions:
+            raise ContractError("this request has visual inputs but the bundle has no 'vision' piece")
+        return self.sessions["vision"].run(self._vision_feeds(v, frames))["visual_embeds"]
+
+    def visual_rows(self, visuals: Sequence[VisualFeed], batches: Sequence[int] | None = None) -> Any:
+        """Every visual input's kept rows in order -> [n_visual, hidden] (None without visuals), each input's
+        frames in vision calls of batches[k] (None: vision_batch_for). Backends that keep tensors on the device
+        (trt-native: `device_rows`) run each input in one call and hand the rows to the embed piece there."""
+        if not visuals:
+            return None
+        vision, embed = self.sessions.get("vision"), self.sessions["embed"]
+        if hasattr(vision, "device_rows") and hasattr(embed, "run_bound"):
+            return vision.device_rows(  # type: ignore[union-attr]
+                [(self._vision_feeds(v), v.keep) for v in visuals], into=embed
+            )
+        batches = [self.vision_batch_for(v) for v in visuals] if batches is None else batches
+        rows = [self.encode_visual(v, b) for v, b in zip(visuals, batches)]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
 
     def encode_visual(self, v: VisualFeed, batch: int | None = None) -> NDArray[Any]:
         """Vision graph for one input in batches of `batch` frames (None: vision_batch_for), then the kept rows
@@ -277,7 +297,9 @@ class Generator:
     def embed(self, ids: NDArray[np.int64], visual: NDArray[Any] | None = None) -> NDArray[Any]:
         feeds = {
             "input_ids": ids.reshape(1, -1).astype(np.int64),  # [L] -> [1, L]
-            "visual_embeds": self._no_visual if visual is None else np.ascontiguousarray(visual, dtype=self._act),
+            "visual_embeds": self._no_visual if visual is None else (
+                visual if not isinstance(visual, np.ndarray) else np.ascontiguousarray(visual, dtype=self._act)
+            ),  # a device tensor (trt-native) is bound where it lies
         }
         return self.sessions["embed"].run(feeds)["inputs_embeds"]
 
@@ -397,8 +419,7 @@ class Generator:
         if prompt.visuals:
             with clock("vision"):
                 batches = [self.vision_batch_for(v) for v in prompt.visuals]
-                rows = [self.encode_visual(v, b) for v, b in zip(prompt.visuals, batches)]
-                visual = np.concatenate(rows, axis=0)  # [n_visual, hidden]
+                visual = self.visual_rows(prompt.visuals, batches)  # [n_visual, hidden]
         t1 = time.perf_counter()
         with clock("embed"):
             embeds = self.embed(ids, visual)  # [1, L, hidden]
@@ -456,5 +477,6 @@ class Generator:
             stages=stages,
             vision_batch=max(batches) if prompt.visuals else 0,
             prefill_chunk=self.last_prefill_chunk,
+            notes=prompt.notes,
         )
         log.info("generated %d tokens (%s): %s", len(gen.token_ids), gen.stop_reason, gen.timings.summary())
