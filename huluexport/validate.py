@@ -249,8 +249,17 @@ def load_reference(m: rt.Manifest, checkpoint: str | Path | None) -> tuple[HuluC
         weight_source,
     )
 
-    cfg = config_from_dict(m.model)
+    from huluexport.export.manifest import dims_for
+
+    cfg = config_from_dict(m.model, m.path)
+    implied = dims_for(cfg, m.precision)
+    if implied != m.dims:
+        diff = next(k for k in m.dims.__dataclass_fields__ if getattr(implied, k) != getattr(m.dims, k))
+        raise ManifestError(f"{m.path}: field 'model': its sizes give {diff} = {getattr(implied, diff)}, but "
+                            f"dims.{diff} is {getattr(m.dims, diff)}; rebuild the bundle")
     w = m.model.get("weights") or {}
+    if not isinstance(w, dict):
+        raise ManifestError(f"{m.path}: field 'model.weights': expected an object, found {type(w).__name__}")
     layers = w.get("layers")
     if checkpoint is not None or w.get("kind") == "checkpoint":
         ck = Path(checkpoint if checkpoint is not None else w["checkpoint"])
@@ -358,7 +367,10 @@ def verify(
     import gc
 
     t0 = time.perf_counter()
+    from huluexport.export.graph_io import check_graphs
+
     m = rt.load_manifest(bundle, verify_hashes=verify_hashes)
+    check_graphs(m)  # the manifest's dims are the graphs' own, before the reference is sized from them
     cfg, model = load_reference(m, checkpoint)
     say = progress or (lambda s: log.info("%s", s))
     vision, prompts = _reference_pass(m, model, cfg, steps, seed)

@@ -113,7 +113,11 @@ def build_cmd(
 def inspect_cmd(bundle: Path, no_hash: bool) -> None:
     from hulurt.manifest import load_manifest
 
-    click.echo(describe(load_manifest(bundle, verify_hashes=not no_hash)))
+    from huluexport.export.graph_io import check_graphs
+
+    m = load_manifest(bundle, verify_hashes=not no_hash)
+    check_graphs(m)  # the manifest's dims against the graphs' declared inputs/outputs
+    click.echo(describe(m))
 
 
 @click.command("verify", help=HELP["verify"])
@@ -185,11 +189,13 @@ def _echo_trt(bundle: Path, engines: Path | None) -> None:
 
 def describe(m) -> str:
     """The manifest as readable text (used by `inspect`)."""
+    dec = m.model.get("decoder") if isinstance(m.model.get("decoder"), dict) else {}
+    flavour = {True: "qwen3", False: "qwen2"}.get(dec.get("qk_norm"), "decoder flavour not recorded")
     lines = [
         f"bundle      {m.root}",
         (
-            f"model       {m.model.get('name')} ({m.model['decoder']['layers']} decoder layers, hidden {m.dims.hidden}, "
-            f"vocab {m.dims.vocab}, {'qwen3' if m.model['decoder'].get('qk_norm') else 'qwen2'})"
+            f"model       {m.model.get('name')} ({m.dims.layers} decoder layers, hidden {m.dims.hidden}, "
+            f"vocab {m.dims.vocab}, {flavour})"
         ),
         f"weights     {m.model.get('weights')}",
         f"precision   {m.precision} (act {m.dims.act_dtype})   target {m.target}   contract v{m.contract_version}",

@@ -17,6 +17,7 @@ from hulurt.contract import CONTRACT_VERSION, OPS, Dims, to_json
 
 from huluexport import __version__
 from huluexport.config import HuluConfig
+from huluexport.export.staging import MARKER
 from huluexport.export.targets import Target
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def dims_for(cfg: HuluConfig, precision: str) -> Dims:
     )
 
 
-def list_files(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST,)) -> dict[str, rt.FileEntry]:
+def list_files(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST, MARKER)) -> dict[str, rt.FileEntry]:
+    """Every regular file under `root` but the manifest and the staging marker, hashed."""
     files = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()

@@ -16,6 +16,7 @@ from hulurt.backends.base import BackendOptions, Session, open_session
 from hulurt.errors import UnsupportedInputError
 from hulurt.generate import BundleFacts, Generation, Generator, PromptFeed, VisualFeed, check_context
 from hulurt.manifest import Manifest, load_manifest
+from hulurt.manifest_limits import check_graph_io
 from hulurt.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,11 @@ class Model:
     def session(self, piece: str) -> Session:
         if piece not in self._sessions:
             t = time.perf_counter()
-            self._sessions[piece] = open_session(self.manifest.piece_path(piece), self.options)
+            sess = open_session(self.manifest.piece_path(piece), self.options)
+            declared = getattr(sess, "declared_io", None)
+            if declared is not None:  # the manifest's dims must be the graph's own (before anything is sized)
+                check_graph_io(self.manifest, piece, *declared(), where=self.manifest.pieces[piece].file)
+            self._sessions[piece] = sess
             log.info("loaded %s in %.0f ms", piece, (time.perf_counter() - t) * 1e3)
         return self._sessions[piece]
 
