@@ -295,7 +295,7 @@ def check_links(root: str | os.PathLike[str], max_entries: int = 10_000) -> None
                 raise ManifestError(f"{root}: holds more than {max_entries} entries; not a huluexport bundle")
             full = os.path.join(dirpath, name)
             if os.path.islink(full):
-                inside(Path(root), os.path.relpath(full, root), "link")
+                inside(Path(root), os.path.relpath(full, root))
 
 
 def read_manifest_json(bundle_dir: str | os.PathLike[str]) -> Any:
@@ -362,7 +362,7 @@ def load_manifest(
     files = {}
     for rel, v in r.obj(top["files"], "files", None).items():
         if not rel or rel.startswith(("/", "\\")) or ".." in Path(rel).parts or rel == MANIFEST:
-            raise r.fail(f"files.{_show(rel)}", "file paths must be relative and inside the bundle")
+            raise r.fail(f"files.{rel[:60]}", "file paths must be relative and inside the bundle")
         files[rel] = r.dataclass_of(FileEntry, v, f"files.{rel}")
 
     known = set(pieces(dims))
