@@ -19,7 +19,8 @@ HELP = {
     "layers": "Build a shallow slice: the first N decoder and vision layers (full width).",
     "precision": "fp32, or fp16 with LayerNorm/RMSNorm, softmax and RoPE kept in fp32.",
     "target": "Device profile: dynamic dim ranges (TensorRT profiles, runtime limits).",
-    "overwrite": "Replace an existing bundle at --out (the old one is removed only after the new one is complete).",
+    "overwrite": "Replace an existing bundle at --out: only a huluexport bundle (never the input, a directory holding "
+    "it, a file, a link or a directory of other files); the old one is removed only after the new one is complete.",
     "dump_dir": "Write each piece's graph (no weights) after every pass into this directory.",
     "trt_check": "After the build, parse and build every graph with TensorRT (tensorrt-rtx).",
     "inspect": "Print a bundle's manifest readably: pieces and their I/O, dims and ranges, tokens, files, versions.",
