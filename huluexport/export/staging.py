@@ -108,6 +108,8 @@ def check_out(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[st
         if target.is_relative_to(src):
             raise _refuse(shown, f"is inside the input {inp}; write the bundle to a directory outside it")
     if os.path.lexists(target):
+        if Path.cwd().resolve().is_relative_to(target.resolve()):
+            raise _refuse(shown, "is (or contains) the current directory; run from elsewhere or choose another --out")
         if not overwrite:
             raise _refuse(shown, "already exists; pass --overwrite to replace it (only a huluexport bundle is "
                           "replaced) or choose another --out")

@@ -93,6 +93,13 @@ def test_quantize_overwrite_replaces_only_a_bundle(job: Path, capsys, monkeypatc
     assert why in line
 
 
+def test_current_directory_is_never_replaced(job: Path, capsys, monkeypatch) -> None:
+    """Even a real bundle is not replaced while it is the current directory (the shell would sit in a deleted one)."""
+    monkeypatch.chdir(job / "bundle")
+    line = _refused(capsys, job.parent, "build", "--size", "tiny", "--random-weights", "--out", ".", "--overwrite")
+    assert "is (or contains) the current directory" in line
+
+
 def test_overwrite_replaces_an_existing_bundle(job: Path, capsys) -> None:
     out = job / "q"
     assert _cli(capsys, "quantize", str(job / "bundle"), "--out", str(out), "--bits", "8") == (0, "")
