@@ -17,8 +17,8 @@ from hulurt.contract import CONTRACT_VERSION, OPS, Dims, to_json
 
 from huluexport import __version__
 from huluexport.config import HuluConfig
+from huluexport.devices import Target
 from huluexport.export.staging import MARKER
-from huluexport.export.targets import Target
 
 log = logging.getLogger(__name__)
 

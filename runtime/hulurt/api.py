@@ -12,6 +12,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from hulurt import checks
 from hulurt.backends.base import BackendOptions, Session, open_session
 from hulurt.errors import UnsupportedInputError
 from hulurt.generate import BundleFacts, Generation, Generator, PromptFeed, VisualFeed, check_context
@@ -49,7 +50,7 @@ class Model:
     the end. Both accept `on_text` for a callback per piece. One request at a time per Model."""
 
     def __init__(self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None) -> None:
-        from hulurt.prompt import load_chat_template
+        from hulurt.prompt import check_template, load_chat_template
         from hulurt.tokenizer import Tokenizer
 
         self.manifest = manifest
@@ -63,6 +64,7 @@ class Model:
         self.tokenizer = Tokenizer.from_file(manifest.root / tok_rel)
         tpl = manifest.file_path(manifest.tokenizer.chat_template)
         self.chat_template = load_chat_template(tpl)
+        check_template(self.chat_template, tpl)  # a template that cannot render fails the load, not a request
         self.facts = facts_of(manifest)
         self._sessions: dict[str, Session] = {}
         self._kv_strategy = kv_strategy
@@ -114,10 +116,12 @@ class Model:
         from hulurt.inputs import InputOptions, build_inputs
         from hulurt.media import kind_of
 
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UnsupportedInputError("--prompt", "the prompt is empty; ask a question")
+        reason = checks.prompt(prompt)
+        if reason is not None:
+            raise UnsupportedInputError("--prompt", f"the prompt {reason}")
         media: list[Any] = [Path(p) for p in images]
         if volume is not None:
+            _check_path(volume, "--volume", checks.file_or_dir_path)  # before kind_of opens it
             kind = kind_of(volume)
             if kind not in _VOLUME_KINDS or (kind == "dicom" and not Path(volume).is_dir()):
                 raise UnsupportedInputError(
@@ -133,9 +137,11 @@ class Model:
                 media[0], f"this bundle ({self.manifest.root}) is text-only: it has no vision piece, so it cannot "
                 "take images, volumes or videos; ask a text question or build a bundle with vision"
             )
-        text_ids = len(self.tokenizer.encode(prompt))
+        text_ids = len(self.tokenizer.encode_text(prompt))
         check_context(text_ids, 1 if max_new_tokens is None else max_new_tokens, self.facts.max_context,
                       what="question text")
+        for path in media:  # a named pipe or a device would block its reader: refused before anything opens it
+            _check_path(path, "input file", checks.file_or_dir_path)
         f = self.facts
         opts = InputOptions(
             compression=f.reduction_enabled if token_reduction is None else token_reduction,
@@ -206,6 +212,12 @@ class Model:
             feed, self.tokenizer, max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids,
             on_text=on_text, started=started,
         )
+
+
+def _check_path(path: PathLike, name: str, check: Callable[[Any], str | None]) -> None:
+    reason = check(path)
+    if reason is not None:
+        raise UnsupportedInputError(name, reason)
 
 
 def load(
