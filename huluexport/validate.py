@@ -241,6 +241,7 @@ def case_patches(case: VisionCase, patch_dim: int, seed: int) -> np.ndarray:
 
 def load_reference(m: rt.Manifest, checkpoint: str | Path | None) -> tuple[HuluConfig, Any]:
     """The reference model for a bundle: from --checkpoint, the recorded checkpoint, or the recorded random seed."""
+    from huluexport.export.manifest import dims_for
     from huluexport.export.pipeline import (
         WeightSpec,
         config_from_dict,
@@ -248,8 +249,6 @@ def load_reference(m: rt.Manifest, checkpoint: str | Path | None) -> tuple[HuluC
         slice_layers,
         weight_source,
     )
-
-    from huluexport.export.manifest import dims_for
 
     cfg = config_from_dict(m.model, m.path)
     implied = dims_for(cfg, m.precision)

@@ -50,7 +50,7 @@ MAX_OPSET = 100
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _within(fail: Fail, field: str, value: int | float, lo: int | float, hi: int | float, why: str = "") -> None:
+def _within(fail: Fail, field: str, value: float, lo: float, hi: float, why: str = "") -> None:
     if not lo <= value <= hi:
         raise fail(field, f"expected {lo}..{hi}{why}, found {value}")
 
