@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from hulurt import manifest as rt
-from hulurt.contract import CONTRACT_VERSION, OPS, Dims, to_json
+from hulurt.contract import CONTRACT_VERSION, OPS, to_json
 
 from huluexport import __version__
-from huluexport.config import HuluConfig
+from huluexport.config import HuluConfig, to_dims
 from huluexport.devices import Target
 from huluexport.export.staging import MARKER
 
@@ -45,20 +45,6 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def dims_for(cfg: HuluConfig, precision: str) -> Dims:
-    d = cfg.decoder
-    return Dims(
-        hidden=d.hidden,
-        vocab=d.vocab,
-        layers=d.layers,
-        kv_heads=d.kv_heads,
-        head_dim=d.head_dim,
-        vision_head_dim=cfg.vision.head_dim,
-        patch_dim=cfg.vision.patch_dim,
-        act_dtype=rt.ACT_DTYPE[precision],
-    )
-
-
 def list_files(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST, MARKER)) -> dict[str, rt.FileEntry]:
     """Every regular file under `root` but the manifest and the staging marker, hashed."""
     files = {}
@@ -80,7 +66,7 @@ def build_manifest(
     max_new_tokens_default: int = 1024,
 ) -> dict[str, Any]:
     """The manifest as a JSON-ready dict; `files` lists every file under root (hashed now)."""
-    dims = dims_for(cfg, precision)
+    dims = to_dims(cfg, rt.ACT_DTYPE[precision])
     ranges = target.ranges(cfg.decoder.max_position)
     t = cfg.tokens
     pre = cfg.preprocess

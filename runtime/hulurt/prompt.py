@@ -10,8 +10,8 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -250,7 +250,7 @@ def render_pieces(
     """render(...), split into template text and caller text. The conversation is rendered twice: as given,
     and with every caller string replaced by a random marker; the markers show where each string landed, and
     the split is kept only if putting the strings back gives exactly the first rendering."""
-    kw = {"add_generation_prompt": add_generation_prompt, "add_system_prompt": add_system_prompt,
+    kw: dict[str, Any] = {"add_generation_prompt": add_generation_prompt, "add_system_prompt": add_system_prompt,
           "image_token": image_token}
     text = render(messages, template, system_prompt=system_prompt, **kw)
     nonce = secrets.token_hex(16)

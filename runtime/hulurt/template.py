@@ -62,9 +62,8 @@ class _Watchdog:
                 self.fired = True
                 _async_raise(self._tid, RenderTimeout)
 
-    def __enter__(self) -> _Watchdog:
+    def __enter__(self) -> None:
         self._timer.start()
-        return self
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
@@ -118,19 +117,19 @@ def _environment(max_chars: int) -> Any:
                 check_args("%", (left,), {})
             return super().call_binop(context, operator, left, right)
 
-        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-            name = getattr(__obj, "__name__", "call")
+        def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+            name = getattr(obj, "__name__", "call")
             check_args(name, args, kwargs)
-            bound = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)  # the sandbox wraps str.format
+            bound = getattr(getattr(obj, "__wrapped__", obj), "__self__", None)  # the sandbox wraps str.format
             if name in ("format", "format_map") and isinstance(bound, str):
                 check_args(name, (bound,), {})
-            if __self.depth >= MAX_DEPTH:
+            if self.depth >= MAX_DEPTH:
                 raise TemplateLimit(f"calls nested deeper than {MAX_DEPTH} (a recursive macro?)")
-            __self.depth += 1
+            self.depth += 1
             try:
-                return super().call(__context, __obj, *args, **kwargs)
+                return super().call(context, obj, *args, **kwargs)
             finally:
-                __self.depth -= 1
+                self.depth -= 1
 
     env = Guarded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
 
