@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "huluexport.commands.export",
     "huluexport.commands.run",
     "huluexport.commands.bench",
+    "huluexport.commands.engines",
 )
 
 

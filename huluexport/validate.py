@@ -300,7 +300,12 @@ def verify(
     runner = BundleRunner(m)
     prec = m.precision
     # per piece: a quantized bundle's decoder is "int4"/"int8" while the others stay at the bundle's precision
-    tol = {p: get(p, m.pieces[p].precision, backend) for p in ("vision", "embed", "decoder")}
+    # a QDQ int4 decoder (quantize --format qdq) has its own entry: "int4-qdq"
+    tol = {
+        p: get(p, m.pieces[p].precision + ("-qdq" if m.pieces[p].compute.get("quant_format") == "qdq" else ""),
+               backend)
+        for p in ("vision", "embed", "decoder")
+    }
     rows: list[Row] = []
     bundle_rows, ref_rows = [], []
     for case, _vis, patches, want, keep in vision:  # compared before any compaction

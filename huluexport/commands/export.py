@@ -36,10 +36,13 @@ HELP = {
     "quantize": "Copy BUNDLE to --out with the decoder's weights (its layers and the lm_head) quantized weight-only "
     "to int8 or int4 (onnxruntime MatMulNBits, CPU kernels; activations stay at the bundle's precision). Cuts the "
     "bytes read per decoded token 4-8x. Loads the decoder's weights fully (about 1.6x its fp32 size in RAM). "
-    "onnxruntime only: TensorRT cannot build MatMulNBits.",
+    "--format qdq writes the int4 form TensorRT builds instead of MatMulNBits.",
     "quantize_out": "Quantized bundle directory to create (temporary sibling, moved into place when complete).",
     "bits": "Weight bits: 8 (int8, near-lossless) or 4 (int4, 2x smaller again, visibly lossier).",
-    "block_size": "Weights per quantization block (one scale + zero point each) along the input dim.",
+    "block_size": "Weights per quantization block along the input dim (default 32 for matmulnbits: one scale + "
+    "zero point each; 128 for qdq: one scale each).",
+    "format": "matmulnbits: onnxruntime's MatMulNBits (CPU kernels; TensorRT cannot build it). qdq: INT4 weights + "
+    "DequantizeLinear (opset 21, symmetric, no zero points), the weight-only int4 form TensorRT builds; --bits 4.",
     "accuracy_level": "MatMulNBits accuracy_level: 4 = each matmul input block is quantized to int8 on the fly "
     "(integer kernels: the fast CPU path, slightly more error); 0 = fp matmul inputs (onnxruntime 1.32 CPU: int4 "
     "3.7x slower per decoded token than 4, int8 100x slower; see benchmarks/results/quantize.md).",
@@ -156,9 +159,16 @@ def trt_check_cmd(bundle: Path, engines: Path | None) -> None:
 @click.option(
     "--block-size",
     type=click.Choice(["16", "32", "64", "128", "256"]),
-    default="32",
-    show_default=True,
+    default=None,
     help=HELP["block_size"],
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["matmulnbits", "qdq"]),
+    default="matmulnbits",
+    show_default=True,
+    help=HELP["format"],
 )
 @click.option(
     "--accuracy-level",
@@ -168,14 +178,17 @@ def trt_check_cmd(bundle: Path, engines: Path | None) -> None:
     help=HELP["accuracy_level"],
 )
 @click.option("--overwrite", is_flag=True, help=HELP["overwrite"])
-def quantize_cmd(bundle: Path, out: Path, bits: str, block_size: str, accuracy_level: str, overwrite: bool) -> None:
+def quantize_cmd(
+    bundle: Path, out: Path, bits: str, block_size: str | None, fmt: str, accuracy_level: str, overwrite: bool
+) -> None:
     from huluexport.export.quantize import QuantizeOptions, quantize
 
     opts = QuantizeOptions(
         src=bundle,
         out=out,
         bits=int(bits),
-        block_size=int(block_size),
+        block_size=int(block_size) if block_size else (128 if fmt == "qdq" else 32),
+        format=fmt,
         accuracy_level=int(accuracy_level),
         overwrite=overwrite,
     )

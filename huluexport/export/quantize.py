@@ -52,6 +52,7 @@ class QuantizeOptions:
     accuracy_level: int = 4
     symmetric: bool = False  # False: a uint zero point per block (onnxruntime's default and better for RTN)
     overwrite: bool = False
+    format: str = "matmulnbits"  # or "qdq": int4 + DequantizeLinear for TensorRT (huluexport/export/qdq.py)
 
 
 def precision_name(bits: int) -> str:
@@ -69,7 +70,19 @@ def describe(opts: QuantizeOptions, act_dtype: str) -> str:
     )
 
 
+FORMATS = ("matmulnbits", "qdq")
+
+
 def check_options(opts: QuantizeOptions) -> None:
+    if opts.format not in FORMATS:
+        raise ConfigError(f"--format {opts.format!r}: expected one of {', '.join(FORMATS)}")
+    if opts.format == "qdq":
+        from huluexport.export import qdq
+
+        if opts.bits != 4:
+            raise ConfigError(f"--bits {opts.bits} with --format qdq: the QDQ form is int4 only (--bits 4)")
+        if opts.block_size not in qdq.BLOCK_SIZES:
+            raise ConfigError(f"--block-size {opts.block_size} with --format qdq: expected one of {qdq.BLOCK_SIZES}")
     if opts.bits not in BITS:
         raise ConfigError(f"--bits {opts.bits}: expected one of {BITS}")
     if opts.block_size not in BLOCK_SIZES:
@@ -369,9 +382,18 @@ def quantize(opts: QuantizeOptions) -> Path:
                 _copy_regular(m.root, rel, tmp)
         for p in opts.pieces:
             e = m.pieces[p]
-            res = quantize_piece(m.root, tmp, e, opts, listed=set(m.files))
             compute = dict(e.compute)
-            compute["weights"] = describe(opts, m.dims.act_dtype)
+            if opts.format == "qdq":
+                from huluexport.export import qdq
+
+                path = m.root / e.file  # the same external-data rule as quantize_piece, before qdq reads weights
+                check_external_data(onnx.load(str(path), load_external_data=False), m.root, path, set(m.files))
+                res = qdq.quantize_piece(m.root, tmp, e, opts.block_size)
+                compute["weights"] = qdq.describe(opts.block_size, m.dims.act_dtype)
+                compute["quant_format"] = "qdq"
+            else:
+                res = quantize_piece(m.root, tmp, e, opts, listed=set(m.files))
+                compute["weights"] = describe(opts, m.dims.act_dtype)
             new = dataclasses.replace(
                 e, data=res["data"], precision=precision_name(opts.bits), compute=compute
             )

@@ -283,13 +283,17 @@ def load(
     threads: int = 0,
     verify_hashes: bool = True,
     kv_strategy: str | None = None,
+    trt_cache: PathLike | None = None,
     tokenizer: Any = None,
 ) -> Model:
     """Open a bundle directory: strict manifest, every file's size and (unless verify_hashes=False) sha256.
-    tokenizer: see Model (None = the bundle's own)."""
+    tokenizer: see Model (None = the bundle's own). `trt_cache`: directory for the TensorRT execution provider's
+    engine and timing caches (its profiles always come from the manifest's dim ranges; backends/ort.py)."""
     t = time.perf_counter()
     manifest = load_manifest(bundle, verify_hashes=verify_hashes)
-    model = Model(manifest, BackendOptions(provider=provider, threads=threads), kv_strategy, tokenizer)
+    options = BackendOptions(provider=provider, threads=threads,
+                             trt_cache_dir=None if trt_cache is None else os.fspath(trt_cache))
+    model = Model(manifest, options, kv_strategy, tokenizer)
     for piece in ("embed", "decoder", "vision"):  # open now: load time is not part of a request's latency
         if piece in manifest.pieces:
             model.session(piece)
