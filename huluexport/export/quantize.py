@@ -275,6 +275,15 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path, path: Path, list
             raise ManifestError(f"{where}, a file {base_dir / rt.MANIFEST} does not list (so not hash-checked)")
 
 
+def _check_graph_file(src: Path, rel: str, listed: set[str]) -> None:
+    path = src / rel
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, ValueError, DecodeError) as exc:  # missing / not a protobuf
+        raise ExportError(f"{path}: cannot load the graph ({exc})") from None
+    check_external_data(model, src, path, listed)
+
+
 def quantize_piece(
     src: Path, dst: Path, entry: rt.PieceEntry, opts: QuantizeOptions, listed: set[str] | None = None
 ) -> dict[str, Any]:
@@ -386,8 +395,7 @@ def quantize(opts: QuantizeOptions) -> Path:
             if opts.format == "qdq":
                 from huluexport.export import qdq
 
-                path = m.root / e.file  # the same external-data rule as quantize_piece, before qdq reads weights
-                check_external_data(onnx.load(str(path), load_external_data=False), m.root, path, set(m.files))
+                _check_graph_file(m.root, e.file, set(m.files))  # quantize_piece's rule, before qdq reads weights
                 res = qdq.quantize_piece(m.root, tmp, e, opts.block_size)
                 compute["weights"] = qdq.describe(opts.block_size, m.dims.act_dtype)
                 compute["quant_format"] = "qdq"
