@@ -80,6 +80,7 @@ class PromptFeed:
     visuals: tuple[VisualFeed, ...] = ()
     preprocess_s: float = 0.0
     stages: Mapping[str, float] = field(default_factory=dict)  # preprocessing's own stages (hulurt.clock)
+    notes: tuple[str, ...] = ()  # changes the readers made on their own, for the timing summary
 
 
 class TextDecoder(Protocol):
@@ -110,6 +111,7 @@ class Timings:
     # exclusive seconds per stage (hulurt.clock): preprocess, reduction (from the PromptFeed), vision, embed
     # (the prompt's), prefill (decoder over the prompt + choosing the first token), decode (every later step)
     stages: Mapping[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # e.g. "ct.nii.gz: 600 -> 256 slices sampled" (never a silent change)
 
     @property
     def decode_tok_s(self) -> float:
@@ -127,6 +129,7 @@ class Timings:
             f"preprocess {self.preprocess_s * 1e3:.0f} ms | vision {self.vision_s * 1e3:.0f} ms | "
             f"prefill {self.prefill_s * 1e3:.0f} ms ({self.prompt_tokens} tok) | TTFT {self.ttft_s * 1e3:.0f} ms | "
             f"decode {self.decode_tok_s:.1f} tok/s ({self.new_tokens} tok) | {vis}"
+            + "".join(f" | {n}" for n in self.notes)
         )
 
 
@@ -395,5 +398,6 @@ class Generator:
             visual_tokens_before=sum(v.tokens_before for v in prompt.visuals),
             visual_tokens_after=sum(v.tokens_after for v in prompt.visuals),
             stages=stages,
+            notes=prompt.notes,
         )
         log.info("generated %d tokens (%s): %s", len(gen.token_ids), gen.stop_reason, gen.timings.summary())
