@@ -19,6 +19,7 @@ from hulurt.clock import StageClock
 from hulurt.errors import ContextLengthError, UnsupportedInputError
 from hulurt.generate import BundleFacts, Generation, Generator, PromptFeed, VisualFeed, check_context
 from hulurt.manifest import Manifest, load_manifest
+from hulurt.manifest_limits import check_graph_io
 from hulurt.sampling import SamplingConfig
 from hulurt.schedule import ModelShape
 
@@ -102,7 +103,11 @@ class Model:
     def session(self, piece: str) -> Session:
         if piece not in self._sessions:
             t = time.perf_counter()
-            self._sessions[piece] = open_session(self.manifest.piece_path(piece), self.options)
+            sess = open_session(self.manifest.piece_path(piece), self.options)
+            declared = getattr(sess, "declared_io", None)
+            if declared is not None:  # the manifest's dims must be the graph's own (before anything is sized)
+                check_graph_io(self.manifest, piece, *declared(), where=self.manifest.pieces[piece].file)
+            self._sessions[piece] = sess
             log.info("loaded %s in %.0f ms", piece, (time.perf_counter() - t) * 1e3)
         return self._sessions[piece]
 

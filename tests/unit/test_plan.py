@@ -182,7 +182,7 @@ def test_cli_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["plan", "--target", "h100", "--image", "512by512"])
-    assert e.value.code == 1 and "--image '512by512'" in capsys.readouterr().err
+    assert e.value.code == 2 and "--image '512by512'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["plan", "--target", "h100", "--image", "64x64", "--volume-slices", "3"])
     assert e.value.code != 0 and "at most one" in capsys.readouterr().err
