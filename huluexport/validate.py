@@ -286,7 +286,10 @@ def verify(
     import gc
 
     t0 = time.perf_counter()
+    from huluexport.export.graph_io import check_graphs
+
     m = rt.load_manifest(bundle, verify_hashes=verify_hashes)
+    check_graphs(m)  # the manifest's dims are the graphs' own, before the reference is sized from them
     cfg, model = reference_for_bundle(m, checkpoint)
     say = progress or (lambda s: log.info("%s", s))
     vision, prompts = _reference_pass(m, model, cfg, steps, seed)

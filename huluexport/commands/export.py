@@ -20,7 +20,8 @@ HELP = {
     "layers": "Build a shallow slice: the first N decoder and vision layers (full width).",
     "precision": "fp32, or fp16 with LayerNorm/RMSNorm, softmax and RoPE kept in fp32.",
     "target": "Device (huluexport/devices.py): dynamic dim ranges (TensorRT profiles, runtime limits).",
-    "overwrite": "Replace an existing bundle at --out (the old one is removed only after the new one is complete).",
+    "overwrite": "Replace an existing bundle at --out: only a huluexport bundle (never the input, a directory holding "
+    "it, a file, a link or a directory of other files); the old one is removed only after the new one is complete.",
     "dump_dir": "Write each piece's graph (no weights) after every pass into this directory.",
     "trt_check": "After the build, parse and build every graph with TensorRT (tensorrt-rtx).",
     "inspect": "Print a bundle's manifest readably: pieces and their I/O, dims and ranges, tokens, files, versions.",
@@ -119,7 +120,11 @@ def build_cmd(
 def inspect_cmd(bundle: Path, no_hash: bool) -> None:
     from hulurt.manifest import load_manifest
 
-    click.echo(describe(load_manifest(bundle, verify_hashes=not no_hash)))
+    from huluexport.export.graph_io import check_graphs
+
+    m = load_manifest(bundle, verify_hashes=not no_hash)
+    check_graphs(m)  # the manifest's dims against the graphs' declared inputs/outputs
+    click.echo(describe(m))
 
 
 @click.command("verify", help=HELP["verify"])
@@ -201,11 +206,13 @@ def _echo_trt(bundle: Path, engines: Path | None) -> None:
 
 def describe(m) -> str:
     """The manifest as readable text (used by `inspect`)."""
+    dec = m.model.get("decoder") if isinstance(m.model.get("decoder"), dict) else {}
+    flavour = {True: "qwen3", False: "qwen2"}.get(dec.get("qk_norm"), "decoder flavour not recorded")
     lines = [
         f"bundle      {m.root}",
         (
-            f"model       {m.model.get('name')} ({m.model['decoder']['layers']} decoder layers, hidden {m.dims.hidden}, "
-            f"vocab {m.dims.vocab}, {'qwen3' if m.model['decoder'].get('qk_norm') else 'qwen2'})"
+            f"model       {m.model.get('name')} ({m.dims.layers} decoder layers, hidden {m.dims.hidden}, "
+            f"vocab {m.dims.vocab}, {flavour})"
         ),
         f"weights     {m.model.get('weights')}",
         f"precision   {m.precision} (act {m.dims.act_dtype})   target {m.target}   contract v{m.contract_version}",

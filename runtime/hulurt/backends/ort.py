@@ -129,6 +129,16 @@ class OrtSession:
     def input_names(self) -> list[str]:
         return list(self._inputs)
 
+    def declared_io(self) -> tuple[list[tuple[str, str, tuple[Any, ...]]], list[tuple[str, str, tuple[Any, ...]]]]:
+        """(name, numpy dtype name, shape) of the graph's inputs and outputs as the file declares them (shape
+        axes are ints, dim names or None), for hulurt.manifest_limits.check_graph_io."""
+        from hulurt.manifest_limits import ORT_TYPES
+
+        def conv(args: Any) -> list[tuple[str, str, tuple[Any, ...]]]:
+            return [(a.name, ORT_TYPES.get(a.type, a.type), tuple(a.shape)) for a in args]
+
+        return conv(self._sess.get_inputs()), conv(self._sess.get_outputs())
+
     def output_names(self) -> list[str]:
         return list(self._outputs)
 
