@@ -80,6 +80,7 @@ class PromptFeed:
     visuals: tuple[VisualFeed, ...] = ()
     preprocess_s: float = 0.0
     stages: Mapping[str, float] = field(default_factory=dict)  # preprocessing's own stages (hulurt.clock)
+    notes: tuple[str, ...] = ()  # changes the readers made on their own, for the timing summary
 
 
 class TextDecoder(Protocol):
@@ -110,6 +111,7 @@ class Timings:
     # exclusive seconds per stage (hulurt.clock): preprocess, reduction (from the PromptFeed), vision, embed
     # (the prompt's), prefill (decoder over the prompt + choosing the first token), decode (every later step)
     stages: Mapping[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # e.g. "ct.nii.gz: 600 -> 256 slices sampled" (never a silent change)
 
     @property
     def decode_tok_s(self) -> float:
@@ -127,6 +129,7 @@ class Timings:
             f"preprocess {self.preprocess_s * 1e3:.0f} ms | vision {self.vision_s * 1e3:.0f} ms | "
             f"prefill {self.prefill_s * 1e3:.0f} ms ({self.prompt_tokens} tok) | TTFT {self.ttft_s * 1e3:.0f} ms | "
             f"decode {self.decode_tok_s:.1f} tok/s ({self.new_tokens} tok) | {vis}"
+            + "".join(f" | {n}" for n in self.notes)
         )
 
 
@@ -195,10 +198,7 @@ class Generator:
 
     # ---- pieces ----------------------------------------------------------------------------------
 
-    def vision(self, v: VisualFeed) -> NDArray[Any]:
-        """Vision graph for one input: -> [n_frames, n_groups, hidden], every merged token."""
-        if "vision" not in self.sessions:
-            raise ContractError("this request has visual inputs but the bundle has no 'vision' piece")
+    def _vision_feeds(self, v: VisualFeed) -> dict[str, NDArray[Any]]:
         gh, gw = v.grid_hw
         cos, sin = vision_rope(gh, gw, v.merge, self.facts.dims.vision_head_dim)
         n_patches = v.patches.shape[1] * v.patches.shape[2]
@@ -206,9 +206,25 @@ class Generator:
             raise ContractError(
                 f"visual input grid {gh}x{gw} gives {cos.shape[0]} rope rows but its patches hold {n_patches}"
             )
-        return self.sessions["vision"].run(
-            {"pixel_patches": np.ascontiguousarray(v.patches, dtype=np.float32), "rope_cos": cos, "rope_sin": sin}
-        )["visual_embeds"]
+        return {"pixel_patches": np.ascontiguousarray(v.patches, dtype=np.float32), "rope_cos": cos, "rope_sin": sin}
+
+    def vision(self, v: VisualFeed) -> NDArray[Any]:
+        """Vision graph for one input: -> [n_frames, n_groups, hidden], every merged token."""
+        if "vision" not in self.sessions:
+            raise ContractError("this request has visual inputs but the bundle has no 'vision' piece")
+        return self.sessions["vision"].run(self._vision_feeds(v))["visual_embeds"]
+
+    def visual_rows(self, visuals: Sequence[VisualFeed]) -> Any:
+        """Every visual input's kept rows in order -> [n_visual, hidden] (None without visuals). Backends that
+        keep tensors on the device (trt-native: `device_rows`) hand them to the embed piece there."""
+        if not visuals:
+            return None
+        vision, embed = self.sessions.get("vision"), self.sessions["embed"]
+        if hasattr(vision, "device_rows") and hasattr(embed, "run_bound"):
+            return vision.device_rows(  # type: ignore[union-attr]
+                [(self._vision_feeds(v), v.keep) for v in visuals], into=embed
+            )
+        return np.concatenate([self.encode_visual(v) for v in visuals], axis=0)
 
     def encode_visual(self, v: VisualFeed) -> NDArray[Any]:
         """Vision graph for one input, then the kept rows in token order: -> [n_kept, hidden]."""
@@ -220,7 +236,9 @@ class Generator:
     def embed(self, ids: NDArray[np.int64], visual: NDArray[Any] | None = None) -> NDArray[Any]:
         feeds = {
             "input_ids": ids.reshape(1, -1).astype(np.int64),  # [L] -> [1, L]
-            "visual_embeds": self._no_visual if visual is None else np.ascontiguousarray(visual, dtype=self._act),
+            "visual_embeds": self._no_visual if visual is None else (
+                visual if not isinstance(visual, np.ndarray) else np.ascontiguousarray(visual, dtype=self._act)
+            ),  # a device tensor (trt-native) is bound where it lies
         }
         return self.sessions["embed"].run(feeds)["inputs_embeds"]
 
@@ -324,8 +342,7 @@ class Generator:
         visual = None
         if prompt.visuals:
             with clock("vision"):
-                rows = [self.encode_visual(v) for v in prompt.visuals]
-                visual = np.concatenate(rows, axis=0)  # [n_visual, hidden]
+                visual = self.visual_rows(prompt.visuals)  # [n_visual, hidden]
         t1 = time.perf_counter()
         with clock("embed"):
             embeds = self.embed(ids, visual)  # [1, L, hidden]
@@ -381,5 +398,6 @@ class Generator:
             visual_tokens_before=sum(v.tokens_before for v in prompt.visuals),
             visual_tokens_after=sum(v.tokens_after for v in prompt.visuals),
             stages=stages,
+            notes=prompt.notes,
         )
         log.info("generated %d tokens (%s): %s", len(gen.token_ids), gen.stop_reason, gen.timings.summary())
