@@ -91,6 +91,11 @@ _TABLE: dict[tuple[str, str, str], Tolerance] = {
     ("decoder", "fp32", "kv-chunked"): Tolerance(
         max_abs=1e-5, reason="prefill in chunks through the functional KV cache vs one prefill: matmul shapes differ"
     ),
+    ("decoder", "fp32", "ort-chunked"): Tolerance(
+        max_abs=1e-5, min_top1=1.0, reason="the bundle's decoder over the prompt in chunks vs one call, onnxruntime "
+        "CPU (hulurt --prefill-chunk): measured max |diff| 2.1e-6 at chunk 1 (logits and KV rows, tiny qwen2/qwen3, "
+        "132 tokens), 0 at chunks 4 and 7; the bound allows 4.7x the worst"
+    ),
     ("reference", "bf16", "reference-fp32"): Tolerance(
         min_cosine=0.99, reason="bf16 weights/activations vs the same weights in fp32, tiny 2-layer model; "
         "per-position logits cosine (measured min 0.99987)"

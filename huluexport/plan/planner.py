@@ -79,6 +79,16 @@ class Schedule:
     prefill_chunk_tokens: int | None = None
 
 
+def resident_weight_bytes(wb: WeightBytes, dev: DeviceProfile, tokens: int) -> int:
+    """Weights in memory while a request runs. A GPU holds every weight. On a CPU host (a measured profile)
+    onnxruntime maps the external weight files, and only the embedding rows a request reads become resident:
+    at most one row per token (measured: RSS after loading the 7B-width 2-layer fp32 slice is the weights less
+    the table, benchmarks/results/volume_160.md)."""
+    if not dev.measured:
+        return wb.total
+    return wb.total - wb.embed_tokens + min(wb.embed_tokens, tokens * wb.embed_row)
+
+
 def kv_value_bytes(act_bytes: int) -> int:
     """An fp32 build keeps its KV cache in fp32 (the decoder's activation dtype); every other precision in fp16
     (QUANT_POLICY)."""
@@ -106,7 +116,7 @@ def _memory(
     pa = prefill_activation_bytes(cfg, chunk, act_bytes, fused, past=prompt - chunk)
     # vision runs before prefill; its output rows (counted in va) are the only thing that outlives it
     acts = max(va["total"], pa["total"] + out_rows + embeds)
-    mem = {"weights": wb.total, "kv_cache": kv, "inputs": patches, "activations": acts,
+    mem = {"weights": resident_weight_bytes(wb, dev, ctx), "kv_cache": kv, "inputs": patches, "activations": acts,
            "workspace": dev.workspace_bytes}
     mem["total"] = sum(mem.values())
     return mem, vl, prompt, va, pa
