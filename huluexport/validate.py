@@ -18,6 +18,7 @@ from hulurt.contract import assert_conforms, bind
 from hulurt.rope import vision_rope
 
 from huluexport.checkpoint import from_checkpoint
+from huluexport.checkpoint.hub import recorded_checkpoint
 from huluexport.config import HuluConfig
 from huluexport.errors import ConfigError, ManifestError
 from huluexport.tolerances import Tolerance, get
@@ -254,12 +255,7 @@ def load_reference(m: rt.Manifest, checkpoint: str | Path | None) -> tuple[HuluC
     w = m.model.get("weights") or {}
     layers = w.get("layers")
     if checkpoint is not None or w.get("kind") == "checkpoint":
-        ck = Path(checkpoint if checkpoint is not None else w["checkpoint"])
-        if not ck.is_dir():
-            raise ConfigError(
-                f"{m.path}: the bundle was built from checkpoint {ck}, which is not a directory here; "
-                "pass --checkpoint DIR"
-            )
+        ck = recorded_checkpoint(w, m.path, checkpoint)
         full = from_checkpoint(ck)
         spec = WeightSpec("checkpoint", str(ck), 0, layers)
     elif w.get("kind") == "random":

@@ -21,6 +21,7 @@ def load_reference(m: Any, checkpoint: Path | None, dtype: str) -> tuple[Any, An
     import torch
 
     from huluexport.checkpoint import from_checkpoint
+    from huluexport.checkpoint.hub import recorded_checkpoint
     from huluexport.config import preset
     from huluexport.export.pipeline import (
         WeightSpec,
@@ -32,9 +33,9 @@ def load_reference(m: Any, checkpoint: Path | None, dtype: str) -> tuple[Any, An
 
     w = dict(m.model.get("weights") or {})
     cfg_b = config_from_dict({k: v for k, v in m.model.items() if k != "weights"})
-    if checkpoint is not None:
-        w = {"kind": "checkpoint", "checkpoint": str(checkpoint), "seed": 0, "layers": w.get("layers")}
-    if w.get("kind") == "checkpoint":
+    if checkpoint is not None or w.get("kind") == "checkpoint":
+        w = {"kind": "checkpoint", "checkpoint": str(recorded_checkpoint(w, m.path, checkpoint)),
+             "seed": 0, "layers": w.get("layers")}
         full = from_checkpoint(w["checkpoint"])
     elif w.get("kind") == "random":
         full = preset(cfg_b.name)

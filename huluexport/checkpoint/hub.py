@@ -87,6 +87,8 @@ def locate(
         raise ConfigError(f"--checkpoint {text}: is a file; expected a checkpoint folder or a Hub repo id")
     if not is_repo_id(text):
         raise ConfigError(f"--checkpoint {text}: no such folder, and not a Hub repo id (org/name)")
+    if cache_dir is None and os.environ.get("HF_HUB_CACHE"):  # read per call, not at import time
+        cache_dir = os.environ["HF_HUB_CACHE"]
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     path = _snapshot(text, revision, cache, offline_mode(offline))
     commit = path.name if _COMMIT.fullmatch(path.name) else ""
@@ -167,6 +169,20 @@ def file_hashes(ckpt_dir: Path) -> dict[str, str]:
 def recorded(located: Located, hashes: dict[str, str]) -> dict[str, Any]:
     """The manifest's `model.weights.source` and `files` for a checkpoint build."""
     return {"source": dict(located.source), "files": hashes}
+
+
+def recorded_checkpoint(
+    weights: dict[str, Any], bundle: Path, override: str | Path | None = None
+) -> Path:
+    """The checkpoint directory to rebuild a bundle's reference from: `override` (--checkpoint, a folder or a
+    repo id), else the manifest's record (a Hub repo at its commit, from the cache), else, for bundles written
+    before the record existed, the absolute path they stored if it is a folder here."""
+    if override is not None:
+        return locate(override).path
+    old = weights.get("checkpoint")
+    if not weights.get("source") and isinstance(old, str) and Path(old).is_dir():
+        return Path(old)
+    return locate_recorded(weights, bundle).path
 
 
 def locate_recorded(
