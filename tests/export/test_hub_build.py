@@ -58,7 +58,16 @@ def test_build_from_a_hub_id_in_the_cache_offline(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a network call would fail, not hang
     out = tmp_path / "bundle"
     code, stdout, err = _run(
-        capsys, "build", "--checkpoint", REPO, "--cache-dir", str(cache), "--out", str(out), "--target", "tiny"
+        capsys,
+        "build",
+        "--checkpoint",
+        REPO,
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+        "--target",
+        "tiny",
     )
     assert code == 0, err
     w = json.loads((out / "manifest.json").read_text())["model"]["weights"]
@@ -73,8 +82,16 @@ def test_build_from_a_hub_id_in_the_cache_offline(
 
     # the same repo at a revision that is not cached: one line naming the command that downloads it
     code, _, err = _run(
-        capsys, "build", "--checkpoint", REPO, "--revision", "v9", "--cache-dir", str(cache),
-        "--out", str(tmp_path / "b2"),
+        capsys,
+        "build",
+        "--checkpoint",
+        REPO,
+        "--revision",
+        "v9",
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(tmp_path / "b2"),
     )
     assert code != 0 and err.count("\n") == 1, err
     assert f"download it first with: hf download {REPO} --revision v9 --cache-dir {cache}" in err
