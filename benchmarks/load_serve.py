@@ -100,6 +100,7 @@ class Stats:
         self.rejected = 0
         self.errors: list[str] = []
         self.sent = 0
+        self.answers: dict[str, str] = {}
 
 
 def client_loop(k: int, url: str, model: str, payloads: dict[str, Any], stats: Stats, stop_at: float,
@@ -123,20 +124,27 @@ def client_loop(k: int, url: str, model: str, payloads: dict[str, Any], stats: S
             if stream:
                 ttft = None
                 n = 0
+                pieces = []
                 s = c.chat.completions.create(model=model, messages=msgs, max_tokens=max_tokens, temperature=0,
                                               stream=True, stream_options={"include_usage": True})
                 for ch in s:
-                    if ch.choices and ch.choices[0].delta.content and ttft is None:
-                        ttft = time.perf_counter() - t0
+                    if ch.choices and ch.choices[0].delta.content:
+                        ttft = time.perf_counter() - t0 if ttft is None else ttft
+                        pieces.append(ch.choices[0].delta.content)
                     if ch.usage is not None:
                         n = ch.usage.completion_tokens
-                rec = {"kind": kind, "latency_s": time.perf_counter() - t0, "ttft_s": ttft, "tokens": n}
+                rec = {"kind": kind, "latency_s": time.perf_counter() - t0, "ttft_s": ttft, "tokens": n,
+                       "text": "".join(pieces)}
             else:
                 r = c.chat.completions.create(model=model, messages=msgs, max_tokens=max_tokens, temperature=0)
                 rec = {"kind": kind, "latency_s": time.perf_counter() - t0, "ttft_s": None,
-                       "tokens": r.usage.completion_tokens}
-            with stats.lock:
-                stats.ok.append(rec)
+                       "tokens": r.usage.completion_tokens, "text": r.choices[0].message.content}
+            with stats.lock:  # greedy: every answer to the same request must be the same text
+                first = stats.answers.setdefault(kind, rec["text"])
+                if rec["text"] != first:
+                    stats.errors.append(f"{kind}: answer differs from the first one ({rec['text']!r} vs {first!r})")
+                else:
+                    stats.ok.append(rec)
         except openai.RateLimitError as e:  # deliberate: the queue is full; wait what the server asked
             with stats.lock:
                 stats.rejected += 1
@@ -260,8 +268,9 @@ def _markdown(r: dict[str, Any]) -> str:
     return f"""# `hulurt serve` load test (benchmarks/load_serve.py)
 
 {c['clients']} concurrent clients (official openai client, threads) for {r['wall_s']:.1f} s against the tiny
-random-weight bundle, server `python -m hulurt.serve` on 127.0.0.1 with {c['server_concurrency']} generation at a
-time, a queue of {c['max_queue']} and {c['server_threads']} intra-op thread(s). With more clients than queue places
+random-weight bundle, server `python -m hulurt.serve` on 127.0.0.1 with {c['server_concurrency']} generation(s) at a
+time, a queue of {c['max_queue']} and {c['server_threads']} intra-op thread(s). Every answer to the same request
+must equal the first one (greedy decoding), or it counts as a failure. With more clients than queue places
 some requests get 429 on purpose; the client waits the server's Retry-After and sends again.
 
 - date (UTC): {r['date_utc']}
@@ -282,8 +291,7 @@ some requests get 429 on purpose; the client waits the server's Retry-After and 
 |---|---|---|---|
 {rows}
 
-Latency is client-side, send to last byte, and includes the time queued behind the other clients (one generation
-at a time). The bundle is the tests' tiny random-weight model: the numbers measure the server and the runtime's
+Latency is client-side, send to last byte, and includes the time queued behind the other clients. The bundle is the tests' tiny random-weight model: the numbers measure the server and the runtime's
 plumbing on this CPU, not a real model's speed.
 """
 

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hulurt import reduction
+from hulurt.clock import StageClock
 from hulurt.media import Media, kind_of, load_media
 from hulurt.preprocess import (
     MAX_TOKENS,
@@ -157,6 +158,7 @@ def build_inputs(
     reader_options: Mapping[str, Mapping[str, Any]] | None = None,
     history: Sequence[Mapping[str, Any]] = (),
     history_media: int = 0,
+    clock: StageClock | None = None,
 ) -> ModelInputs:
     """Files (or Media) + question -> ModelInputs.
 
@@ -168,7 +170,9 @@ def build_inputs(
     `media` (the first ones) belong to those turns; their content items (content_item(media)) must already
     stand in `history`, in the same order, and only the rest go into this user turn. A history item carrying
     an image without its media is rejected as a placeholder mismatch.
+    clock: the token-reduction masks are timed as its stage "reduction" (the rest is the caller's).
     """
+    clock = clock or StageClock()
     loaded = [_read(m, reader_options or {}) for m in media]
     modals = ["image" if m.modal == "image" and m.n_frames == 1 else m.modal for m in loaded]
     merges = select_merge_sizes(modals, options.merge_policy)
@@ -188,9 +192,10 @@ def build_inputs(
         model_modal = "image" if modal == "image" else "video"
         if options.compression and model_modal == "video" and t > 1:
             # (T, n_groups, m*m, 588) -> (T, n_groups, m*m*588): one merged token's raw pixels per row
-            keep = reduction.keep_mask(
-                vp.patches.reshape(t, nb, -1), options.threshold, options.min_kept, options.compression_mode
-            )
+            with clock("reduction"):
+                keep = reduction.keep_mask(
+                    vp.patches.reshape(t, nb, -1), options.threshold, options.min_kept, options.compression_mode
+                )
         else:
             keep = np.ones((t, nb), dtype=bool)
         visuals.append(VisualInput(vp.patches, vp.grid_thw, merge, model_modal, keep, m.timestamps, m.source))
