@@ -93,7 +93,7 @@ def test_build_from_a_hub_id_in_the_cache_offline(
         "--out",
         str(tmp_path / "b2"),
     )
-    assert code != 0 and err.count("\n") == 1, err
+    assert code == 2 and err.count("\n") == 1, err
     assert f"download it first with: hf download {REPO} --revision v9 --cache-dir {cache}" in err
     assert not (tmp_path / "b2").exists()
 
@@ -102,5 +102,5 @@ def test_verify_of_a_folder_build_asks_for_the_checkpoint(
     bundle_factory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = _run(capsys, "verify", str(bundle_factory("qwen2", "fp32")), "--steps", "1")
-    assert code != 0 and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1
     assert "built from the local folder tiny-qwen2" in err and "pass --checkpoint DIR" in err

@@ -18,7 +18,12 @@ from hulurt.errors import UnsupportedInputError
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
-av = pytest.importorskip("av")
+
+
+def _av():
+    """PyAV, for the video tests only: without it those skip (and say so); images, DICOM and NIfTI still run."""
+    return pytest.importorskip("av", reason="PyAV (hulurt's `video` extra) not installed: video test NOT run")
+
 
 PYDICOM_DATA = Path(pydicom.__file__).parent / "data" / "test_files"
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -36,6 +41,7 @@ def _err(exc: pytest.ExceptionInfo[UnsupportedInputError], path: object, *words:
 
 def write_mp4(path: Path, n: int = 30, rate: int = 10, size: tuple[int, int] = (64, 96)) -> np.ndarray:
     """A moving bar video written with PyAV; returns the frames written (RGB)."""
+    av = _av()
     h, w = size
     frames = []
     with av.open(str(path), "w") as c:
@@ -337,14 +343,32 @@ def test_mixed_size_series(tmp_path):
     _err(e, d, "mixes slice sizes", "(64, 64)", "(128, 128)")
 
 
-def test_two_series_in_one_directory(tmp_path):
+def test_study_folder_picks_largest_series_or_the_named_one(tmp_path, caplog):
     d, _ = _write_series(tmp_path)
     ds = pydicom.dcmread(d / "img000.dcm")
     ds.SeriesInstanceUID = "1.2.3.4"
     ds.save_as(d / "other.dcm")
+    with caplog.at_level("WARNING", logger="hulurt.media"):
+        m = md.load_media(d, window=(1000, 4000))
+    assert m.frames.shape[0] == 5 and m.info["series_uid"] == pydicom.dcmread(d / "img001.dcm").SeriesInstanceUID
+    notes = [r.getMessage() for r in caplog.records if "DICOM series here" in r.getMessage()]
+    assert len(notes) == 1 and "using the largest" in notes[0] and "1.2.3.4" in notes[0] and "\n" not in notes[0]
+    one = md.load_media(d, series="1.2.3.4", window=(1000, 4000))
+    assert one.frames.shape[0] == 1 and one.info["series_uid"] == "1.2.3.4"
+    with pytest.raises(UnsupportedInputError) as e:
+        md.load_media(d, series="9.9")
+    _err(e, d, "no series '9.9'", "1.2.3.4 (1 files)")
+
+
+def test_study_folder_equal_series_refused(tmp_path):
+    d, _ = _write_series(tmp_path, n=2, shuffle=False)
+    for k in range(2):
+        ds = pydicom.dcmread(d / f"img{k:03d}.dcm")
+        ds.SeriesInstanceUID = "1.2.3.4"
+        ds.save_as(d / f"other{k}.dcm")
     with pytest.raises(UnsupportedInputError) as e:
         md.load_media(d)
-    _err(e, d, "2 DICOM series")
+    _err(e, d, "2 DICOM series of equal size", "--series")
 
 
 def test_4d_nifti(tmp_path):
@@ -408,6 +432,7 @@ def test_decompression_bomb(tmp_path, side):
 
 @pytest.mark.parametrize("name", ["broken.mp4", "broken.avi"])
 def test_unreadable_video(tmp_path, name):
+    _av()
     p = tmp_path / name
     p.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     with pytest.raises(md.CorruptInputError) as e:
@@ -508,6 +533,8 @@ _MAGIC = {
 def test_garbage_after_magic_is_always_unsupported_input(tmp_path, ext, capfd):
     """Random bytes behind a valid signature: every reader fails with our error type, one line, and no native
     library noise on stderr (decord/ffmpeg log there themselves)."""
+    if ext == ".mp4":
+        _av()
     rng = np.random.default_rng(len(ext))
     for k in range(3):
         p = tmp_path / f"g{k}{ext}"

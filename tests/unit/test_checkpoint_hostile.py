@@ -212,7 +212,7 @@ def test_refusals_need_no_torch(tiny_ckpts: dict[str, Path], tmp_path: Path) -> 
         assert "config.json: " in answer and key in answer, (key, answer)
 
 
-# ---- the CLI: a non-zero exit, one line on stderr, nothing written ---------------------------------------------
+# ---- the CLI: exit 2, one line on stderr, nothing written ---------------------------------------------
 
 
 def _build(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -242,7 +242,6 @@ def test_build_refuses_in_one_line(
         _write_hostile(ckpt, edit)  # type: ignore[arg-type]
     out = tmp_path / "bundle"
     code, err = _build(capsys, "--checkpoint", str(ckpt), "--out", str(out))
-    # TODO(issue 14 item 11): exactly 2 once huluexport maps ConfigError/CheckpointError to exit 2
-    assert code != 0, err
+    assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("error: ") and expect in err, err
     assert not out.exists() and not list(tmp_path.glob(".bundle.partial-*"))
