@@ -21,6 +21,7 @@ from hulurt.generate import BundleFacts, Generation, Generator, PromptFeed, Visu
 from hulurt.manifest import Manifest, load_manifest
 from hulurt.manifest_limits import check_graph_io
 from hulurt.sampling import SamplingConfig
+from hulurt.schedule import ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def facts_of(m: Manifest) -> BundleFacts:
         default_max_new_tokens=m.limits.max_new_tokens_default,
         dim_ranges=dict(m.dim_ranges),
         target=m.target,
+        shape=ModelShape.from_manifest_model(m.model, m.dims.patch_dim),
     )
 
 
@@ -65,10 +67,12 @@ class Model:
     the end. Both accept `on_text` for a callback per piece. One request at a time per Model."""
 
     def __init__(
-        self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None, tokenizer: Any = None
+        self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None, tokenizer: Any = None,
+        *, vision_batch: int | None = None, prefill_chunk: int | None = None,
     ) -> None:
         """tokenizer: an object with `encode(text)` and `decode(ids, skip_special_tokens)` used instead of the
-        bundle's own (None = the bundle's tokenizer.json, which bundles built with random weights lack)."""
+        bundle's own (None = the bundle's tokenizer.json, which bundles built with random weights lack).
+        vision_batch / prefill_chunk: see hulurt.load."""
         from hulurt.prompt import check_template, load_chat_template
         from hulurt.tokenizer import Tokenizer
 
@@ -87,6 +91,11 @@ class Model:
         self.facts = facts_of(manifest)
         self._sessions: dict[str, Session] = {}
         self._kv_strategy = kv_strategy
+        self._split = {"vision_batch": vision_batch, "prefill_chunk": prefill_chunk}
+        for name, val in self._split.items():
+            reason = checks.split_size(val)
+            if reason is not None:
+                raise ValueError(f"{name} {reason}")
         self._generator: Generator | None = None
 
     # ---- sessions (opened on first use: a text-only request never loads the vision graph) --------------
@@ -115,7 +124,7 @@ class Model:
         if visual:
             sessions["vision"] = self.session("vision")
         if self._generator is None or set(self._generator.sessions) != set(sessions):
-            self._generator = Generator(sessions, self.facts, self._kv_strategy)
+            self._generator = Generator(sessions, self.facts, self._kv_strategy, **self._split)
         return self._generator
 
     # ---- requests --------------------------------------------------------------------------------------
@@ -409,15 +418,20 @@ def load(
     kv_strategy: str | None = None,
     trt_cache: PathLike | None = None,
     tokenizer: Any = None,
+    vision_batch: int | None = None,
+    prefill_chunk: int | None = None,
 ) -> Model:
     """Open a bundle directory: strict manifest, every file's size and (unless verify_hashes=False) sha256.
     tokenizer: see Model (None = the bundle's own). `trt_cache`: directory for the TensorRT execution provider's
-    engine and timing caches (its profiles always come from the manifest's dim ranges; backends/ort.py)."""
+    engine and timing caches (its profiles always come from the manifest's dim ranges; backends/ort.py).
+    vision_batch: most frames per vision call; prefill_chunk: most prompt tokens per prefill call (None: the
+    most whose activations fit half the available memory, hulurt.schedule). Any value gives the same visual
+    rows; tokens stay greedy-equal."""
     t = time.perf_counter()
     manifest = load_manifest(bundle, verify_hashes=verify_hashes)
     options = BackendOptions(provider=provider, threads=threads,
                              trt_cache_dir=None if trt_cache is None else os.fspath(trt_cache))
-    model = Model(manifest, options, kv_strategy, tokenizer)
+    model = Model(manifest, options, kv_strategy, tokenizer, vision_batch=vision_batch, prefill_chunk=prefill_chunk)
     for piece in ("embed", "decoder", "vision"):  # open now: load time is not part of a request's latency
         if piece in manifest.pieces:
             model.session(piece)

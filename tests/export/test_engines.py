@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hulurt.backends.base import BackendError, BackendOptions, open_session
+from hulurt.backends import open_session
+from hulurt.backends.base import BackendError, BackendOptions
 from hulurt.engines import meta as em
 from hulurt.engines.__main__ import main as engines_main
 from hulurt.engines.profiles import narrow, profile_shapes
