@@ -22,6 +22,7 @@ from typing import Any
 import onnx_ir as ir
 import torch
 from hulurt import manifest as rt
+from hulurt.contract import DECODER_FORMS
 from hulurt.contract import pieces as contract_pieces
 
 from huluexport.config import (
@@ -75,6 +76,9 @@ class BuildOptions:
     target: str = "generic"
     overwrite: bool = False
     dump_dir: Path | None = None  # graphs (no weights) after every pass
+    # decoder forms to export (hulurt.contract.DECODER_FORMS): "v1-concat" (decoder.onnx, every backend) and/or
+    # "gqa-static" (decoder_gqa.onnx: in-place KV buffers, CUDA-graph friendly; onnxruntime CPU/CUDA only)
+    decoder_forms: tuple[str, ...] = ("v1-concat",)
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,12 @@ def check_size(cfg: HuluConfig, size: str, where: Path, sliced: bool) -> None:
 
 
 def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
+    bad = [f for f in opts.decoder_forms if f not in DECODER_FORMS]
+    if bad or not opts.decoder_forms:
+        raise ConfigError(
+            f"--decoder-form {','.join(opts.decoder_forms) or '(none)'}: expected one or more of "
+            f"{', '.join(DECODER_FORMS)}"
+        )
     if opts.precision not in rt.PRECISIONS:
         raise ConfigError(f"--precision {opts.precision!r}: expected one of {', '.join(rt.PRECISIONS)}")
     if opts.checkpoint is not None and opts.random_weights:
@@ -240,7 +250,10 @@ def export_piece(
     dump_dir: Path | None = None,
 ) -> rt.PieceEntry:
     spec = contract_pieces(to_dims(cfg, rt.ACT_DTYPE[precision]))[name]
-    model = onnx_export.export_graph(module, spec, image_token_id=cfg.tokens.image)
+    translations = None
+    if name == "decoder_gqa":
+        from huluexport.export.gqa import TRANSLATIONS as translations
+    model = onnx_export.export_graph(module, spec, image_token_id=cfg.tokens.image, translations=translations)
     _dump(model, dump_dir, f"{name}.0-exported")
     phases: list[tuple[str, Callable[[ir.Model], ir.Model]]] = [
         ("name_dims", lambda m: name_dims.run(m, spec)),
@@ -304,7 +317,7 @@ def build(opts: BuildOptions) -> Path:
         with torch.device("meta"):
             model = HuluMed(cfg)
         entries = {}
-        for name, module in P.make_pieces(model).items():
+        for name, module in P.make_pieces(model, opts.decoder_forms).items():
             module = P.to_precision(module, opts.precision, copy_first=False)
             entries[name] = export_piece(name, module, cfg, opts.precision, source, tmp, opts.dump_dir)
         del model
