@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -47,7 +48,14 @@ class Model:
     """A loaded bundle. `stream(...)` returns a Generation to iterate for text pieces; `generate(...)` runs to
     the end. Both accept `on_text` for a callback per piece. One request at a time per Model."""
 
-    def __init__(self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        options: BackendOptions,
+        kv_strategy: str | None = None,
+        decoder_form: str | None = None,
+        cuda_graph: bool | None = None,
+    ) -> None:
         from hulurt.prompt import load_chat_template
         from hulurt.tokenizer import Tokenizer
 
@@ -66,14 +74,41 @@ class Model:
         self._sessions: dict[str, Session] = {}
         self._kv_strategy = kv_strategy
         self._generator: Generator | None = None
+        self._decoder_form = decoder_form  # None: by provider (hulurt.static_decode.select_decoder)
+        self._cuda_graph = cuda_graph  # None: on for the gqa-static form on the CUDA EP
+        self._decoder_piece: str | None = None
 
     # ---- sessions (opened on first use: a text-only request never loads the vision graph) --------------
 
+    @property
+    def decoder_piece(self) -> str:
+        """The decoder piece this Model runs: "decoder" (v1-concat) or "decoder_gqa" (gqa-static)."""
+        if self._decoder_piece is None:
+            from hulurt.static_decode import select_decoder
+
+            provider = self.options.provider
+            if provider == "auto":
+                from hulurt.backends.ort import resolve_provider
+
+                provider = resolve_provider("auto")
+            self._decoder_piece = select_decoder(provider, set(self.manifest.pieces), self._decoder_form)
+        return self._decoder_piece
+
+    @property
+    def uses_cuda_graph(self) -> bool:
+        return self.decoder_piece == "decoder_gqa" and self._cuda_graph is not False and self.session(
+            "decoder").provider == "cuda"
+
     def session(self, piece: str) -> Session:
+        """Session of `piece`; "decoder" is whichever decoder form `decoder_piece` chose."""
         if piece not in self._sessions:
             t = time.perf_counter()
-            self._sessions[piece] = open_session(self.manifest.piece_path(piece), self.options)
-            log.info("loaded %s in %.0f ms", piece, (time.perf_counter() - t) * 1e3)
+            real = self.decoder_piece if piece == "decoder" else piece
+            options = self.options
+            if real == "decoder_gqa" and self._cuda_graph is not False and options.provider in ("auto", "cuda"):
+                options = replace(options, cuda_graph=True)  # used by the CUDA EP only
+            self._sessions[piece] = open_session(self.manifest.piece_path(real), options)
+            log.info("loaded %s in %.0f ms", real, (time.perf_counter() - t) * 1e3)
         return self._sessions[piece]
 
     @property
@@ -89,7 +124,10 @@ class Model:
         if visual:
             sessions["vision"] = self.session("vision")
         if self._generator is None or set(self._generator.sessions) != set(sessions):
-            self._generator = Generator(sessions, self.facts, self._kv_strategy)
+            old = self._generator
+            self._generator = Generator(sessions, self.facts, self._kv_strategy, cuda_graph=self.uses_cuda_graph)
+            if old is not None and old._static is not None:  # the KV buffers (and a captured graph) carry over
+                self._generator._static = old._static
         return self._generator
 
     # ---- requests --------------------------------------------------------------------------------------
@@ -210,13 +248,15 @@ def load(
     threads: int = 0,
     verify_hashes: bool = True,
     kv_strategy: str | None = None,
+    decoder_form: str | None = None,
+    cuda_graph: bool | None = None,
 ) -> Model:
     """Open a bundle directory: strict manifest, every file's size and (unless verify_hashes=False) sha256."""
     t = time.perf_counter()
     manifest = load_manifest(bundle, verify_hashes=verify_hashes)
-    model = Model(manifest, BackendOptions(provider=provider, threads=threads), kv_strategy)
+    model = Model(manifest, BackendOptions(provider=provider, threads=threads), kv_strategy, decoder_form, cuda_graph)
     for piece in ("embed", "decoder", "vision"):  # open now: load time is not part of a request's latency
-        if piece in manifest.pieces:
+        if piece == "decoder" or piece in manifest.pieces:
             model.session(piece)
     log.info("bundle %s checked in %.0f ms (hashes %s)", bundle, (time.perf_counter() - t) * 1e3,
              "verified" if verify_hashes else "skipped")

@@ -171,6 +171,8 @@ class Generator:
         sessions: dict[str, Session],
         facts: BundleFacts,
         kv_strategy: str | None = None,
+        kv_capacity: int | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         for name in ("embed", "decoder"):
             if name not in sessions:
@@ -181,6 +183,14 @@ class Generator:
         self._act = np.dtype(d.act_dtype)
         dec = sessions["decoder"]
         on_device = bool(getattr(dec, "on_device", False))
+        # the "gqa-static" form (piece decoder_gqa, hulurt.static_decode): KV buffers of fixed capacity written in
+        # place, allocated once per Model at the bundle's max context unless told otherwise
+        self._static: Any = None
+        self._static_args = (kv_capacity or facts.max_context, cuda_graph)
+        if "seqlens_k" in dec.input_names():
+            if kv_strategy not in (None, "static"):
+                raise ContractError(f"KV strategy {kv_strategy!r} does not apply to the gqa-static decoder form")
+            kv_strategy = "static"
         # CPU default "buffer": allocated once, rows written in place ("chain" measures the same within noise,
         # benchmarks/results/runtime.md)
         self.kv_strategy = kv_strategy or ("device" if on_device else "buffer")
@@ -229,6 +239,16 @@ class Generator:
         outs = dec.run(feeds)
         cache.update(outs, seq)
         return outs["logits"]
+
+    def static_decoder(self) -> Any:
+        """The StaticDecoder of the gqa-static form (created on first use, kept across requests)."""
+        if self._static is None:
+            from hulurt.static_decode import StaticDecoder
+
+            capacity, graph = self._static_args
+            self._static = StaticDecoder(self.sessions["decoder"], self.sessions["embed"], self.facts.dims,
+                                         capacity, cuda_graph=graph)
+        return self._static
 
     # ---- a request -------------------------------------------------------------------------------
 
@@ -297,20 +317,36 @@ class Generator:
     ) -> Iterator[str]:
         ids = prompt.input_ids.astype(np.int64)
         n_prompt = int(ids.shape[0])
-        cache = KVCache(self._kv_shape, n_prompt + max_new_tokens, self.kv_strategy)
-        if cache.strategy == "device":
-            cache.set_device_empty(self.sessions["decoder"].empty_device)  # type: ignore[attr-defined]
+        static = None
+        if self.kv_strategy == "static":
+            static = self.static_decoder()
+            static.begin(n_prompt + max_new_tokens)
+            cache = None
+        else:
+            cache = KVCache(self._kv_shape, n_prompt + max_new_tokens, self.kv_strategy)
+            if cache.strategy == "device":
+                cache.set_device_empty(self.sessions["decoder"].empty_device)  # type: ignore[attr-defined]
+        # plain greedy takes the graph's own argmax (only the token leaves the device); else logits come back
+        cfg = sampler.config
+        need_logits = not (cfg.greedy and cfg.repetition_penalty == 1.0)
+
+        def choose(result: tuple[int, Any], seen_ids: NDArray[np.int64]) -> int:
+            tok, row = result
+            return tok if row is None else sampler(row, seen_ids)
 
         t0 = time.perf_counter()
         rows = [self.encode_visual(v) for v in prompt.visuals]
         visual = np.concatenate(rows, axis=0) if rows else None  # [n_visual, hidden]
         t1 = time.perf_counter()
         embeds = self.embed(ids, visual)  # [1, L, hidden]
-        logits = self._decoder_step(embeds, 0, cache)
         seen = np.empty(n_prompt + max_new_tokens, dtype=np.int64)  # prompt + generated ids, for the penalty
         seen[:n_prompt] = ids
         n_seen = n_prompt
-        token = sampler(logits, seen[:n_seen])
+        if static is not None:
+            token = choose(static.prefill(embeds, need_logits), seen[:n_seen])
+        else:
+            assert cache is not None
+            token = sampler(self._decoder_step(embeds, 0, cache), seen[:n_seen])
         t2 = time.perf_counter()
         t_first = t2
         stream = StreamDecoder(tokenizer)  # type: ignore[arg-type]  # any object with decode(ids, skip)
@@ -332,9 +368,13 @@ class Generator:
                 break
             seen[n_seen] = token
             n_seen += 1
+            steps += 1
+            if static is not None:
+                token = choose(static.step(token, need_logits), seen[:n_seen])
+                continue
+            assert cache is not None
             step_embeds = self.embed(np.array([token], dtype=np.int64))  # [1, 1, hidden]
             logits = self._decoder_step(step_embeds, cache.length, cache)
-            steps += 1
             token = sampler(logits, seen[:n_seen])
         tail = stream.flush()
         if tail:

@@ -46,6 +46,7 @@ class BackendOptions:
     threads: int = 0
     device_id: int = 0
     trt_cache_dir: str | None = None  # TensorRT execution provider engine cache (built on first use)
+    cuda_graph: bool = False  # CUDA EP: enable_cuda_graph (hulurt.static_decode captures the decode step)
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
