@@ -186,4 +186,4 @@ class StaticDecoder:
 
     def _result(self, want_logits: bool) -> tuple[int, NDArray[np.float32] | None]:
         token = int(self.next_token.numpy()[0])  # 8 bytes device -> host
-        return token, (self.logits.numpy() if want_logits else None)
+        return token, (np.array(self.logits.numpy(), copy=True) if want_logits else None)  # CPU: a view otherwise
