@@ -21,6 +21,10 @@ HELP = {
     "target": "Device profile: dynamic dim ranges (TensorRT profiles, runtime limits).",
     "overwrite": "Replace an existing bundle at --out (the old one is removed only after the new one is complete).",
     "dump_dir": "Write each piece's graph (no weights) after every pass into this directory.",
+    "decoder_form": "Decoder form(s) to export, repeatable: v1-concat (decoder.onnx, every backend incl. TensorRT) "
+    "and/or gqa-static (decoder_gqa.onnx: com.microsoft::GroupQueryAttention over in-place KV buffers, fixed "
+    "decode-step shapes for CUDA graphs; onnxruntime CPU/CUDA). hulurt runs gqa-static on the CUDA EP, v1 "
+    "elsewhere (docs/gpu.md).",
     "trt_check": "After the build, parse and build every graph with TensorRT (tensorrt-rtx).",
     "inspect": "Print a bundle's manifest readably: pieces and their I/O, dims and ranges, tokens, files, versions.",
     "no_hash": "Skip the sha256 check of the files (sizes are still checked).",
@@ -69,6 +73,15 @@ def register(group: click.Group) -> None:
 @click.option("--target", default="generic", show_default=True, help=HELP["target"])
 @click.option("--overwrite", is_flag=True, help=HELP["overwrite"])
 @click.option("--dump-dir", type=click.Path(path_type=Path, file_okay=False), help=HELP["dump_dir"])
+@click.option(
+    "--decoder-form",
+    "decoder_forms",
+    type=click.Choice(["v1-concat", "gqa-static"]),
+    multiple=True,
+    default=("v1-concat",),
+    show_default=True,
+    help=HELP["decoder_form"],
+)
 @click.option("--trt-check", is_flag=True, help=HELP["trt_check"])
 def build_cmd(
     checkpoint: Path | None,
@@ -81,6 +94,7 @@ def build_cmd(
     target: str,
     overwrite: bool,
     dump_dir: Path | None,
+    decoder_forms: tuple[str, ...],
     trt_check: bool,
 ) -> None:
     import logging
@@ -100,6 +114,7 @@ def build_cmd(
         target=target,
         overwrite=overwrite,
         dump_dir=dump_dir,
+        decoder_forms=tuple(dict.fromkeys(decoder_forms)),
     )
     path = build(opts)
     click.echo(f"bundle: {path}")
