@@ -6,13 +6,16 @@ import json
 from pathlib import Path
 
 import click
+from hulurt.backends.base import PROVIDERS
 
 from huluexport.config import SIZES
+from huluexport.devices import NAMES as TARGET_NAMES
+from huluexport.plan.cost import PRECISIONS
 
 HELP = {
     "plan": "Will SIZE at PRECISION with this input fit on TARGET? Memory, largest volume/context, bounds.",
     "size": "Model size preset.",
-    "target": "Device profile (cpu = this host, bandwidth measured).",
+    "target": "Device (huluexport/devices.py; cpu, generic and tiny = this host, bandwidth measured).",
     "precision": "Weight precision (see the policy printed with the plan).",
     "volume_slices": "A CT/MR volume of N slices at 512x512.",
     "video_frames": "A video of N frames at 360x640 (HxW).",
@@ -37,6 +40,8 @@ HELP = {
     "markdown": "Write a Markdown report to FILE.",
     "plot": "Write a PNG (stage breakdown + ratios) to FILE.",
     "threads": "CPU threads for onnxruntime and torch.",
+    "bench_target": "Device whose memory bandwidth bounds the decode roofline (huluexport/devices.py; cpu, "
+    "generic and tiny = this host, probed).",
 }
 
 
@@ -49,13 +54,13 @@ def register(group: click.Group) -> None:
 @click.option("--size", type=click.Choice(list(SIZES)), default="7b", show_default=True, help=HELP["size"])
 @click.option(
     "--target",
-    type=click.Choice(["orin-nano", "orin-nx", "orin-agx", "thor", "rtx-4090", "h100", "h200", "cpu"]),
+    type=click.Choice(TARGET_NAMES),
     required=True,
     help=HELP["target"],
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16", "fp8", "int8", "int4"]),
+    type=click.Choice(PRECISIONS),
     default="fp16",
     show_default=True,
     help=HELP["precision"],
@@ -151,10 +156,17 @@ def plan_cmd(
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=HELP["threads"])
 @click.option(
     "--provider",
-    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    type=click.Choice(PROVIDERS),
     default="auto",
     show_default=True,
     help=HELP["provider"],
+)
+@click.option(
+    "--target",
+    type=click.Choice(TARGET_NAMES),
+    default="cpu",
+    show_default=True,
+    help=HELP["bench_target"],
 )
 @click.option("--compare-reference", is_flag=True, help=HELP["compare_reference"])
 @click.option("--sequential", is_flag=True, help=HELP["sequential"])
@@ -179,6 +191,7 @@ def bench_cmd(
     repeats: int,
     threads: int | None,
     provider: str,
+    target: str,
     compare_reference: bool,
     sequential: bool,
     checkpoint: Path | None,
@@ -201,6 +214,7 @@ def bench_cmd(
         threads=threads,
         compare_reference=compare_reference,
         checkpoint=checkpoint,
+        target=target,
         extra={"sequential": sequential, "provider": provider},
     )
     report = B.run_bench(cfg)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from huluexport.config import SIZES
+from huluexport.devices import NAMES as TARGET_NAMES
 
 HELP = {
     "build": "Export a checkpoint (or random weights of a preset size) to a bundle directory: vision/embed/decoder "
@@ -18,7 +19,7 @@ HELP = {
     "seed": "Seed of --random-weights.",
     "layers": "Build a shallow slice: the first N decoder and vision layers (full width).",
     "precision": "fp32, or fp16 with LayerNorm/RMSNorm, softmax and RoPE kept in fp32.",
-    "target": "Device profile: dynamic dim ranges (TensorRT profiles, runtime limits).",
+    "target": "Device (huluexport/devices.py): dynamic dim ranges (TensorRT profiles, runtime limits).",
     "overwrite": "Replace an existing bundle at --out (the old one is removed only after the new one is complete).",
     "dump_dir": "Write each piece's graph (no weights) after every pass into this directory.",
     "decoder_form": "Decoder form(s) to export, repeatable: v1-concat (decoder.onnx, every backend incl. TensorRT) "
@@ -70,7 +71,9 @@ def register(group: click.Group) -> None:
     show_default=True,
     help=HELP["precision"],
 )
-@click.option("--target", default="generic", show_default=True, help=HELP["target"])
+@click.option(
+    "--target", type=click.Choice(TARGET_NAMES), default="generic", show_default=True, help=HELP["target"]
+)
 @click.option("--overwrite", is_flag=True, help=HELP["overwrite"])
 @click.option("--dump-dir", type=click.Path(path_type=Path, file_okay=False), help=HELP["dump_dir"])
 @click.option(

@@ -1,110 +1,64 @@
-"""`huluexport run`: `python -m hulurt` with rich progress while the bundle loads and the inputs are read,
-then the streamed answer and the timing line. Parses options and calls hulurt.api; no logic here."""
+"""`huluexport run`: `hulurt run` with rich progress while the bundle loads and the inputs are read, then the
+streamed answer and the timing line. The arguments go unparsed to hulurt's own parser (hulurt.options), so
+both commands accept exactly the same options, checked the same way (docs/cli.md); no logic here."""
 
 from __future__ import annotations
 
+import argparse
 import sys
-from pathlib import Path
+from collections.abc import Iterator
 
 import click
 
-HELP = {
-    "bundle": "Bundle directory written by `huluexport build`.",
-    "prompt": "The question.",
-    "image": "A 2-D image (PNG/JPEG/..., or one DICOM file); repeat for several.",
-    "volume": "A 3-D volume: a NIfTI file or a directory holding one DICOM series.",
-    "video": "A video file.",
-    "max_new_tokens": "Most tokens to generate (default: the bundle's default, clamped to the context).",
-    "temperature": "Sample with this temperature (default: greedy).",
-    "top_k": "Sampling: keep the K most likely tokens (0 = off).",
-    "top_p": "Sampling: nucleus probability mass (1.0 = off).",
-    "repetition_penalty": "Penalty for tokens already in the sequence (1.0 = off).",
-    "seed": "Sampling seed.",
-    "no_token_reduction": "Keep every visual token of videos/volumes even if the bundle enables token reduction.",
-    "threads": "Intra-op threads (0 = onnxruntime default).",
-    "provider": "auto: TensorRT EP, then CUDA EP, then CPU; trt-native is the untested native TensorRT place holder.",
-    "skip_hash_check": "Check file sizes only, not sha256 (faster for large bundles).",
-}
+PROG = "huluexport run"
 
 
 def register(group: click.Group) -> None:
-    from hulurt.backends.base import PROVIDERS
-
-    @group.command("run")
-    @click.argument("bundle", type=click.Path(path_type=Path))
-    @click.option("--prompt", required=True, help=HELP["prompt"])
-    @click.option("--image", "images", multiple=True, type=click.Path(path_type=Path), help=HELP["image"])
-    @click.option("--volume", type=click.Path(path_type=Path), default=None, help=HELP["volume"])
-    @click.option("--video", type=click.Path(path_type=Path), default=None, help=HELP["video"])
-    @click.option("--max-new-tokens", type=int, default=None, help=HELP["max_new_tokens"])
-    @click.option("--temperature", type=float, default=None, help=HELP["temperature"])
-    @click.option("--top-k", type=int, default=0, show_default=True, help=HELP["top_k"])
-    @click.option("--top-p", type=float, default=1.0, show_default=True, help=HELP["top_p"])
-    @click.option(
-        "--repetition-penalty", type=float, default=1.0, show_default=True, help=HELP["repetition_penalty"]
+    @group.command(
+        "run",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "allow_interspersed_args": False},
+        add_help_option=False,  # --help goes to hulurt's parser, which knows the options
     )
-    @click.option("--seed", type=int, default=None, help=HELP["seed"])
-    @click.option("--no-token-reduction", is_flag=True, help=HELP["no_token_reduction"])
-    @click.option("--threads", type=int, default=0, show_default=True, help=HELP["threads"])
-    @click.option(
-        "--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True, help=HELP["provider"]
-    )
-    @click.option("--skip-hash-check", is_flag=True, help=HELP["skip_hash_check"])
-    def run(
-        bundle: Path,
-        prompt: str,
-        images: tuple[Path, ...],
-        volume: Path | None,
-        video: Path | None,
-        max_new_tokens: int | None,
-        temperature: float | None,
-        top_k: int,
-        top_p: float,
-        repetition_penalty: float,
-        seed: int | None,
-        no_token_reduction: bool,
-        threads: int,
-        provider: str,
-        skip_hash_check: bool,
-    ) -> None:
-        """Answer PROMPT about text, images, a volume or a video with BUNDLE, streaming the answer."""
-        from hulurt.api import load
-        from hulurt.sampling import SamplingConfig
-        from rich.console import Console
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    @click.pass_context
+    def run(ctx: click.Context, args: tuple[str, ...]) -> None:
+        """Answer a prompt about text, images, a volume or a video with a bundle (`huluexport run --help`)."""
+        from hulurt.cli import guarded
+        from hulurt.options import parse_run_args
 
-        sampling = (
-            SamplingConfig(greedy=True, repetition_penalty=repetition_penalty)
-            if temperature is None
-            else SamplingConfig(
-                greedy=False,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                repetition_penalty=repetition_penalty,
-                seed=seed,
-            )
-        )
-        err = Console(stderr=True)
-        with err.status(f"checking {bundle} ({'sizes only' if skip_hash_check else 'sha256'})"):
-            model = load(bundle, provider=provider, threads=threads, verify_hashes=not skip_hash_check)
-        with err.status("reading and preprocessing inputs") as status:
-            gen = model.stream(
-                prompt,
-                images=images,
-                volume=volume,
-                video=video,
-                max_new_tokens=max_new_tokens,
-                sampling=sampling,
-                token_reduction=False if no_token_reduction else None,
-            )
-            status.update("vision encoder and prefill")
-            pieces = iter(gen)
-            first = next(pieces, "")
-        sys.stdout.write(first)
-        sys.stdout.flush()
-        for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        assert gen.timings is not None  # set when the iteration ends
-        err.print(gen.timings.summary(), highlight=False, soft_wrap=True)
+        ns = parse_run_args(list(args), PROG)
+        verbose = bool(ns.verbose or (ctx.obj or {}).get("verbose"))
+        if ns.verbose:
+            import logging
+
+            logging.getLogger().setLevel(logging.INFO)
+        code = guarded(lambda: _run(ns), verbose)
+        if code:
+            sys.exit(code)
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from hulurt.api import load
+    from hulurt.cli import write_answer
+    from hulurt.options import request_kwargs
+    from rich.console import Console
+
+    load_kw, stream_kw = request_kwargs(ns)
+    err = Console(stderr=True)
+    hashes = "sha256" if load_kw.get("verify_hashes", True) else "sizes only"
+    with err.status(f"checking {load_kw['bundle']} ({hashes})"):
+        model = load(**load_kw)
+    with err.status("reading and preprocessing inputs") as status:
+        gen = model.stream(**stream_kw)
+        status.update("vision encoder and prefill")
+        pieces = iter(gen)
+        first = next(pieces, "")
+    write_answer(_chain(first, pieces))
+    assert gen.timings is not None  # set when the iteration ends
+    err.print(gen.timings.summary(), highlight=False, soft_wrap=True)
+    return 0
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest

@@ -17,7 +17,7 @@ from hulurt.contract import CONTRACT_VERSION, OPS, Dims, to_json
 
 from huluexport import __version__
 from huluexport.config import HuluConfig
-from huluexport.export.targets import Target
+from huluexport.devices import Target
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from hulurt import checks
 from hulurt.backends.base import BackendOptions, Session, open_session
 from hulurt.errors import UnsupportedInputError
 from hulurt.generate import BundleFacts, Generation, Generator, PromptFeed, VisualFeed, check_context
@@ -147,10 +148,12 @@ class Model:
         from hulurt.inputs import InputOptions, build_inputs
         from hulurt.media import kind_of
 
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UnsupportedInputError("--prompt", "the prompt is empty; ask a question")
+        reason = checks.prompt(prompt)
+        if reason is not None:
+            raise UnsupportedInputError("--prompt", f"the prompt {reason}")
         media: list[Any] = [Path(p) for p in images]
         if volume is not None:
+            _check_path(volume, "--volume", checks.file_or_dir_path)  # before kind_of opens it
             kind = kind_of(volume)
             if kind not in _VOLUME_KINDS or (kind == "dicom" and not Path(volume).is_dir()):
                 raise UnsupportedInputError(
@@ -169,6 +172,8 @@ class Model:
         text_ids = len(self.tokenizer.encode(prompt))
         check_context(text_ids, 1 if max_new_tokens is None else max_new_tokens, self.facts.max_context,
                       what="question text")
+        for path in media:  # a named pipe or a device would block its reader: refused before anything opens it
+            _check_path(path, "input file", checks.file_or_dir_path)
         f = self.facts
         opts = InputOptions(
             compression=f.reduction_enabled if token_reduction is None else token_reduction,
@@ -239,6 +244,12 @@ class Model:
             feed, self.tokenizer, max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids,
             on_text=on_text, started=started,
         )
+
+
+def _check_path(path: PathLike, name: str, check: Callable[[Any], str | None]) -> None:
+    reason = check(path)
+    if reason is not None:
+        raise UnsupportedInputError(name, reason)
 
 
 def load(

@@ -217,7 +217,7 @@ def _error(message: str) -> Exception:  # hulurt.errors imported lazily: no impo
 def dim_ranges(
     *, max_context: int, max_frames: int, max_groups: int, opt_context: int = 512, opt_groups: int = 256
 ) -> dict[str, DimRange]:
-    """Ranges of every dynamic dim for one build target (see huluexport/export/targets.py).
+    """Ranges of every dynamic dim for one build target (see huluexport/devices.py).
 
     `max_groups` bounds merged tokens per frame; `n_patches` follows from merge_group <= 4.
     """

@@ -5,12 +5,12 @@ repetition penalty, seeded (numpy only). The order of the steps follows transfor
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from hulurt import checks
 from hulurt.errors import HuluRuntimeError
 
 
@@ -30,14 +30,11 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise SamplingError(f"temperature must be a finite number > 0; got {self.temperature}")
-        if self.top_k < 0:
-            raise SamplingError(f"top_k must be >= 0 (0 = off); got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise SamplingError(f"top_p must be in (0, 1]; got {self.top_p}")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise SamplingError(f"repetition_penalty must be a finite number > 0; got {self.repetition_penalty}")
+        # the same checks as the command line's options (hulurt.options), so the API refuses the same values
+        for field in ("temperature", "top_k", "top_p", "repetition_penalty", "seed"):
+            reason = getattr(checks, field)(getattr(self, field))
+            if reason is not None:
+                raise SamplingError(f"{field} {reason}")
 
 
 def apply_repetition_penalty(
@@ -103,7 +100,9 @@ class Sampler:
             row = apply_repetition_penalty(row, seen, cfg.repetition_penalty)
         if cfg.greedy:
             return int(np.argmax(row))
-        row = row / np.float32(cfg.temperature)
+        # float64, shifted so the best logit is 0 before dividing: a tiny temperature gives -inf for the
+        # others (probability 0), never inf - inf = NaN as float32 logits / 1e-45 did
+        row = (row.astype(np.float64) - np.max(row)) / cfg.temperature
         row = filter_top_k(row, cfg.top_k)
         row = filter_top_p(row, cfg.top_p)
         probs = softmax(row)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("bench") / "tiny", "tiny")
 
 
-def _run_cli(bundle: Path, out: Path, *extra: str) -> tuple[dict, float]:
-    t0 = time.perf_counter()
+def _run_cli(bundle: Path, out: Path, *extra: str) -> dict:
     main(
         [
             "bench",
@@ -40,10 +38,9 @@ def _run_cli(bundle: Path, out: Path, *extra: str) -> tuple[dict, float]:
             *extra,
         ]
     )
-    wall = time.perf_counter() - t0
     doc = json.loads((out / "r.json").read_text())
     B.check_report(doc)
-    return doc, wall
+    return doc
 
 
 def _check_files(out: Path) -> None:
@@ -57,7 +54,7 @@ def _check_files(out: Path) -> None:
 
 
 def test_bench_tiny_volume_with_reference(tiny_bundle: Path, tmp_path: Path) -> None:
-    doc, wall = _run_cli(
+    doc = _run_cli(
         tiny_bundle,
         tmp_path,
         "--preset",
@@ -74,7 +71,6 @@ def test_bench_tiny_volume_with_reference(tiny_bundle: Path, tmp_path: Path) -> 
         "3",
         "--compare-reference",
     )
-    assert wall < 60
     _check_files(tmp_path)
     rt, ref = doc["sides"]["runtime"], doc["sides"]["reference"]
     # same request on both sides: token counts, reduction and greedy tokens agree
@@ -107,12 +103,28 @@ def test_bench_tiny_volume_with_reference(tiny_bundle: Path, tmp_path: Path) -> 
 
 
 def test_bench_tiny_text_image_and_files(tiny_bundle: Path, tmp_path: Path) -> None:
-    doc, wall = _run_cli(tiny_bundle, tmp_path, "--preset", "text", "--max-new-tokens", "4", "--repeats", "2")
-    assert wall < 60 and "reference" not in doc["sides"]
+    doc = _run_cli(
+        tiny_bundle,
+        tmp_path,
+        "--preset",
+        "text",
+        "--max-new-tokens",
+        "4",
+        "--repeats",
+        "2",
+        "--target",
+        "h200",
+    )
+    assert "reference" not in doc["sides"]
+    # the roofline of a named device uses its datasheet bandwidth (NVIDIA H200 SXM: 4.8 TB/s)
+    assert (
+        doc["settings"]["target"] == "h200"
+        and doc["sides"]["runtime"]["roofline"]["bandwidth_bytes_s"] == 4.8e12
+    )
     rt = doc["sides"]["runtime"]
     assert rt["tokens"]["visual_before_reduction"] == 0 and rt["stages"]["vision"]["median"] == 0
     _check_files(tmp_path)
-    doc, _ = _run_cli(
+    doc = _run_cli(
         tiny_bundle,
         tmp_path,
         "--preset",
@@ -127,7 +139,7 @@ def test_bench_tiny_text_image_and_files(tiny_bundle: Path, tmp_path: Path) -> N
     assert doc["sides"]["runtime"]["tokens"]["visual_before_reduction"] == 256  # 224x224, m=1 -> 16x16
     # a NIfTI file read by hulurt's reader inside the timed preprocess stage
     vol = B.write_synthetic_files("volume", B.synthetic_frames("volume", 4, 112), tmp_path / "media")[0]
-    doc, _ = _run_cli(tiny_bundle, tmp_path, "--media", str(vol), "--max-new-tokens", "3", "--repeats", "1")
+    doc = _run_cli(tiny_bundle, tmp_path, "--media", str(vol), "--max-new-tokens", "3", "--repeats", "1")
     tok = doc["sides"]["runtime"]["tokens"]
     assert doc["inputs"]["preset"] == "files" and tok["visual_before_reduction"] == 64
     assert 16 <= tok["visual_after_reduction"] < 64
@@ -154,7 +166,7 @@ def test_bench_sliced_7b_runtime_faster_per_decoded_token(tmp_path_factory: pyte
     Needs ~13 GB of RAM (runtime and reference side by side). Result committed in benchmarks/results/."""
     bundle = Path(str(SLICED))
     out = tmp_path_factory.mktemp("sliced_out")
-    doc, _wall = _run_cli(
+    doc = _run_cli(
         bundle,
         out,
         "--preset",

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hulurt import reduction
+from hulurt import cuda_reduce, reduction
 from hulurt.preprocess import NORM_LUT
 
 pytestmark = pytest.mark.gpu
 
 torch = pytest.importorskip("torch")
-cuda_reduce = pytest.importorskip("hulurt.cuda_reduce")
 
 ALGOS = ("auto", "pair", "stream")
 

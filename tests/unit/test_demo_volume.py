@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hulurt import inputs
 
 from huluexport.reference.model import VisualInput
 from huluexport.reference.weights import load_model
@@ -24,7 +25,6 @@ def _demo():  # type: ignore[no-untyped-def]
 
 
 def test_runtime_compaction_equals_reference_compaction(tiny_ckpts: dict[str, Path]) -> None:
-    inputs = pytest.importorskip("hulurt.inputs")
     from hulurt.tokenizer import Tokenizer
 
     d = tiny_ckpts["hf-qwen2"]

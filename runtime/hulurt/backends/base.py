@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from hulurt import checks
 from hulurt.errors import HuluRuntimeError
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ class BackendOptions:
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
             raise BackendError(f"provider {self.provider!r} is unknown; expected one of {', '.join(PROVIDERS)}")
-        if self.threads < 0:
-            raise BackendError(f"threads must be >= 0 (0 = engine default); got {self.threads}")
+        reason = checks.threads(self.threads)  # the command line's --threads check (hulurt.options)
+        if reason is not None:
+            raise BackendError(f"threads {reason}")
 
 
 def open_session(path: Path | str, options: BackendOptions = BackendOptions()) -> Session:
