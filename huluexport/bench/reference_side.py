@@ -32,7 +32,8 @@ def load_reference(m: Any, checkpoint: Path | None, dtype: str) -> tuple[Any, An
     w = dict(m.model.get("weights") or {})
     cfg_b = config_from_dict({k: v for k, v in m.model.items() if k != "weights"})
     if checkpoint is not None:
-        w = {"kind": "checkpoint", "checkpoint": str(checkpoint), "seed": 0, "layers": w.get("layers")}
+        w = {"kind": "checkpoint", "checkpoint": str(checkpoint), "seed": 0, "layers": w.get("layers"),
+             "vision_layers": w.get("vision_layers")}
     if w.get("kind") == "checkpoint":
         full = from_checkpoint(w["checkpoint"])
     elif w.get("kind") == "random":
@@ -41,23 +42,42 @@ def load_reference(m: Any, checkpoint: Path | None, dtype: str) -> tuple[Any, An
         raise ConfigError(
             f"{m.path}: the manifest does not say where the weights came from; pass --checkpoint"
         )
-    spec = WeightSpec(w["kind"], w.get("checkpoint"), int(w.get("seed", 0)), w.get("layers"))
-    cfg = slice_layers(full, spec.layers)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    spec = WeightSpec(
+        w["kind"], w.get("checkpoint"), int(w.get("seed", 0)), w.get("layers"), w.get("vision_layers")
+    )
+    cfg = slice_layers(full, spec.layers, spec.vision_layers)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     return reference_model(cfg, weight_source(full, spec), dtype=torch_dtype), cfg
 
 
 def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "float32") -> PreparedSide:
+    """The reference on `cfg.extra["reference_device"]` ("cpu" default, or "cuda": fp16 there unless
+    `reference_dtype` says otherwise, the PyTorch eager fp16 baseline of a GPU bundle)."""
     import torch
 
     from huluexport.plan import weight_bytes
     from huluexport.reference.model import VisualInput
+
+    device = str(cfg.extra.get("reference_device") or "cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--reference-device cuda: this PyTorch sees no CUDA device")
+        dtype = str(cfg.extra.get("reference_dtype") or "float16")
+    elif device != "cpu":
+        raise ConfigError(f"--reference-device {device!r}: expected cpu or cuda")
+    dev = torch.device(device)
+
+    def sync() -> None:  # stage clocks read the host clock: wait for queued device work first
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rss_before = MemorySampler()._rss()
     t0 = time.perf_counter()
     model, mcfg = load_reference(m, cfg.checkpoint, dtype)
+    model = model.to(dev)
+    sync()
     load_s = time.perf_counter() - t0
     rss_after = MemorySampler()._rss()
     tok_path = m.file_path(m.tokenizer.tokenizer)
@@ -74,7 +94,9 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
 
         def timed_encode(v: Any) -> Any:
             with clock("vision"):
-                return enc(v)
+                out = enc(v)
+                sync()
+                return out
 
         def timed_keep(v: Any) -> Any:
             with clock("reduction"):
@@ -90,6 +112,7 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
         ]
         t_prep = time.perf_counter()
         prep = model.prepare_inputs(torch.from_numpy(req.ids_full), visuals)
+        sync()
         clock.t["embed"] = (
             time.perf_counter() - t_prep - clock.t.get("vision", 0.0) - clock.t.get("reduction", 0.0)
         )
@@ -100,8 +123,8 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
         out = [tok_id]
         pos = prep.inputs_embeds.shape[1]
         for _ in range(cfg.max_new_tokens - 1):
-            emb = model.decoder.embed(torch.tensor([[tok_id]], dtype=torch.int64))
-            logits, past = model.decoder(emb, torch.tensor([[pos]], dtype=torch.int64), past)
+            emb = model.decoder.embed(torch.tensor([[tok_id]], dtype=torch.int64, device=dev))
+            logits, past = model.decoder(emb, torch.tensor([[pos]], dtype=torch.int64, device=dev), past)
             tok_id = int(torch.argmax(logits[0, -1].float()))
             out.append(tok_id)
             pos += 1
@@ -124,12 +147,13 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
         model.encode, model.keep_mask = enc, km
         holder.clear()
 
-    prec = "fp32" if dtype == "float32" else "bf16"
+    prec = {"float32": "fp32", "float16": "fp16"}.get(dtype, "bf16")
     wb = weight_bytes(mcfg, prec)
     return PreparedSide(
         name="reference",
-        description=f"huluexport.reference PyTorch {torch.__version__} ({dtype}, "
-        f"{torch.get_num_threads()} threads), same process",
+        description=f"huluexport.reference PyTorch {torch.__version__} eager ({dtype}, "
+        + (f"{torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else f"{torch.get_num_threads()} threads")
+        + "), same process",
         load_s=load_s,
         once=once,
         weights_read_per_token_bytes=wb.read_per_decoded_token,

@@ -80,14 +80,29 @@ def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
     from hulurt.backends.base import BackendOptions, open_session
     from hulurt.generate import Generator, PromptFeed, VisualFeed
     from hulurt.sampling import SamplingConfig
+    from hulurt.static_decode import select_decoder
 
     rss_before = MemorySampler()._rss()
     t0 = time.perf_counter()
     calls: list[tuple[str, float]] = []
     opts = BackendOptions(provider=cfg.extra.get("provider", "auto"), threads=cfg.threads or 0)
-    sessions = {name: TimedSession(open_session(m.piece_path(name), opts), name, calls) for name in m.pieces}
+    # the decoder form hulurt.load() would choose for this provider (gqa-static on CUDA), or the forced one
+    provider = opts.provider
+    if provider == "auto":
+        from hulurt.backends.ort import resolve_provider
+
+        provider = resolve_provider("auto")
+    dec_piece = select_decoder(provider, set(m.pieces), cfg.extra.get("decoder_form"))
+    graph = dec_piece == "decoder_gqa" and provider == "cuda" and not cfg.extra.get("no_cuda_graph", False)
+    sessions = {
+        name: TimedSession(open_session(m.piece_path(name), opts), name, calls)
+        for name in m.pieces
+        if not name.startswith("decoder")
+    }
+    dec_opts = dataclasses.replace(opts, cuda_graph=graph)
+    sessions["decoder"] = TimedSession(open_session(m.piece_path(dec_piece), dec_opts), "decoder", calls)
     facts = facts_of(m)  # the same numbers hulurt.load() gives its Generator
-    gen = Generator(sessions, facts)  # type: ignore[arg-type]
+    gen = Generator(sessions, facts, cuda_graph=graph)  # type: ignore[arg-type]
     tok_path = m.file_path(m.tokenizer.tokenizer)
     tok: Any = Tok(tok_path) if tok_path is not None and tok_path.is_file() else ByteIds()
     load_s = time.perf_counter() - t0
@@ -134,13 +149,14 @@ def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
             tuple(g.token_ids),
         )
 
-    pb = {name: piece_weight_bytes(m.piece_path(name)) for name in ("embed", "decoder") if name in m.pieces}
+    pb = {"embed": piece_weight_bytes(m.piece_path("embed")), "decoder": piece_weight_bytes(m.piece_path(dec_piece))}
     act = np.dtype(m.dims.act_dtype).itemsize
     embed_row = pb.get("embed", 0) // max(m.dims.vocab, 1)  # decoding gathers one row of the table
     prov = getattr(sessions["decoder"], "provider", "?")
     return PreparedSide(
         name="runtime",
-        description=f"hulurt Generator on onnxruntime ({prov}), {m.dims.act_dtype}",
+        description=f"hulurt Generator on onnxruntime ({prov}), {m.dims.act_dtype}, {dec_piece}"
+        + (", CUDA graph" if graph else ""),
         load_s=load_s,
         once=once,
         weights_read_per_token_bytes=pb.get("decoder", 0) + embed_row,

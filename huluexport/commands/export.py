@@ -18,6 +18,8 @@ HELP = {
     "random_weights": "No checkpoint: deterministic random weights (for size/memory tests and CI).",
     "seed": "Seed of --random-weights.",
     "layers": "Build a shallow slice: the first N decoder and vision layers (full width).",
+    "vision_layers": "Vision tower depth on its own (default: as --layers, capped at the tower's depth), e.g. "
+    "--layers 4 --vision-layers 27 for a decoder slice with the full tower.",
     "precision": "fp32, or fp16 with LayerNorm/RMSNorm, softmax and RoPE kept in fp32.",
     "target": "Device (huluexport/devices.py): dynamic dim ranges (TensorRT profiles, runtime limits).",
     "overwrite": "Replace an existing bundle at --out (the old one is removed only after the new one is complete).",
@@ -64,6 +66,7 @@ def register(group: click.Group) -> None:
 @click.option("--random-weights", is_flag=True, help=HELP["random_weights"])
 @click.option("--seed", type=int, default=0, show_default=True, help=HELP["seed"])
 @click.option("--layers", type=click.IntRange(min=1), help=HELP["layers"])
+@click.option("--vision-layers", type=click.IntRange(min=1), help=HELP["vision_layers"])
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16"]),
@@ -93,6 +96,7 @@ def build_cmd(
     random_weights: bool,
     seed: int,
     layers: int | None,
+    vision_layers: int | None,
     precision: str,
     target: str,
     overwrite: bool,
@@ -113,6 +117,7 @@ def build_cmd(
         random_weights=random_weights,
         seed=seed,
         layers=layers,
+        vision_layers=vision_layers,
         precision=precision,
         target=target,
         overwrite=overwrite,

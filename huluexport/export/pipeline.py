@@ -72,6 +72,7 @@ class BuildOptions:
     random_weights: bool = False
     seed: int = 0
     layers: int | None = None  # shallow slice: the first N decoder and vision layers
+    vision_layers: int | None = None  # vision depth on its own (default: as --layers, capped at the tower's)
     precision: str = "fp32"
     target: str = "generic"
     overwrite: bool = False
@@ -89,6 +90,7 @@ class WeightSpec:
     checkpoint: str | None = None
     seed: int = 0
     layers: int | None = None
+    vision_layers: int | None = None  # None: min(layers, the tower's) as slice_layers does
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,14 +98,21 @@ class WeightSpec:
 # --------------------------------------------------------------------------------------------------
 
 
-def slice_layers(cfg: HuluConfig, layers: int | None) -> HuluConfig:
+def slice_layers(cfg: HuluConfig, layers: int | None, vision_layers: int | None = None) -> HuluConfig:
+    """The first `layers` decoder layers and min(layers, vision layers) vision layers; `vision_layers` sets the
+    vision tower's depth on its own (e.g. a 4-layer decoder slice with the full 27-layer tower)."""
+    if vision_layers is not None:
+        if vision_layers < 1 or vision_layers > cfg.vision.layers:
+            raise ConfigError(f"--vision-layers {vision_layers}: expected 1..{cfg.vision.layers} for {cfg.name}")
+        cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, layers=vision_layers))
     if layers is None:
         return cfg
     if layers < 1 or layers > cfg.decoder.layers:
         raise ConfigError(f"--layers {layers}: expected 1..{cfg.decoder.layers} for {cfg.name}")
+    vis = cfg.vision.layers if vision_layers is not None else min(layers, cfg.vision.layers)
     return cfg.replace(
         decoder=dataclasses.replace(cfg.decoder, layers=layers),
-        vision=dataclasses.replace(cfg.vision, layers=min(layers, cfg.vision.layers)),
+        vision=dataclasses.replace(cfg.vision, layers=vis),
     )
 
 
@@ -139,12 +148,14 @@ def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
         full = from_checkpoint(opts.checkpoint)
         if opts.size is not None:
             check_size(full, opts.size, Path(opts.checkpoint), sliced=opts.layers is not None)
-        return full, WeightSpec("checkpoint", str(Path(opts.checkpoint).resolve()), 0, opts.layers)
+        return full, WeightSpec(
+            "checkpoint", str(Path(opts.checkpoint).resolve()), 0, opts.layers, opts.vision_layers
+        )
     if not opts.random_weights:
         raise ConfigError("give --checkpoint DIR, or --size SIZE --random-weights")
     if opts.size is None:
         raise ConfigError("--random-weights needs --size (e.g. --size 7b)")
-    return preset(opts.size), WeightSpec("random", None, opts.seed, opts.layers)
+    return preset(opts.size), WeightSpec("random", None, opts.seed, opts.layers, opts.vision_layers)
 
 
 def random_tensor(ref: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -296,7 +307,7 @@ def build(opts: BuildOptions) -> Path:
     full_cfg, wspec = resolve(opts)
     target = get_target(opts.target)
     source = weight_source(full_cfg, wspec)  # checks every name and shape before any export work
-    cfg = slice_layers(full_cfg, opts.layers)
+    cfg = slice_layers(full_cfg, opts.layers, opts.vision_layers)
     log.info(
         "build: %s (%s, %d decoder layers), %s weights, %s, target %s",
         cfg.name,
