@@ -178,7 +178,9 @@ class StaticDecoder:
         self.tok.update_inplace(np.array([[token]], dtype=np.int64))
         self.step_pos.update_inplace(np.array([[self.length]], dtype=np.int64))
         self.seqlens.update_inplace(np.array([self.length], dtype=np.int32))
-        self.embed.session.run_with_iobinding(self._embed_binding, self._run_once)
+        if not self.cuda_graph:  # without a graph the kernel may as well see the exact length
+            self._step_binding.bind_cpu_input("total_sequence_length", np.array(self.length + 1, dtype=np.int32))
+        self.embed.session.run_with_iobinding(self._embed_binding)
         self.decoder.session.run_with_iobinding(self._step_binding, self._run_step)
         self.length += 1
         self.steps += 1
