@@ -85,6 +85,7 @@ def test_gqa_form_matches_reference(gqa_bundle_factory, flavor: str, precision: 
         assert std > 1e-2  # non-degenerate logits
         if precision == "fp32":
             err = float(np.abs(got_a - want).max())
+            print(f"{flavor} {precision} visual={with_visual}: logits max abs {err:.3g}")
             assert err <= tol.max_abs, (with_visual, err)
             assert got_tokens == tokens, (with_visual, got_tokens, tokens)  # 16 greedy steps identical
             # the in-place buffers hold exactly the reference's present rows 0..T-1
@@ -94,6 +95,7 @@ def test_gqa_form_matches_reference(gqa_bundle_factory, flavor: str, precision: 
         else:
             cosine = min(_cos(g, w) for g, w in zip(got_a, want))
             top1 = float(np.mean([int(g.argmax()) == int(w.argmax()) for g, w in zip(got_a, want)]))
+            print(f"{flavor} {precision} visual={with_visual}: min cosine {cosine:.6f}, top-1 {top1:.3f}")
             assert cosine >= tol.min_cosine and top1 >= tol.min_top1, (with_visual, cosine, top1)
 
 
