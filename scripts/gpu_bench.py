@@ -77,6 +77,10 @@ def build(work: Path) -> int:
     bdir.mkdir(parents=True, exist_ok=True)
     log = work / "build.log"
     status = 0
+    with open(log, "a") as f:  # the token-reduction kernels for the CUDA path (hulurt.device_reduce), sm_90
+        rc = subprocess.run(["make", "-C", "kernels", "lib", "ARCHS=90", "NVCC_THREADS=8", f"PYTHON={sys.executable}"],
+                            cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+        f.write(f"BUILT kernels rc={rc}\n")
     for name, extra in BUNDLES.items():
         if (bdir / name / "manifest.json").is_file():
             continue

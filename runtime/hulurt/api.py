@@ -78,6 +78,8 @@ class Model:
         self._decoder_form = decoder_form  # None: by provider (hulurt.static_decode.select_decoder)
         self._cuda_graph = cuda_graph  # None: on for the gqa-static form on the CUDA EP
         self._decoder_piece: str | None = None
+        self._keep_mask_fn: Any = None  # hulurt.device_reduce on the CUDA provider (decided on first use)
+        self._keep_mask_checked = False
 
     # ---- sessions (opened on first use: a text-only request never loads the vision graph) --------------
 
@@ -99,6 +101,18 @@ class Model:
     def uses_cuda_graph(self) -> bool:
         return self.decoder_piece == "decoder_gqa" and self._cuda_graph is not False and self.session(
             "decoder").provider == "cuda"
+
+    @property
+    def keep_mask_fn(self) -> Any:
+        """The token-reduction mask on the GPU (hulurt.device_reduce) when the decoder runs on the CUDA provider
+        and the kernel library loads; None (numpy) otherwise."""
+        if not self._keep_mask_checked:
+            self._keep_mask_checked = True
+            if self.session("decoder").provider == "cuda":
+                from hulurt.device_reduce import device_reducer
+
+                self._keep_mask_fn = device_reducer(self.options.device_id)
+        return self._keep_mask_fn
 
     def session(self, piece: str) -> Session:
         """Session of `piece`; "decoder" is whichever decoder form `decoder_piece` chose."""
@@ -182,6 +196,7 @@ class Model:
             min_kept=f.reduction_min_tokens,
             min_tokens=self.manifest.preprocess.min_tokens,
             max_tokens=self.manifest.preprocess.max_tokens,
+            keep_mask_fn=self.keep_mask_fn if media else None,
         )
         pp = self.manifest.preprocess
         reader_options = {"video": {"fps": pp.fps, "max_frames": min(pp.max_frames, self.manifest.limits.max_frames)}}

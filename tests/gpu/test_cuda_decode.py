@@ -70,3 +70,21 @@ def test_cuda_logits_match_cpu() -> None:
         static.begin(9)
         rows.append(static.prefill(emb, want_logits=True)[1])
     assert np.abs(rows[0] - rows[1]).max() <= 1e-3  # TF32 is off in onnxruntime's CUDA EP by default
+
+
+def test_device_keep_mask_equals_numpy() -> None:
+    """hulurt.device_reduce (kernels/token_reduce on an onnxruntime CUDA buffer) == the numpy mask, exactly."""
+    from hulurt import reduction
+    from hulurt.device_reduce import device_reducer
+
+    fn = device_reducer()
+    if fn is None:
+        pytest.skip("token-reduction kernel library not built (make -C kernels lib)")
+    rng = np.random.default_rng(1)
+    base = rng.uniform(-1, 1, size=(1, 300, 2352)).astype(np.float32)
+    step = rng.uniform(-1, 1, size=(11, 300, 2352)).astype(np.float32) * rng.uniform(0, 0.25, size=(11, 300, 1))
+    tokens = np.concatenate([base, base + np.cumsum(step, axis=0).astype(np.float32)]).clip(-1, 1)
+    for mode in ("bf16", "fp32"):
+        want = reduction.keep_mask(tokens, 0.1, 1, mode)
+        got = fn(tokens, 0.1, 1, mode)
+        assert got.dtype == bool and np.array_equal(got, want) and 0 < want.sum() < want.size, mode

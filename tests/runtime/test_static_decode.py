@@ -102,3 +102,42 @@ def test_static_capacity_is_checked(gqa_bundle) -> None:
     with pytest.raises(ContractError, match="does not apply"):
         hulurt.load(gqa_bundle, provider="cpu", verify_hashes=False, decoder_form="gqa-static",
                     kv_strategy="chain").generate("x", max_new_tokens=2)
+
+
+def test_cpu_requests_keep_the_numpy_reduction(gqa_bundle) -> None:
+    """Off the CUDA provider no device reducer is chosen (the numpy mask runs); asked for anyway, it refuses
+    cleanly where onnxruntime has no CUDA provider, so the numpy path stays the fallback."""
+    from hulurt.device_reduce import device_reducer
+
+    model = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False)
+    assert model.keep_mask_fn is None
+    assert device_reducer() is None  # this machine: CPU onnxruntime, no kernel library
+
+
+def test_keep_mask_fn_is_what_build_inputs_calls() -> None:
+    """InputOptions.keep_mask_fn replaces the numpy mask; with the numpy function itself the inputs are equal."""
+    from hulurt import reduction
+    from hulurt.inputs import InputOptions, build_inputs
+    from hulurt.media import Media
+
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(0, 256, size=(1, 56, 56, 3), dtype=np.uint8), 4, axis=0)
+    frames[2:, :28] = rng.integers(0, 256, size=(2, 28, 56, 3), dtype=np.uint8)  # half the picture changes
+    calls = []
+
+    def recorded(tokens, threshold, min_kept, mode):
+        calls.append(tokens.shape)
+        return reduction.keep_mask(tokens, threshold, min_kept, mode)
+
+    class Tok:
+        def encode(self, text):
+            return [ord(c) % 200 for c in text]
+
+    def build(fn):
+        opts = InputOptions(compression=True, keep_mask_fn=fn)
+        return build_inputs([Media(frames, "video", "synthetic")], "What moves?", Tok(), 250, opts, None)
+
+    a, b = build(None), build(recorded)
+    assert len(calls) == 1 and calls[0][0] == 4
+    assert np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.keep_mask, b.keep_mask)
+    assert 0 < a.keep_mask.sum() < a.keep_mask.size  # the mask really drops some tokens
