@@ -61,7 +61,7 @@ def _huluexport(args: list[str], log: Path, timeout: int) -> int:
         f.write(f"\n$ huluexport {' '.join(args)}\n")
         f.flush()
         try:
-            return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), timeout=timeout).returncode
+            return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), timeout=timeout, check=False).returncode
         except subprocess.TimeoutExpired:
             f.write(f"TIMEOUT after {timeout} s\n")
             return 124
@@ -79,7 +79,7 @@ def build(work: Path) -> int:
     status = 0
     with open(log, "a") as f:  # the token-reduction kernels for the CUDA path (hulurt.device_reduce), sm_90
         rc = subprocess.run(["make", "-C", "kernels", "lib", "ARCHS=90", "NVCC_THREADS=8", f"PYTHON={sys.executable}"],
-                            cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+                            cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
         f.write(f"BUILT kernels rc={rc}\n")
     for name, extra in BUNDLES.items():
         if (bdir / name / "manifest.json").is_file():
@@ -93,7 +93,7 @@ def build(work: Path) -> int:
     code = "from e2e.bundles import bundle; print(bundle('qwen2', gqa=True)); print(bundle('qwen3', gqa=True))"
     env = _env() | {"HULU_TEST_BUNDLES": str(work / "test-bundles")}
     with open(log, "a") as f:
-        rc = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
         f.write(f"BUILT tiny rc={rc}\nBUILD DONE status={status | rc}\n")
     return status | rc
 
@@ -137,7 +137,7 @@ def environment() -> dict[str, Any]:
 
     smi = subprocess.run(
         ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem",
-         "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+         "--format=csv,noheader"], capture_output=True, text=True, check=False).stdout.strip()
     return {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "nvidia_smi": smi,
@@ -222,7 +222,7 @@ def _gpu_tests(work: Path, out: Path, timeout: int) -> int:
         try:
             return subprocess.run(
                 [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", "tests/gpu"],
-                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False).returncode
         except subprocess.TimeoutExpired:
             f.write(f"TIMEOUT after {timeout} s\n")
             return 124
@@ -283,15 +283,15 @@ def report(result: dict[str, Any], out: Path) -> None:
     bw = float(copy.get("bandwidth_bytes_s", 0.0))
     B = {k: v.get("report") for k, v in result.get("benches", {}).items() if v.get("report")}
     lines = ["# hulurt on a CUDA GPU vs the PyTorch reference (fp16, batch 1)", "",
-             f"Machine: {env.get('gpu')} ({env.get('nvidia_smi')}), onnxruntime {env.get('onnxruntime')} "
+             (f"Machine: {env.get('gpu')} ({env.get('nvidia_smi')}), onnxruntime {env.get('onnxruntime')} "
              f"({', '.join(env.get('providers', []))}), torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), "
-             f"python {env.get('python')}, load {env.get('load')}, date {env.get('date_utc')}.",
+             f"python {env.get('python')}, load {env.get('load')}, date {env.get('date_utc')}."),
              f"Measured device-to-device copy bandwidth: {bw / 1e12:.3f} TB/s ({copy.get('method')}).",
-             "Random weights (seed 0), 7B width; b4 = 4 decoder layers + 27 vision layers, b2 = 2 + 1. "
+             ("Random weights (seed 0), 7B width; b4 = 4 decoder layers + 27 vision layers, b2 = 2 + 1. "
              "Greedy, no stop ids; medians of 3 runs after 1 warm-up, runtime and reference interleaved in one "
-             "process.", ""]
-    lines += ["## Runs", "", "| run | side | decode tok/s | TTFT ms | vision ms | prefill ms | prompt tok | "
-              "visual tok | same tokens |", "|---|---|---|---|---|---|---|---|---|"]
+             "process."), ""]
+    lines += ["## Runs", "", ("| run | side | decode tok/s | TTFT ms | vision ms | prefill ms | prompt tok | "
+              "visual tok | same tokens |"), "|---|---|---|---|---|---|---|---|---|"]
     for name, rep in B.items():
         for side in ("runtime", "reference"):
             if side not in rep["sides"]:
@@ -314,16 +314,16 @@ def report(result: dict[str, Any], out: Path) -> None:
                 continue
             ext[side] = e
             lines += [
-                f"**{side}**: t(2) = {e['t2_ms']:.3f} ms, t(4) = {e['t4_ms']:.3f} ms per token; per layer "
+                (f"**{side}**: t(2) = {e['t2_ms']:.3f} ms, t(4) = {e['t4_ms']:.3f} ms per token; per layer "
                 f"(t(4) - t(2)) / 2 = {e['per_layer_ms']:.4f} ms; t(28) = t(2) + 26 x {e['per_layer_ms']:.4f} = "
-                f"{e['t28_ms']:.3f} ms -> {e['tok_s_28']:.1f} tok/s.",
-                f"Bytes per token: decoder weights W(2) = {e['weights_2'] / 1e9:.4f} GB, W(4) = "
+                f"{e['t28_ms']:.3f} ms -> {e['tok_s_28']:.1f} tok/s."),
+                (f"Bytes per token: decoder weights W(2) = {e['weights_2'] / 1e9:.4f} GB, W(4) = "
                 f"{e['weights_4'] / 1e9:.4f} GB, per layer {e['layer_bytes'] / 1e6:.2f} MB; W(28) = W(2) + 26 x "
                 f"layer + embedding row {e['embed_row_bytes']:.0f} B; KV read at the mean context "
-                f"{e['kv_bytes_28'] / 1e6:.3f} MB; total {e['bytes_per_token_28'] / 1e9:.4f} GB.",
-                f"Bound = {e['bytes_per_token_28'] / 1e9:.4f} GB / {bw / 1e12:.3f} TB/s = {e['bound_ms']:.3f} ms; "
+                f"{e['kv_bytes_28'] / 1e6:.3f} MB; total {e['bytes_per_token_28'] / 1e9:.4f} GB."),
+                (f"Bound = {e['bytes_per_token_28'] / 1e9:.4f} GB / {bw / 1e12:.3f} TB/s = {e['bound_ms']:.3f} ms; "
                 f"fraction of the bandwidth bound reached = {e['bound_ms']:.3f} / {e['t28_ms']:.3f} = "
-                f"**{100 * e['fraction_of_bound']:.1f} %** (target >= 85 % for the runtime).", ""]
+                f"**{100 * e['fraction_of_bound']:.1f} %** (target >= 85 % for the runtime)."), ""]
         if "runtime" in ext and "reference" in ext:
             lines.append(f"Runtime over PyTorch eager fp16, 28 layers: {ext['runtime']['tok_s_28'] / ext['reference']['tok_s_28']:.2f}x.")
     for name in ("ct160_b4", "video60_b4"):

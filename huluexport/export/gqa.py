@@ -24,7 +24,7 @@ import math
 import torch
 
 from huluexport.export.pieces import DecoderPiece
-from huluexport.reference.decoder import Attention, rotate_half, rope_cos_sin
+from huluexport.reference.decoder import Attention, rope_cos_sin, rotate_half
 
 MS_DOMAIN = "com.microsoft"
 

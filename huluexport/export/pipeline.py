@@ -37,12 +37,12 @@ from huluexport.config import (
     preset,
     to_dims,
 )
+from huluexport.devices import get_target
 from huluexport.errors import ConfigError
 from huluexport.export import onnx as onnx_export
 from huluexport.export import pieces as P
 from huluexport.export.manifest import build_manifest, write_manifest
 from huluexport.export.passes import attach_weights, fold_constants, fold_weight_transposes, name_dims
-from huluexport.devices import get_target
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ when the kernel library or the CUDA provider is missing, in which case the numpy
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
