@@ -338,14 +338,15 @@ class Generator:
         rows = [self.encode_visual(v) for v in prompt.visuals]
         visual = np.concatenate(rows, axis=0) if rows else None  # [n_visual, hidden]
         t1 = time.perf_counter()
-        embeds = self.embed(ids, visual)  # [1, L, hidden]
         seen = np.empty(n_prompt + max_new_tokens, dtype=np.int64)  # prompt + generated ids, for the penalty
         seen[:n_prompt] = ids
         n_seen = n_prompt
-        if static is not None:
-            token = choose(static.prefill(embeds, need_logits), seen[:n_seen])
+        if static is not None:  # the prompt's embeddings stay on the decoder's device
+            vis = self._no_visual if visual is None else np.ascontiguousarray(visual, dtype=self._act)
+            token = choose(static.prefill(static.embed_prompt(ids, vis), need_logits), seen[:n_seen])
         else:
             assert cache is not None
+            embeds = self.embed(ids, visual)  # [1, L, hidden]
             token = sampler(self._decoder_step(embeds, 0, cache), seen[:n_seen])
         t2 = time.perf_counter()
         t_first = t2

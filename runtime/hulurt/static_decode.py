@@ -155,6 +155,16 @@ class StaticDecoder:
             )
         self.length = 0
 
+    def embed_prompt(self, ids: NDArray[np.int64], visual: NDArray[Any]) -> Any:
+        """The embed graph for the prompt ids [L] and visual rows [n_visual, hidden] (host), its output
+        [1, L, hidden] left on the device as an OrtValue for `prefill`."""
+        b = self.embed.session.io_binding()
+        b.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64).reshape(1, -1))
+        b.bind_cpu_input("visual_embeds", visual)
+        b.bind_output("inputs_embeds", self.device, self.device_id)
+        self.embed.session.run_with_iobinding(b)
+        return b.get_outputs()[0]
+
     def prefill(self, embeds: NDArray[Any] | Any, want_logits: bool) -> tuple[int, NDArray[np.float32] | None]:
         """Feed `embeds` [1, L, hidden] (numpy, or an OrtValue on the device) after the cached rows."""
         ort = _ort()

@@ -141,3 +141,18 @@ def test_keep_mask_fn_is_what_build_inputs_calls() -> None:
     assert len(calls) == 1 and calls[0][0] == 4
     assert np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.keep_mask, b.keep_mask)
     assert 0 < a.keep_mask.sum() < a.keep_mask.size  # the mask really drops some tokens
+
+
+def test_image_request_through_the_static_path(gqa_bundle, tmp_path) -> None:
+    """Visual rows reach the gqa-static prefill through the embed graph's device-side output: same tokens."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    png = tmp_path / "scan.png"
+    Image.fromarray(rng.integers(0, 256, size=(70, 98, 3), dtype=np.uint8)).save(png)
+    v1 = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False)
+    gqa = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static")
+    a = v1.generate("What is shown?", images=[png], max_new_tokens=10, stop_ids=())
+    b = gqa.generate("What is shown?", images=[png], max_new_tokens=10, stop_ids=())
+    assert b.timings.visual_tokens_after > 0 and b.timings.prompt_tokens > b.timings.visual_tokens_after
+    assert a.token_ids == b.token_ids
