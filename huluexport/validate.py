@@ -175,6 +175,8 @@ class BundleRunner:
         self.seen: dict[str, set[int]] = {}
         self.sessions = {}
         for name in ("vision", "embed", "decoder"):
+            if name == "decoder" and name not in m.pieces:  # a bundle with only the gqa-static form
+                continue
             path = m.piece_path(name)
             try:
                 self.sessions[name] = ort.InferenceSession(
@@ -227,6 +229,28 @@ class BundleRunner:
         feeds.update({t.name: p for t, p in zip(spec.inputs[2:], past)})
         outs = self.run("decoder", feeds)
         return outs["logits"], [outs[t.name] for t in spec.outputs[1:]]
+
+
+def _gqa_decoder(m: rt.Manifest, capacity: int) -> Any:
+    """hulurt's StaticDecoder over the bundle's decoder_gqa + embed graphs on onnxruntime CPU (docs/gpu.md)."""
+    from hulurt.backends.base import BackendOptions, open_session
+    from hulurt.static_decode import StaticDecoder
+
+    opts = BackendOptions(provider="cpu", threads=2)
+    dec, emb = open_session(m.piece_path("decoder_gqa"), opts), open_session(m.piece_path("embed"), opts)
+    return StaticDecoder(dec, emb, m.dims, capacity)
+
+
+def _gqa_pass(static: Any, embeds: np.ndarray, tokens: list[int]) -> tuple[np.ndarray, list[int]]:
+    """Prefill `embeds`, then one step per reference token (teacher-forced): logits rows and the argmaxes."""
+    static.begin(embeds.shape[1] + len(tokens))
+    tok, row = static.prefill(embeds, want_logits=True)
+    rows, toks = [row], [tok]
+    for t in tokens:
+        tok, row = static.step(t, want_logits=True)
+        rows.append(row)
+        toks.append(tok)
+    return np.concatenate(rows), toks
 
 
 def case_patches(case: VisionCase, patch_dim: int, seed: int) -> np.ndarray:
@@ -369,7 +393,10 @@ def verify(
     runner = BundleRunner(m)
     prec = m.precision
     # per piece: a quantized bundle's decoder is "int4"/"int8" while the others stay at the bundle's precision
-    tol = {p: get(p, m.pieces[p].precision, backend) for p in ("vision", "embed", "decoder")}
+    tol = {p: get(p, m.pieces[p].precision, backend) for p in ("vision", "embed", "decoder", "decoder_gqa")
+           if p in m.pieces}
+    need = max(r.inputs_embeds.shape[1] for r in prompts.values()) + steps
+    gqa = _gqa_decoder(m, need) if "decoder_gqa" in m.pieces else None
     rows: list[Row] = []
     bundle_rows, ref_rows = [], []
     for case, _vis, patches, want, keep in vision:  # compared before any compaction
@@ -388,6 +415,17 @@ def verify(
         rows.append(compare("embed", pname, "inputs_embeds", emb, ref.inputs_embeds, tol["embed"]))
         # end to end: the bundle's own visual rows feed its embed and decoder
         emb = runner.embed(ref.input_ids, np.concatenate(bundle_rows) if ref.has_visual else none)
+        if gqa is not None:  # the gqa-static form (decoder_gqa.onnx) on the same embeddings, same steps
+            got_rows, got_tok = _gqa_pass(gqa, emb, ref.tokens[:steps])
+            rows.append(compare("decoder_gqa", f"{pname} prefill", "logits", got_rows[:1], ref.prefill_logits,
+                                tol["decoder_gqa"], logits=True))
+            if steps:
+                rows.append(compare("decoder_gqa", f"{pname} decode x{steps}", "logits", got_rows[1:],
+                                    ref.step_logits, tol["decoder_gqa"], logits=True))
+            tokens_ref[f"{pname} gqa-static"], tokens_bundle[f"{pname} gqa-static"] = ref.tokens, got_tok
+        if "decoder" not in m.pieces:
+            say(pname)
+            continue
         logits, past = runner.decoder(emb, 0, runner.empty_past())
         rows.append(
             compare(

@@ -49,6 +49,7 @@ class Model:
     """A loaded bundle. `stream(...)` returns a Generation to iterate for text pieces; `generate(...)` runs to
     the end. Both accept `on_text` for a callback per piece. One request at a time per Model."""
 
+<<<<<<< HEAD
     def __init__(
         self,
         manifest: Manifest,
@@ -58,6 +59,10 @@ class Model:
         cuda_graph: bool | None = None,
     ) -> None:
         from hulurt.prompt import load_chat_template
+=======
+    def __init__(self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None) -> None:
+        from hulurt.prompt import check_template, load_chat_template
+>>>>>>> main
         from hulurt.tokenizer import Tokenizer
 
         self.manifest = manifest
@@ -71,6 +76,7 @@ class Model:
         self.tokenizer = Tokenizer.from_file(manifest.root / tok_rel)
         tpl = manifest.file_path(manifest.tokenizer.chat_template)
         self.chat_template = load_chat_template(tpl)
+        check_template(self.chat_template, tpl)  # a template that cannot render fails the load, not a request
         self.facts = facts_of(manifest)
         self._sessions: dict[str, Session] = {}
         self._kv_strategy = kv_strategy
@@ -183,7 +189,7 @@ class Model:
                 media[0], f"this bundle ({self.manifest.root}) is text-only: it has no vision piece, so it cannot "
                 "take images, volumes or videos; ask a text question or build a bundle with vision"
             )
-        text_ids = len(self.tokenizer.encode(prompt))
+        text_ids = len(self.tokenizer.encode_text(prompt))
         check_context(text_ids, 1 if max_new_tokens is None else max_new_tokens, self.facts.max_context,
                       what="question text")
         for path in media:  # a named pipe or a device would block its reader: refused before anything opens it

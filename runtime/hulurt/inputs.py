@@ -24,7 +24,7 @@ from hulurt.preprocess import (
     preprocess_frames,
     select_merge_sizes,
 )
-from hulurt.prompt import BUILTIN_CHAT_TEMPLATE, IMAGE_TOKEN, expand, render
+from hulurt.prompt import BUILTIN_CHAT_TEMPLATE, IMAGE_TOKEN, encode_rendered, render_pieces
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ MediaLike = Union[str, "os.PathLike[str]", Media]
 
 
 class Encoder(Protocol):
+    """encode: template text (control tokens read as such). An encoder with special tokens also has
+    `encode_text(text)`, which reads them as plain text (hulurt.tokenizer.Tokenizer); one without is assumed
+    to have none."""
+
     def encode(self, text: str) -> list[int]: ...
 
 
@@ -205,7 +209,7 @@ def build_inputs(
     content = [content_item(m, options.video_timestamps) for m in loaded]
     content.append({"type": "text", "text": question})
     messages = [*history, {"role": "user", "content": content}]
-    prompt = render(
+    rendered = render_pieces(
         messages,
         chat_template or BUILTIN_CHAT_TEMPLATE,
         add_generation_prompt=options.add_generation_prompt,
@@ -214,7 +218,10 @@ def build_inputs(
         image_token=IMAGE_TOKEN,
     )
     per_placeholder = [int(c) for v in visuals for c in v.kept_per_frame]
-    ids = expand(prompt, per_placeholder, tokenizer.encode, image_token_id)
+    # what the user wrote is encoded as text: control tokens come only from the template (role injection)
+    ids = encode_rendered(rendered, per_placeholder, tokenizer.encode, image_token_id,
+                          getattr(tokenizer, "encode_text", None))
+    prompt = rendered.text
     offsets = np.cumsum([0] + [v.keep.size for v in visuals])
     rows = [np.flatnonzero(v.keep.reshape(-1)) + off for v, off in zip(visuals, offsets)]
     visual_rows = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, dtype=np.int64)

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import secrets
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +97,6 @@ def load_chat_template(path: str | os.PathLike[str] | None) -> str:
     return tpl
 
 
-def _raise(message: str) -> None:
-    raise UnsupportedInputError("chat template", message)
-
-
 def render(
     messages: Sequence[Mapping[str, Any]],
     template: str | None = None,
@@ -107,29 +106,28 @@ def render(
     image_token: str = IMAGE_TOKEN,
 ) -> str:
     """Render a conversation the way transformers' apply_chat_template does (Jinja2, trim_blocks,
-    lstrip_blocks, sandboxed, loopcontrols), with Hulu-Med's variables (ARCHITECTURE.md 7.1)."""
+    lstrip_blocks, sandboxed, loopcontrols), with Hulu-Med's variables. The template is untrusted input: hulurt.template renders it with time, size and recursion limits."""
+    from hulurt.template import render_template
+
+    return render_template(template or BUILTIN_CHAT_TEMPLATE, {
+        "messages": list(messages),
+        "add_generation_prompt": add_generation_prompt,
+        "add_system_prompt": add_system_prompt,
+        "system_prompt": system_prompt,
+        "image_token": image_token,
+    })
+
+
+def check_template(template: str, source: object = None) -> None:
+    """Render a one-question conversation with `template`: a template that fails (or runs away) is refused now,
+    naming its file, instead of on the first request."""
     try:
-        from jinja2.exceptions import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError as e:
-        raise UnsupportedInputError(
-            "chat template", f"rendering needs jinja2: pip install 'huluexport-runtime[tokenizer]' ({e})"
-        ) from e
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
-    env.globals["raise_exception"] = _raise
-    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
-    try:
-        return env.from_string(template or BUILTIN_CHAT_TEMPLATE).render(
-            messages=list(messages),
-            add_generation_prompt=add_generation_prompt,
-            add_system_prompt=add_system_prompt,
-            system_prompt=system_prompt,
-            image_token=image_token,
-        )
-    except TemplateError as e:
-        raise UnsupportedInputError("chat template", f"rendering failed: {e}") from e
+        render_pieces([{"role": "user", "content": [{"type": "text", "text": "Is this template usable?"}]}],
+                      template)
+    except UnsupportedInputError as e:
+        if source is None:
+            raise
+        raise UnsupportedInputError(source, f"chat template: {e.reason}") from e
 
 
 def format_time(t: float) -> str:
@@ -204,4 +202,119 @@ def expand(
             if n < 0:
                 raise ValueError(f"placeholder {k}: negative token count {n}")
             ids.extend([image_token_id] * n)
+    return np.asarray(ids, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------- caller text vs template text
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A rendered conversation and where its text came from. `pieces` are (text, from_caller) in order and join
+    to `text`: the template's own text may hold control tokens (<|im_start|>, <image>), the caller's text
+    (questions, earlier turns, the system prompt) is only ever text. `separated` is False when the template
+    rewrote the caller's text (trimmed it, say), so the two could not be told apart: one template piece."""
+
+    text: str
+    pieces: tuple[tuple[str, bool], ...]
+    separated: bool
+    caller: tuple[str, ...] = ()  # the caller's strings as passed in
+
+
+def _marked(messages: Sequence[Mapping[str, Any]], mark: Callable[[str], str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for msg in messages:
+        m = dict(msg)
+        content = m.get("content")
+        if isinstance(content, str):
+            m["content"] = mark(content)
+        elif isinstance(content, (list, tuple)):
+            m["content"] = [
+                {**item, "text": mark(item["text"])}
+                if isinstance(item, Mapping) and item.get("type") == "text" and isinstance(item.get("text"), str)
+                else item
+                for item in content
+            ]
+        out.append(m)
+    return out
+
+
+def render_pieces(
+    messages: Sequence[Mapping[str, Any]],
+    template: str | None = None,
+    add_generation_prompt: bool = True,
+    add_system_prompt: bool = False,
+    system_prompt: str | None = None,
+    image_token: str = IMAGE_TOKEN,
+) -> RenderedPrompt:
+    """render(...), split into template text and caller text. The conversation is rendered twice: as given,
+    and with every caller string replaced by a random marker; the markers show where each string landed, and
+    the split is kept only if putting the strings back gives exactly the first rendering."""
+    kw: dict[str, Any] = {"add_generation_prompt": add_generation_prompt, "add_system_prompt": add_system_prompt,
+          "image_token": image_token}
+    text = render(messages, template, system_prompt=system_prompt, **kw)
+    nonce = secrets.token_hex(16)
+    strings: list[str] = []
+
+    def mark(s: str) -> str:
+        if not s:
+            return s
+        strings.append(s)
+        return f"\x00{nonce}:{len(strings) - 1}\x00"
+
+    marked = render(_marked(messages, mark), template,
+                    system_prompt=mark(system_prompt) if system_prompt else system_prompt, **kw)
+    pieces: list[tuple[str, bool]] = []
+    pos = 0
+    for m in re.finditer(f"\x00{nonce}:(\\d+)\x00", marked):
+        if m.start() > pos:
+            pieces.append((marked[pos : m.start()], False))
+        pieces.append((strings[int(m.group(1))], True))
+        pos = m.end()
+    if pos < len(marked):
+        pieces.append((marked[pos:], False))
+    if "".join(p for p, _ in pieces) != text:
+        log.info("the chat template rewrites message text; caller text is not kept apart from the template's")
+        return RenderedPrompt(text, ((text, False),), False, tuple(strings))
+    return RenderedPrompt(text, tuple(pieces), True, tuple(strings))
+
+
+def encode_rendered(
+    rendered: RenderedPrompt,
+    tokens_per_placeholder: Sequence[int],
+    encode: Callable[[str], Sequence[int]],
+    image_token_id: int,
+    encode_text: Callable[[str], Sequence[int]] | None = None,
+    image_token: str = IMAGE_TOKEN,
+) -> NDArray[np.int64]:
+    """Token ids of a rendered prompt with its placeholders expanded, where control tokens come only from the
+    template: `encode_text` encodes caller text with special tokens read as plain text (None: the encoder has
+    no special tokens). A prompt whose caller text holds no control token gets exactly expand(text)'s ids."""
+    if encode_text is None or all(list(encode_text(p)) == list(encode(p)) for p in rendered.caller):
+        return expand(rendered.text, tokens_per_placeholder, encode, image_token_id, image_token)
+    if not rendered.separated:
+        raise UnsupportedInputError(
+            "--prompt", "the text holds control tokens (such as <|im_end|>) and this chat template rewrites "
+            "message text, so they cannot be kept apart from the template's own; remove them from the text"
+        )
+    ids: list[int] = []
+    k = 0
+    for piece, mine in rendered.pieces:
+        if mine:
+            text_ids = [int(i) for i in encode_text(piece)]
+            if image_token_id in text_ids:  # an image token that is not a special token: still not text
+                raise UnsupportedInputError(
+                    "--prompt", f"the text holds the image placeholder {image_token!r}; remove it (images are "
+                    "passed as files, and their placeholders are added for them)"
+                )
+            ids.extend(text_ids)
+            continue
+        n = piece.count(image_token)
+        ids.extend(expand(piece, tokens_per_placeholder[k : k + n], encode, image_token_id, image_token).tolist())
+        k += n
+    if k != len(tokens_per_placeholder):
+        raise UnsupportedInputError(
+            "prompt", f"the chat template wrote {k} '{image_token}' placeholders but the visual inputs have "
+            f"{len(tokens_per_placeholder)} frames; each frame needs exactly one placeholder"
+        )
     return np.asarray(ids, dtype=np.int64)

@@ -52,15 +52,15 @@ def apply_repetition_penalty(
     return out
 
 
-def filter_top_k(logits: NDArray[np.float32], k: int) -> NDArray[np.float32]:
+def filter_top_k(logits: NDArray[np.floating], k: int) -> NDArray[np.floating]:
     """Keep the k largest logits (ties at the k-th value kept too), the rest -> -inf."""
     if k <= 0 or k >= logits.shape[-1]:
         return logits
     kth = np.partition(logits, -k)[-k]
-    return np.where(logits < kth, np.float32(-np.inf), logits).astype(np.float32)
+    return np.where(logits < kth, -np.inf, logits).astype(logits.dtype)
 
 
-def filter_top_p(logits: NDArray[np.float32], p: float) -> NDArray[np.float32]:
+def filter_top_p(logits: NDArray[np.floating], p: float) -> NDArray[np.floating]:
     """Nucleus filter: keep the smallest set of most likely tokens whose probability mass reaches p
     (the most likely token is always kept)."""
     if p >= 1.0:
@@ -102,8 +102,6 @@ class Sampler:
             return int(np.argmax(row))
         # float64, shifted so the best logit is 0 before dividing: a tiny temperature gives -inf for the
         # others (probability 0), never inf - inf = NaN as float32 logits / 1e-45 did
-        row = (row.astype(np.float64) - np.max(row)) / cfg.temperature
-        row = filter_top_k(row, cfg.top_k)
-        row = filter_top_p(row, cfg.top_p)
-        probs = softmax(row)
+        scaled = (row.astype(np.float64) - np.max(row)) / cfg.temperature
+        probs = softmax(filter_top_p(filter_top_k(scaled, cfg.top_k), cfg.top_p))
         return int(self._rng.choice(probs.shape[0], p=probs))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ class Tokenizer:
         self.source = source
         added = tok.get_added_tokens_decoder()  # id -> AddedToken
         self.special_ids = frozenset(i for i, t in added.items() if t.special)
+        self._special_texts = tuple(t.content for t in added.values() if t.special)
+        self._text_tok: Any = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Tokenizer:
@@ -69,8 +73,23 @@ class Tokenizer:
         return i
 
     def encode(self, text: str) -> list[int]:
-        """Ids of `text`; added tokens in the text (e.g. <|im_start|>) become their single ids."""
+        """Ids of `text`; added tokens in the text (e.g. <|im_start|>) become their single ids. For template
+        text only: what a user typed goes through encode_text."""
         return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of user text: special tokens written in it (<|im_end|>, <image>) are encoded as the characters
+        they are made of, never as control ids (what transformers calls split_special_tokens)."""
+        if not any(s in text for s in self._special_texts):
+            return self.encode(text)
+        with self._lock:
+            if self._text_tok is None:  # a copy that reads special tokens as text, built on first need
+                from tokenizers import Tokenizer as _Tok
+
+                tok = _Tok.from_str(self._tok.to_str())
+                tok.encode_special_tokens = True
+                self._text_tok = tok
+        return list(self._text_tok.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return str(self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens))

@@ -117,3 +117,16 @@ def test_gqa_chunked_prefill_equals_one_call(gqa_bundle_factory) -> None:
     assert np.abs(row - row_one).max() <= tol
     for x, y in zip(one.kv, chunked.kv):
         assert np.abs(x.numpy()[:, :, :11] - y.numpy()[:, :, :11]).max() <= tol
+
+
+def test_verify_checks_the_gqa_form(gqa_bundle_factory) -> None:
+    """`huluexport verify` on a bundle with only decoder_gqa: its rows use the decoder_gqa entry; tokens identical."""
+    from huluexport.validate import verify
+
+    report = verify(gqa_bundle_factory("qwen3", "fp32"), steps=16)
+    print(report.table())
+    assert report.ok, report.table()
+    gqa_rows = [r for r in report.rows if r.piece == "decoder_gqa"]
+    assert len(gqa_rows) == 4 and not [r for r in report.rows if r.piece == "decoder"]
+    for name, ref in report.tokens_reference.items():
+        assert name.endswith("gqa-static") and len(ref) == 17 and report.tokens_bundle[name] == ref

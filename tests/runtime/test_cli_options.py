@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from e2e.bundles import bundle
-
 from hulurt import cli as hulurt_cli
 from hulurt.options import RUN_OPTIONS
 

@@ -191,9 +191,12 @@ def test_history_and_system(tok, png):
     assert r.prompt.endswith("<|im_start|>user\n<image>\nagain<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_question_with_literal_placeholder_is_rejected(tok, png):
-    with pytest.raises(UnsupportedInputError, match="placeholders"):
-        build_inputs([png], "what is <image>?", tok, IMAGE_ID)
+def test_question_with_literal_placeholder_is_text(tok, png):
+    """`<image>` typed in the question is text, not a placeholder: the image ids are exactly the file's."""
+    typed = build_inputs([png], "what is <image>?", tok, IMAGE_ID)
+    plain = build_inputs([png], "what is this?", tok, IMAGE_ID)
+    assert (typed.input_ids == IMAGE_ID).sum() == (plain.input_ids == IMAGE_ID).sum() == 154
+    assert tok.decode(typed.input_ids[0], skip_special_tokens=False).count("<image>") == 155
 
 
 def test_bad_file_surfaces_unsupported_input(tok, tmp_path):

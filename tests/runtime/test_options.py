@@ -8,9 +8,8 @@ import inspect
 import os
 from pathlib import Path
 
-import pytest
-
 import hulurt
+import pytest
 from hulurt import checks
 from hulurt.api import Model
 from hulurt.backends.base import BackendError, BackendOptions

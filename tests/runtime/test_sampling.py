@@ -109,3 +109,11 @@ def test_all_nan_logits_raise() -> None:
 
     with pytest.raises(HuluRuntimeError, match="finite"):
         Sampler(SamplingConfig())(np.full(4, np.nan, dtype=np.float32), np.array([], dtype=np.int64))
+
+
+def test_smallest_temperature_is_greedy_without_nan() -> None:
+    """Logits / 1e-5 overflow float32 (the NaN probabilities of --temperature 1e-45); the sampler works in
+    float64 after shifting the best logit to 0, so the smallest allowed temperature picks the argmax."""
+    logits = np.array([3.0e38, -3.0e38, 2.9e38, 0.0, 1.0], dtype=np.float32)
+    s = Sampler(SamplingConfig(greedy=False, temperature=1e-5, top_k=3, top_p=0.9, seed=0))
+    assert [s(logits, np.array([], dtype=np.int64)) for _ in range(20)] == [0] * 20
