@@ -49,7 +49,6 @@ class Model:
     """A loaded bundle. `stream(...)` returns a Generation to iterate for text pieces; `generate(...)` runs to
     the end. Both accept `on_text` for a callback per piece. One request at a time per Model."""
 
-<<<<<<< HEAD
     def __init__(
         self,
         manifest: Manifest,
@@ -58,11 +57,7 @@ class Model:
         decoder_form: str | None = None,
         cuda_graph: bool | None = None,
     ) -> None:
-        from hulurt.prompt import load_chat_template
-=======
-    def __init__(self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None) -> None:
         from hulurt.prompt import check_template, load_chat_template
->>>>>>> main
         from hulurt.tokenizer import Tokenizer
 
         self.manifest = manifest
