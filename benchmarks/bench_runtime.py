@@ -147,7 +147,8 @@ def main() -> int:
         subprocess.run([str(ROOT / ".venv" / "bin" / "huluexport"), "build", "--size", args.size, "--random-weights",
                         "--layers", str(args.layers), "--precision", "fp32", "--out", str(args.bundle)], check=True)
     from hulurt.api import facts_of
-    from hulurt.backends.base import BackendOptions, open_session
+    from hulurt.backends import open_session
+    from hulurt.backends.base import BackendOptions
     from hulurt.generate import Generator
     from hulurt.manifest import load_manifest
 

@@ -1,24 +1,20 @@
-"""The Hulu-Med model family as frozen dataclasses, and the preset table of sizes.
+"""The Hulu-Med model family as frozen dataclasses, the preset table of sizes, and operations on them.
 
 Numbers come from ARCHITECTURE.md section 1 (each with its source there). A size is a row in SIZES;
-there is no class per size. `from_checkpoint(dir)` (below) reads a real checkpoint directory.
+there is no class per size. This module is the data model only: reading a checkpoint directory into a
+HuluConfig is huluexport.checkpoint.from_checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from huluexport.errors import CheckpointError, ConfigError
+from huluexport.errors import ConfigError
 
 if TYPE_CHECKING:
     from hulurt.contract import Dims
-
-log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------
 # Pieces of the configuration
@@ -242,8 +238,32 @@ def preset(size: str) -> HuluConfig:
         raise ConfigError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}") from None
 
 
+def slice_layers(cfg: HuluConfig, layers: int | None, vision_layers: int | None = None) -> HuluConfig:
+    """The shallow slice of `cfg` that `build --layers N` exports and `init-checkpoint --layers N` writes.
+
+    One rule everywhere: N must be in 1..decoder.layers; the decoder keeps its first N layers and the vision
+    encoder its first min(N, vision.layers) (the vision tower of every size has 27 layers, decoders 28-64).
+    `vision_layers` (build --vision-layers) sets the tower's depth on its own, e.g. a 4-layer decoder slice with
+    the full 27-layer tower. Widths are unchanged. None, None returns cfg as it is.
+    """
+    if vision_layers is not None:
+        if (isinstance(vision_layers, bool) or not isinstance(vision_layers, int)
+                or not 1 <= vision_layers <= cfg.vision.layers):
+            raise ConfigError(f"--vision-layers {vision_layers}: expected 1..{cfg.vision.layers} for {cfg.name}")
+        cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, layers=vision_layers))
+    if layers is None:
+        return cfg
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= cfg.decoder.layers:
+        raise ConfigError(f"--layers {layers}: expected 1..{cfg.decoder.layers} for {cfg.name}")
+    vis = cfg.vision.layers if vision_layers is not None else min(layers, cfg.vision.layers)
+    return cfg.replace(
+        decoder=dataclasses.replace(cfg.decoder, layers=layers),
+        vision=dataclasses.replace(cfg.vision, layers=vis),
+    )
+
+
 def to_dims(cfg: HuluConfig, act_dtype: str = "float32") -> Dims:
-    """The contract's static numbers for one model and one bundle act dtype."""
+    """The contract's static numbers for one model and one bundle act dtype (the manifest's `dims`)."""
     from hulurt.contract import Dims
 
     return Dims(
@@ -256,304 +276,3 @@ def to_dims(cfg: HuluConfig, act_dtype: str = "float32") -> Dims:
         patch_dim=cfg.vision.patch_dim,
         act_dtype=act_dtype,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading a checkpoint directory (ARCHITECTURE.md 2.1, 2.2, 2.4)
-# --------------------------------------------------------------------------------------------------
-
-_VE = "model.vision_encoder."
-
-
-def from_checkpoint(ckpt_dir: str | Path) -> HuluConfig:
-    """HuluConfig of a Hulu-Med checkpoint directory, HF-version or original format.
-
-    Architecture numbers come from config.json, cross-checked with (or, where absent, inferred from) tensor
-    shapes. Qwen2 vs Qwen3 is decided by the presence of q_norm weights, never by model_type. Every default
-    used in place of a missing value is logged.
-    """
-    from huluexport.reference.weights import _read_json, scan
-
-    d = Path(ckpt_dir)
-    cfg_path = d / "config.json"
-    raw = _read_json(cfg_path, "config.json")
-    shapes = {name: e.shape for name, e in scan(d).items()}
-    src = _Source(cfg_path, raw)
-
-    def shape_of(name: str) -> tuple[int, ...]:
-        if name not in shapes:
-            raise CheckpointError(
-                f"{d}: tensor {name!r} not found; needed to read the architecture", file=d, tensor=name
-            )
-        return shapes[name]
-
-    # ---- decoder
-    qwen3 = "model.layers.0.self_attn.q_norm.weight" in shapes
-    qkv_bias = "model.layers.0.self_attn.q_proj.bias" in shapes
-    flavor = "qwen3" if qwen3 else "qwen2"
-    model_type = str(raw.get("model_type", ""))
-    archs = " ".join(str(a) for a in raw.get("architectures") or [])
-    if flavor not in (model_type + archs).lower():
-        log.warning(
-            "%s: decoder detected as %s from the weights (q_norm %s); model_type=%r architectures=%r "
-            "disagree and are ignored",
-            cfg_path,
-            flavor,
-            "present" if qwen3 else "absent",
-            model_type,
-            archs,
-        )
-    embed = shape_of("model.embed_tokens.weight")
-    n_layers = 1 + max(
-        (int(n.split(".")[2]) for n in shapes if n.startswith("model.layers.") and n.split(".")[2].isdigit()),
-        default=-1,
-    )
-    hidden = src.get("hidden_size", embed[1], "embedding width")
-    heads = src.require("num_attention_heads")
-    head_dim = raw.get("head_dim")
-    if head_dim is None:
-        head_dim = shape_of("model.layers.0.self_attn.q_proj.weight")[0] // heads
-        log.info("%s: no head_dim; using q_proj rows / num_attention_heads = %d", cfg_path, head_dim)
-    rope = raw.get("rope_parameters") if isinstance(raw.get("rope_parameters"), dict) else {}
-    rope_theta = raw.get("rope_theta", rope.get("rope_theta"))
-    if rope_theta is None:
-        rope_theta = 1_000_000.0
-        log.info("%s: no rope_theta; using %g", cfg_path, rope_theta)
-    decoder = DecoderConfig(
-        hidden=int(hidden),
-        intermediate=int(
-            src.get("intermediate_size", shape_of("model.layers.0.mlp.gate_proj.weight")[0], "gate_proj rows")
-        ),
-        layers=int(src.get("num_hidden_layers", n_layers, "count of model.layers.*")),
-        heads=int(heads),
-        kv_heads=int(src.get("num_key_value_heads", heads, "num_attention_heads (no GQA)")),
-        head_dim=int(head_dim),
-        vocab=int(src.get("vocab_size", embed[0], "embedding rows")),
-        rope_theta=float(rope_theta),
-        eps=float(src.get("rms_norm_eps", 1e-6)),
-        qkv_bias=qkv_bias,
-        qk_norm=qwen3,
-        tie_embeddings=bool(src.get("tie_word_embeddings", False)),
-        max_position=int(src.get("max_position_embeddings", 32768)),
-    )
-    if n_layers != decoder.layers:
-        raise CheckpointError(
-            f"{cfg_path}: num_hidden_layers={decoder.layers} but the weights hold {n_layers} decoder layers",
-            file=cfg_path,
-            tensor=f"model.layers.{min(n_layers, decoder.layers)}",
-        )
-
-    # ---- vision
-    vision = _vision_config(d, raw, shapes, cfg_path)
-
-    # ---- projector
-    ptype = src.get("mm_projector_type", "mlp2x_gelu")
-    m = re.fullmatch(r"mlp(\d+)x_gelu", str(ptype))
-    if m is None:
-        raise ConfigError(f"{cfg_path}: mm_projector_type {ptype!r} is not supported; expected mlpNx_gelu")
-    projector = ProjectorConfig(depth=int(m.group(1)))
-
-    # ---- tokens
-    tokens = _tokens(d, raw, cfg_path)
-    if not 0 <= tokens.image < decoder.vocab:
-        raise ConfigError(
-            f"{cfg_path}: image_token_index={tokens.image} is outside the {decoder.vocab} embedding rows"
-        )
-
-    # ---- reduction and preprocessing
-    reduction = ReductionConfig(enabled=bool(src.get("use_token_compression", True, "upstream HF default")))
-    preprocess = _preprocess(d)
-    dtype = raw.get("torch_dtype", raw.get("dtype"))
-    if dtype is None:
-        dtype = "bfloat16"
-        log.info("%s: no torch_dtype; using bfloat16", cfg_path)
-    return HuluConfig(
-        name=d.resolve().name,
-        vision=vision,
-        decoder=decoder,
-        tokens=tokens,
-        projector=projector,
-        reduction=reduction,
-        preprocess=preprocess,
-        torch_dtype=str(dtype),
-    )
-
-
-class _Source:
-    """config.json lookups that log every fallback."""
-
-    def __init__(self, path: Path, raw: dict[str, Any]) -> None:
-        self.path, self.raw = path, raw
-
-    def get(self, key: str, default: Any, why: str = "") -> Any:
-        value = self.raw.get(key)
-        if value is None:
-            log.info("%s: no %s; using %r%s", self.path, key, default, f" ({why})" if why else "")
-            return default
-        return value
-
-    def require(self, key: str) -> Any:
-        value = self.raw.get(key)
-        if value is None:
-            raise ConfigError(f"{self.path}: required key {key!r} is missing")
-        return value
-
-
-def _vision_config(
-    d: Path, raw: dict[str, Any], shapes: dict[str, tuple[int, ...]], cfg_path: Path
-) -> VisionConfig:
-    name = _VE + "embeddings.patch_embedding.weight"
-    if name not in shapes:
-        raise CheckpointError(
-            f"{d}: tensor {name!r} not found; needed for the vision encoder", file=d, tensor=name
-        )
-    pe = shapes[name]  # (Cv, 3, P, P)
-    layers = sum(
-        1 for n in shapes if n.startswith(_VE + "encoder.layers.") and n.endswith(".layer_norm1.weight")
-    )
-    inferred = {
-        "hidden_size": pe[0],
-        "num_channels": pe[1],
-        "patch_size": pe[3],
-        "num_hidden_layers": layers,
-        "intermediate_size": shapes.get(_VE + "encoder.layers.0.mlp.fc1.weight", (0,))[0],
-    }
-    vc = raw.get("vision_encoder_config")
-    where = f"{cfg_path} vision_encoder_config"
-    if not isinstance(vc, dict):
-        vc, where = _original_vision_config(d, raw, cfg_path)
-    values: dict[str, Any] = {}
-    for key, value in inferred.items():
-        if vc.get(key) is None:
-            log.info("%s: no %s; inferred %s from tensor shapes", where, key, value)
-            values[key] = value
-        elif int(vc[key]) != value:
-            raise CheckpointError(
-                f"{where}: {key}={vc[key]} but the weights say {value}", file=cfg_path, tensor=name
-            )
-        else:
-            values[key] = int(vc[key])
-    heads = vc.get("num_attention_heads")
-    if heads is None:
-        heads = 16
-        log.warning(
-            "%s: no num_attention_heads (cannot be inferred from shapes); using %d as the released models do",
-            where,
-            heads,
-        )
-    eps = vc.get("layer_norm_eps")
-    if eps is None:
-        eps = 1e-6
-        log.info("%s: no layer_norm_eps; using %g", where, eps)
-    return VisionConfig(
-        hidden=values["hidden_size"],
-        intermediate=values["intermediate_size"],
-        layers=values["num_hidden_layers"],
-        heads=int(heads),
-        patch=values["patch_size"],
-        channels=values["num_channels"],
-        eps=float(eps),
-    )
-
-
-def _original_vision_config(d: Path, raw: dict[str, Any], cfg_path: Path) -> tuple[dict[str, Any], str]:
-    """Original format: config.json names a separate SigLIP-NaViT directory; read its config.json if here."""
-    ref = raw.get("vision_encoder") or raw.get("mm_vision_encoder")
-    if isinstance(ref, str) and ref:
-        for cand in (Path(ref), d / ref, d / Path(ref).name):
-            if (cand / "config.json").is_file():
-                from huluexport.reference.weights import _read_json
-
-                vc = _read_json(cand / "config.json", "vision encoder config.json")
-                return vc.get("vision_config", vc), str(cand / "config.json")
-        log.info(
-            "%s: vision_encoder %r is not a local directory; inferring the vision config from shapes",
-            cfg_path,
-            ref,
-        )
-    else:
-        log.info("%s: no vision_encoder_config; inferring the vision config from shapes", cfg_path)
-    return {}, f"{cfg_path} (no vision config)"
-
-
-def _added_tokens(d: Path) -> dict[str, int]:
-    path = d / "tokenizer.json"
-    if not path.is_file():
-        return {}
-    from huluexport.reference.weights import _read_json
-
-    data = _read_json(path, "tokenizer.json")
-    return {
-        str(t["content"]): int(t["id"]) for t in data.get("added_tokens", []) if "content" in t and "id" in t
-    }
-
-
-def _tokens(d: Path, raw: dict[str, Any], cfg_path: Path) -> TokenConfig:
-    added = _added_tokens(d)
-    image = raw.get("image_token_index")
-    if image is None or int(image) < 0:  # -1 is the HF class default, i.e. unset
-        if "<image>" not in added:
-            raise ConfigError(
-                f"{cfg_path}: image_token_index is missing (or -1) and {d / 'tokenizer.json'} "
-                "has no '<image>' token"
-            )
-        image = added["<image>"]
-        log.info("%s: no image_token_index; using the tokenizer's <image> id %d", cfg_path, image)
-    elif "<image>" in added and added["<image>"] != int(image):
-        raise ConfigError(
-            f"{cfg_path}: image_token_index={image} but tokenizer.json maps '<image>' to {added['<image>']}"
-        )
-    defaults = TokenConfig(image=0)
-    ids = {}
-    for key, content in (
-        ("endoftext", "<|endoftext|>"),
-        ("im_start", "<|im_start|>"),
-        ("im_end", "<|im_end|>"),
-    ):
-        if content in added:
-            ids[key] = added[content]
-        else:
-            ids[key] = getattr(defaults, key)
-            log.info("%s: tokenizer.json has no %s; using the Qwen id %d", d, content, ids[key])
-    eos: list[int] = []
-    gen_path = d / "generation_config.json"
-    sources: list[Any] = [raw.get("eos_token_id")]
-    if gen_path.is_file():
-        from huluexport.reference.weights import _read_json
-
-        sources.insert(0, _read_json(gen_path, "generation_config.json").get("eos_token_id"))
-    else:
-        log.info("%s: no generation_config.json; stop ids from config.json and the tokenizer", d)
-    for s in sources:
-        for i in s if isinstance(s, list) else [s]:
-            if i is not None and int(i) not in eos:
-                eos.append(int(i))
-    for i in (ids["im_end"], ids["endoftext"]):  # ARCHITECTURE 8.4: always stop on these two
-        if i not in eos:
-            eos.append(i)
-    return TokenConfig(image=int(image), eos=tuple(eos), **ids)
-
-
-def _preprocess(d: Path) -> PreprocessConfig:
-    path = d / "preprocessor_config.json"
-    if not path.is_file():
-        log.info("%s: not found; using the ARCHITECTURE 3.1 processor defaults", path)
-        return PreprocessConfig()
-    from huluexport.reference.weights import _read_json
-
-    raw = _read_json(path, "preprocessor_config.json")
-    base = PreprocessConfig()
-    values: dict[str, Any] = {}
-    for field_name, key in (
-        ("patch", "patch_size"),
-        ("min_tokens", "min_tokens"),
-        ("max_tokens", "max_tokens"),
-        ("image_mean", "image_mean"),
-        ("image_std", "image_std"),
-    ):
-        if key in raw:
-            v = raw[key]
-            values[field_name] = tuple(float(x) for x in v) if isinstance(v, list) else int(v)
-        else:
-            log.info("%s: no %s; using %r", path, key, getattr(base, field_name))
-    return dataclasses.replace(base, **values)

@@ -1,5 +1,6 @@
-"""`huluexport verify`: run a bundle (read through hulurt.manifest) on onnxruntime next to the PyTorch reference
-and compare every output, one row each, against huluexport/tolerances.py. Raises nothing; returns a Report.
+"""`huluexport verify`: run a bundle through the runtime (hulurt's backend and the pieces of its generation
+loop, every call checked against the contract) next to the PyTorch reference, and compare every output, one
+row each, against huluexport/tolerances.py. Raises nothing past a tolerance; returns a Report.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 from hulurt import manifest as rt
-from hulurt.contract import assert_conforms, bind
-from hulurt.rope import vision_rope
+from hulurt.api import facts_of
+from hulurt.backends import open_session
+from hulurt.backends.base import BackendError, BackendOptions
+from hulurt.backends.checked import CheckedSession
+from hulurt.generate import Generator, VisualFeed
+from hulurt.reduction import kept_rows
 
-from huluexport.config import HuluConfig, from_checkpoint
-from huluexport.errors import ConfigError, ManifestError
+from huluexport.config import HuluConfig
+from huluexport.errors import ManifestError
+from huluexport.export.bundle_reference import reference_for_bundle
 from huluexport.tolerances import Tolerance, get
 
 log = logging.getLogger(__name__)
@@ -161,79 +167,43 @@ def compare(
 
 
 class BundleRunner:
-    """The bundle's three graphs on onnxruntime CPU; feeds and outputs checked against the contract."""
+    """The bundle's three pieces opened by hulurt's backend factory (onnxruntime CPU), each call checked
+    against the contract, driven by the runtime's own Generator (vision, embed, decoder steps, KV cache)."""
 
     def __init__(self, m: rt.Manifest, threads: int = 2) -> None:
-        import onnxruntime as ort
-
-        self.m = m
-        self.specs = m.specs()
-        self.act = np.dtype(m.dims.act_dtype)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        self.seen: dict[str, set[int]] = {}
-        self.sessions = {}
+        opts = BackendOptions(provider="cpu", threads=threads)
+        specs = m.specs()
+        self.sessions: dict[str, CheckedSession] = {}
         for name in ("vision", "embed", "decoder"):
-            if name == "decoder" and name not in m.pieces:  # a bundle with only the gqa-static form
-                continue
-            path = m.piece_path(name)
+            # a bundle with only the gqa-static form: its decoder_gqa serves the Generator (verify drives that
+            # form through hulurt.static_decode, _gqa_pass)
+            piece = name if name in m.pieces or name != "decoder" else "decoder_gqa"
             try:
-                self.sessions[name] = ort.InferenceSession(
-                    str(path), opts, providers=["CPUExecutionProvider"]
-                )
-            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
-                raise ManifestError(f"{path}: onnxruntime cannot load this graph ({exc})") from None
+                inner = open_session(m.piece_path(piece), opts)
+            except BackendError as exc:
+                raise ManifestError(str(exc)) from None
+            self.sessions[name] = CheckedSession(inner, specs[piece], m.dim_ranges)
+        self.gen = Generator(self.sessions, facts_of(m))  # type: ignore[arg-type]  # CheckedSession is a Session
 
-    def run(self, piece: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        spec = self.specs[piece]
-        sizes = bind(spec, feeds, self.m.dim_ranges, where=str(self.m.piece_path(piece)))
-        names = [t.name for t in spec.outputs]
-        outs = dict(zip(names, self.sessions[piece].run(names, feeds)))
-        sizes = assert_conforms(spec, outs, sizes, where=str(self.m.piece_path(piece)))
-        for k, v in sizes.items():
-            self.seen.setdefault(k, set()).add(v)
-        return outs
+    @property
+    def seen(self) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for sess in self.sessions.values():
+            for k, v in sess.seen.items():
+                out.setdefault(k, set()).update(v)
+        return out
 
     def vision(self, patches: np.ndarray, case: VisionCase) -> np.ndarray:
-        gh, gw = case.grid
         g = case.merge * case.merge
-        cos, sin = vision_rope(gh, gw, case.merge, self.m.vision.head_dim, self.m.vision.rope_theta)
         grouped = patches.reshape(patches.shape[0], -1, g, patches.shape[-1])  # (T, n, 588) -> (T, G, g, 588)
-        feeds = {
-            "pixel_patches": np.ascontiguousarray(grouped, dtype=np.float32),
-            "rope_cos": np.asarray(cos),
-            "rope_sin": np.asarray(sin),
-        }
-        return self.run("vision", feeds)["visual_embeds"]
+        return self.gen.vision(VisualFeed(grouped, case.grid, case.merge))
 
     def embed(self, ids: np.ndarray, visual: np.ndarray) -> np.ndarray:
-        return self.run(
-            "embed",
-            {"input_ids": ids.reshape(1, -1).astype(np.int64), "visual_embeds": visual.astype(self.act)},
-        )["inputs_embeds"]
-
-    def empty_past(self) -> list[np.ndarray]:
-        d = self.m.dims
-        return [np.zeros((1, d.kv_heads, 0, d.head_dim), self.act) for _ in range(2 * d.layers)]
-
-    def decoder(
-        self, embeds: np.ndarray, start: int, past: list[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        spec = self.specs["decoder"]
-        n = embeds.shape[1]
-        feeds = {
-            "inputs_embeds": embeds.astype(self.act),
-            "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
-        }
-        feeds.update({t.name: p for t, p in zip(spec.inputs[2:], past)})
-        outs = self.run("decoder", feeds)
-        return outs["logits"], [outs[t.name] for t in spec.outputs[1:]]
+        return self.gen.embed(ids.reshape(-1).astype(np.int64), visual)
 
 
 def _gqa_decoder(m: rt.Manifest, capacity: int) -> Any:
     """hulurt's StaticDecoder over the bundle's decoder_gqa + embed graphs on onnxruntime CPU (docs/gpu.md)."""
-    from hulurt.backends.base import BackendOptions, open_session
     from hulurt.static_decode import StaticDecoder
 
     opts = BackendOptions(provider="cpu", threads=2)
@@ -263,46 +233,6 @@ def case_patches(case: VisionCase, patch_dim: int, seed: int) -> np.ndarray:
     return (u8 / 127.5 - 1.0).astype(np.float32)
 
 
-def load_reference(m: rt.Manifest, checkpoint: str | Path | None) -> tuple[HuluConfig, Any]:
-    """The reference model for a bundle: from --checkpoint, the recorded checkpoint, or the recorded random seed."""
-    from huluexport.export.pipeline import (
-        WeightSpec,
-        config_from_dict,
-        reference_model,
-        slice_layers,
-        weight_source,
-    )
-
-    cfg = config_from_dict(m.model)
-    w = m.model.get("weights") or {}
-    layers = w.get("layers")
-    if checkpoint is not None or w.get("kind") == "checkpoint":
-        ck = Path(checkpoint if checkpoint is not None else w["checkpoint"])
-        if not ck.is_dir():
-            raise ConfigError(
-                f"{m.path}: the bundle was built from checkpoint {ck}, which is not a directory here; "
-                "pass --checkpoint DIR"
-            )
-        full = from_checkpoint(ck)
-        spec = WeightSpec("checkpoint", str(ck), 0, layers, w.get("vision_layers"))
-    elif w.get("kind") == "random":
-        from huluexport.config import preset
-
-        full = preset(cfg.name)
-        spec = WeightSpec("random", None, int(w.get("seed", 0)), layers, w.get("vision_layers"))
-    else:
-        raise ConfigError(
-            f"{m.path}: model.weights does not say where the weights came from; pass --checkpoint DIR"
-        )
-    sliced = slice_layers(full, layers, spec.vision_layers)
-    if sliced.decoder != cfg.decoder or sliced.vision != cfg.vision:
-        raise ConfigError(
-            f"{ck if checkpoint is not None else m.path}: checkpoint architecture differs from the "
-            f"bundle's ({sliced.decoder} vs {cfg.decoder})"
-        )
-    return cfg, reference_model(sliced, weight_source(full, spec))
-
-
 @dataclass
 class _RefPrompt:
     input_ids: np.ndarray  # compacted ids
@@ -324,7 +254,7 @@ def _reference_pass(m: rt.Manifest, model: Any, cfg: HuluConfig, steps: int, see
         vis = VisualInput(patches, case.grid, case.merge, case.modal)
         with torch.no_grad():
             want = model.encode(vis).numpy()  # (T, G, H)
-        keep = model.keep_mask(vis).reshape(-1)  # host-side token reduction (the runtime's job too)
+        keep = model.keep_mask(vis)  # host-side token reduction (the runtime's job too)
         vision.append((case, vis, patches, want, keep))
 
     rng = np.random.default_rng(seed)
@@ -345,18 +275,16 @@ def _reference_pass(m: rt.Manifest, model: Any, cfg: HuluConfig, steps: int, see
     with torch.no_grad():
         for pname, (ids, vis_list) in prompts.items():
             prep = model.prepare_inputs(ids, vis_list)
-            logits, past = model.decoder(prep.inputs_embeds, prep.position_ids)
-            present = np.concatenate([p.numpy().ravel() for kv in past for p in kv])
-            tokens = [int(logits[0, -1].argmax())]
-            prefill = logits[:, -1].numpy()
+            run = model.steps(prep)  # greedy: each step fed the previous argmax
+            first = next(run)
+            present = np.concatenate([p.numpy().ravel() for kv in first.past for p in kv])
+            prefill = first.logits[None].numpy()  # [1, V]
+            tokens = [first.token]
             step_logits = []
-            pos = prep.inputs_embeds.shape[1]
             for _ in range(steps):
-                e = model.decoder.embed(torch.tensor([[tokens[-1]]], dtype=torch.int64))
-                logits, past = model.decoder(e, torch.tensor([[pos]]), past)
-                step_logits.append(logits[:, -1].numpy())
-                tokens.append(int(logits[0, -1].argmax()))
-                pos += 1
+                step = next(run)
+                step_logits.append(step.logits[None].numpy())
+                tokens.append(step.token)
             out[pname] = _RefPrompt(
                 prep.input_ids.numpy(),
                 prep.inputs_embeds.numpy(),
@@ -383,7 +311,7 @@ def verify(
 
     t0 = time.perf_counter()
     m = rt.load_manifest(bundle, verify_hashes=verify_hashes)
-    cfg, model = load_reference(m, checkpoint)
+    cfg, model = reference_for_bundle(m, checkpoint)
     say = progress or (lambda s: log.info("%s", s))
     vision, prompts = _reference_pass(m, model, cfg, steps, seed)
     del model
@@ -402,8 +330,8 @@ def verify(
     for case, _vis, patches, want, keep in vision:  # compared before any compaction
         got = runner.vision(patches, case)
         rows.append(compare("vision", case.name, "visual_embeds", got, want, tol["vision"]))
-        bundle_rows.append(got.reshape(-1, got.shape[-1])[keep])
-        ref_rows.append(want.reshape(-1, want.shape[-1])[keep])
+        bundle_rows.append(kept_rows(got, keep))
+        ref_rows.append(kept_rows(want, keep))
         say(case.name)
 
     none = np.zeros((0, m.dims.hidden), np.float32)
@@ -426,7 +354,8 @@ def verify(
         if "decoder" not in m.pieces:
             say(pname)
             continue
-        logits, past = runner.decoder(emb, 0, runner.empty_past())
+        cache = runner.gen.new_cache(emb.shape[1] + steps)
+        logits = runner.gen.decode(emb, 0, cache)
         rows.append(
             compare(
                 "decoder",
@@ -443,7 +372,7 @@ def verify(
                 "decoder",
                 f"{pname} prefill",
                 "present.*",
-                np.concatenate([p.ravel() for p in past]),
+                np.concatenate([np.asarray(p).ravel() for p in cache.feeds().values()]),
                 ref.prefill_present,
                 tol["decoder"],
             )
@@ -452,13 +381,11 @@ def verify(
         # step <=> the bundle's own greedy run produces the same tokens
         got_tok = [int(logits[0].argmax())]
         step_got = []
-        pos = ref.inputs_embeds.shape[1]
         for tok in ref.tokens[:steps]:
-            e = runner.embed(np.array([[tok]], np.int64), none)
-            logits, past = runner.decoder(e, pos, past)
+            e = runner.embed(np.array([tok], np.int64), none)
+            logits = runner.gen.decode(e, cache.length, cache)
             step_got.append(logits)
             got_tok.append(int(logits[0].argmax()))
-            pos += 1
         if steps:
             rows.append(
                 compare(

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
 
-    from huluexport.config import from_checkpoint
-    from huluexport.fixtures import write_checkpoint
+    from huluexport.checkpoint import from_checkpoint
+    from huluexport.checkpoint.fixtures import write_checkpoint
     from huluexport.reference.weights import load_model
 
     t0 = time.perf_counter()

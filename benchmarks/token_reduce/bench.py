@@ -21,20 +21,13 @@ import numpy as np
 import torch
 from hulurt import cuda_reduce, reduction
 from hulurt.preprocess import NORM_LUT
+from hulurt.testing import near_threshold_volume
 
 
 def make_volume(t: int, nb: int, d: int, seed: int = 0) -> torch.Tensor:
-    """8-bit-derived pixels [T, nb, D] on the GPU: tokens static (+-2 levels), near the threshold (+-24..27) or new."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    u8 = torch.empty((t, nb, d), dtype=torch.uint8, device="cuda")
-    u8[0] = torch.randint(0, 256, (nb, d), generator=g, device="cuda", dtype=torch.uint8)
-    for i in range(1, t):
-        cls = torch.randint(0, 3, (nb, 1), generator=g, device="cuda")
-        amp = torch.where(cls == 0, 2.0, 24.0 + 3.0 * torch.rand((nb, 1), generator=g, device="cuda"))
-        step = torch.round((torch.rand((nb, d), generator=g, device="cuda") * 2 - 1) * amp).to(torch.int16)
-        moved = (u8[i - 1].to(torch.int16) + step).clamp(0, 255)
-        fresh = torch.randint(0, 256, (nb, d), generator=g, device="cuda", dtype=torch.int16)
-        u8[i] = torch.where(cls == 2, fresh, moved).to(torch.uint8)
+    """8-bit-derived pixels [T, nb, D] on the GPU (hulurt.testing.near_threshold_volume: tokens static,
+    near the threshold or new)."""
+    u8 = torch.from_numpy(near_threshold_volume(seed, t, nb, (d,))).cuda()
     return torch.as_tensor(NORM_LUT).cuda()[u8.long()]
 
 

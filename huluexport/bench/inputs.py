@@ -1,17 +1,15 @@
-"""The benchmark's request: synthetic frames (or the user's files), preprocessed once per run by hulurt's
-own input code and fed identically to both sides."""
+"""The benchmark's request: synthetic frames (or the user's files). Both sides preprocess it in every run
+with the runtime's own input code (hulurt.api.Model.media_inputs)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from huluexport.bench.config import BenchConfig
-from huluexport.bench.measure import StageClock
 from huluexport.errors import ConfigError
 
 PRESETS = ("text", "image", "volume", "video")
@@ -78,7 +76,7 @@ def write_synthetic_files(preset: str, frames: np.ndarray | None, out_dir: Path)
     return [p]
 
 
-# One request, prepared once and fed identically to both sides
+# The request
 
 
 class ByteIds:
@@ -90,40 +88,6 @@ class ByteIds:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return " ".join(str(i) for i in ids)
-
-
-class Tok:
-    """A `tokenizers` tokenizer.json, as the runtime loads it (no transformers)."""
-
-    def __init__(self, path: Path) -> None:
-        from tokenizers import Tokenizer
-
-        self._t = Tokenizer.from_file(str(path))
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._t.encode(text, add_special_tokens=False).ids)
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return str(self._t.decode(list(ids), skip_special_tokens=skip_special_tokens))
-
-
-@dataclass(frozen=True)
-class Visual:
-    patches: np.ndarray  # [T, n_groups, m*m, 588]
-    grid_hw: tuple[int, int]
-    merge: int
-    modal: str  # image | video (volumes are video, ARCHITECTURE 3.6)
-    keep: np.ndarray | None  # [T, n_groups]; None = no reduction
-
-
-@dataclass(frozen=True)
-class Request:
-    """A preprocessed request. ids_full holds one image id per merged token (what the reference's merge
-    expects); ids_kept one per token kept by reduction (what the runtime's embed piece takes)."""
-
-    visuals: tuple[Visual, ...]
-    ids_full: np.ndarray
-    ids_kept: np.ndarray
 
 
 def request_media(cfg: BenchConfig) -> list[Any]:
@@ -139,48 +103,3 @@ def request_media(cfg: BenchConfig) -> list[Any]:
     modal = {"image": "image", "volume": "3d", "video": "video"}[cfg.preset]
     stamps = tuple(float(k) for k in range(frames.shape[0])) if modal == "video" else None  # 1 fps
     return [Media(frames, modal, f"synthetic {cfg.preset}", timestamps=stamps)]
-
-
-def prepare_request(
-    cfg: BenchConfig,
-    tok: Any,
-    image_id: int,
-    reduction: dict[str, Any],
-    clock: StageClock,
-    media: list[Any],
-) -> Request:
-    """hulurt.inputs.build_inputs (read, resize, normalise, patchify, chat template, ids) under
-    clock("preprocess"); the token-reduction mask and the compaction of the image ids (ARCHITECTURE 6.2,
-    6.3) under clock("reduction"). Reduction is done here, not inside build_inputs, to time it apart."""
-    from hulurt import reduction as red
-    from hulurt.inputs import InputOptions, build_inputs
-
-    with clock("preprocess"):
-        mi = build_inputs(
-            media, cfg.prompt, tok, image_id, InputOptions(compression=False, threads=cfg.threads)
-        )
-    ids_full = np.asarray(mi.input_ids[0], dtype=np.int64)  # [1, L] -> [L]
-    visuals: list[Visual] = []
-    with clock("reduction"):
-        keeps = []
-        for v in mi.visuals:
-            t, nb = v.patches.shape[0], v.patches.shape[1]
-            keep = None
-            if reduction.get("enabled") and v.modal == "video" and t > 1:
-                # (T, G, g, 588) -> (T, G, g*588): one merged token's pixels per row
-                keep = red.keep_mask(
-                    v.patches.reshape(t, nb, -1),
-                    reduction["threshold"],
-                    reduction["min_tokens"],
-                    reduction["mode"],
-                )
-            keeps.append(np.ones(t * nb, dtype=bool) if keep is None else keep.reshape(-1))
-            _, gh, gw = v.grid_thw
-            visuals.append(Visual(v.patches, (gh, gw), v.merge_size, v.modal, keep))
-        ids_kept = ids_full
-        if keeps:
-            is_image = ids_full == image_id
-            drop = np.zeros(ids_full.shape, dtype=bool)
-            drop[is_image] = ~np.concatenate(keeps)  # image ids in order <-> merged tokens in order
-            ids_kept = ids_full[~drop]
-    return Request(tuple(visuals), ids_full, ids_kept)

@@ -8,9 +8,7 @@ import os
 import resource
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,21 +251,6 @@ def measure(
     side = PreparedSide("side", "", 0.0, run_once, 0, 0, 0, 0)
     res = measure_sides([side], warmup, repeats)["side"]
     return list(res.records), res.memory
-
-
-class StageClock:
-    """Accumulates wall time per stage name: `with clock("vision"): ...`."""
-
-    def __init__(self) -> None:
-        self.t: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.t[stage] = self.t.get(stage, 0.0) + time.perf_counter() - t0
 
 
 # Roofline

@@ -1,60 +1,30 @@
-"""The reference side: the PyTorch model on the same request, in the same process."""
+"""The reference side: the PyTorch model the bundle was built from (huluexport/export/bundle_reference.py) on
+the same request, in the same process. Its input is built by the runtime's own input code (the same tokenizer,
+chat template and preprocessing, without token reduction: the model reduces itself), and its stages are timed
+by the same clock as the runtime's (hulurt.clock)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from huluexport.bench.config import BenchConfig
-from huluexport.bench.inputs import ByteIds, Tok, prepare_request
-from huluexport.bench.measure import MemorySampler, PreparedSide, RunRecord, StageClock
+from huluexport.bench.measure import MemorySampler, PreparedSide, RunRecord
+from huluexport.bench.runtime_side import open_model
 from huluexport.bench.schema import STAGES
-from huluexport.errors import ConfigError
-
-# Reference side: the PyTorch model on the same request, same process
-
-
-def load_reference(m: Any, checkpoint: Path | None, dtype: str) -> tuple[Any, Any]:
-    """The reference HuluMed with the bundle's weights: rebuilt from the manifest's weight record (random
-    seed or checkpoint path, layer slice), as `huluexport verify` does."""
-    import torch
-
-    from huluexport.config import from_checkpoint, preset
-    from huluexport.export.pipeline import (
-        WeightSpec,
-        config_from_dict,
-        reference_model,
-        slice_layers,
-        weight_source,
-    )
-
-    w = dict(m.model.get("weights") or {})
-    cfg_b = config_from_dict({k: v for k, v in m.model.items() if k != "weights"})
-    if checkpoint is not None:
-        w = {"kind": "checkpoint", "checkpoint": str(checkpoint), "seed": 0, "layers": w.get("layers"),
-             "vision_layers": w.get("vision_layers")}
-    if w.get("kind") == "checkpoint":
-        full = from_checkpoint(w["checkpoint"])
-    elif w.get("kind") == "random":
-        full = preset(cfg_b.name)
-    else:
-        raise ConfigError(
-            f"{m.path}: the manifest does not say where the weights came from; pass --checkpoint"
-        )
-    spec = WeightSpec(
-        w["kind"], w.get("checkpoint"), int(w.get("seed", 0)), w.get("layers"), w.get("vision_layers")
-    )
-    cfg = slice_layers(full, spec.layers, spec.vision_layers)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    return reference_model(cfg, weight_source(full, spec), dtype=torch_dtype), cfg
 
 
 def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "float32") -> PreparedSide:
-    """The reference on `cfg.extra["reference_device"]` ("cpu" default, or "cuda": fp16 there unless
-    `reference_dtype` says otherwise, the PyTorch eager fp16 baseline of a GPU bundle)."""
+    """The reference on `cfg.extra["reference_device"]`: "cpu" (default), or "cuda", in fp16 there unless
+    `reference_dtype` says otherwise: PyTorch eager fp16 on the same GPU, the baseline of a GPU bundle."""
     import torch
+    from hulurt.clock import StageClock
 
+    from huluexport.errors import ConfigError
+
+    from huluexport.export.bundle_reference import reference_for_bundle
     from huluexport.plan import weight_bytes
     from huluexport.reference.model import VisualInput
 
@@ -67,92 +37,78 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
         raise ConfigError(f"--reference-device {device!r}: expected cpu or cuda")
     dev = torch.device(device)
 
-    def sync() -> None:  # stage clocks read the host clock: wait for queued device work first
+    def sync() -> None:  # stage clocks read the host clock: wait for the queued device work first
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
+
+    class SyncClock(StageClock):
+        """hulurt's stage clock, synchronising the device before each stage's end is read."""
+
+        @contextmanager
+        def __call__(self, stage: str) -> Iterator[None]:
+            with StageClock.__call__(self, stage):
+                try:
+                    yield
+                finally:
+                    sync()
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rss_before = MemorySampler()._rss()
     t0 = time.perf_counter()
-    model, mcfg = load_reference(m, cfg.checkpoint, dtype)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    mcfg, model = reference_for_bundle(m, cfg.checkpoint, torch_dtype)
     model = model.to(dev)
     sync()
     load_s = time.perf_counter() - t0
     rss_after = MemorySampler()._rss()
-    tok_path = m.file_path(m.tokenizer.tokenizer)
-    tok: Any = Tok(tok_path) if tok_path is not None and tok_path.is_file() else ByteIds()
-    enc, km = model.encode, model.keep_mask
+    inputs = open_model(cfg, m, sessions=False)  # hulurt's input code only; no graph is opened
     holder = {"model": model}
 
     @torch.inference_mode()
     def once() -> RunRecord:
-        clock = StageClock()
+        model = holder["model"]
+        clock = SyncClock()
         start = time.perf_counter()
-        # the model computes its own keep mask (timed below): no reduction in the shared preprocessing
-        req = prepare_request(cfg, tok, m.tokens.image, {"enabled": False}, clock, media)
-
-        def timed_encode(v: Any) -> Any:
-            with clock("vision"):
-                out = enc(v)
-                sync()
-                return out
-
-        def timed_keep(v: Any) -> Any:
-            with clock("reduction"):
-                return km(v)
-
-        model.encode, model.keep_mask = timed_encode, timed_keep  # instance attributes: timing only
+        with clock("preprocess"):
+            mi = inputs.media_inputs(cfg.prompt, media, token_reduction=False)
         visuals = [
             # (T, G, g, 588) -> (T, n, 588): merge-grouped token order, as the reference takes it
             VisualInput(
-                v.patches.reshape(v.patches.shape[0], -1, v.patches.shape[-1]), v.grid_hw, v.merge, v.modal
+                v.patches.reshape(v.patches.shape[0], -1, v.patches.shape[-1]),
+                (v.grid_thw[1], v.grid_thw[2]),
+                v.merge_size,
+                v.modal,
             )
-            for v in req.visuals
+            for v in mi.visuals
         ]
-        t_prep = time.perf_counter()
-        prep = model.prepare_inputs(torch.from_numpy(req.ids_full), visuals)
-        sync()
-        clock.t["embed"] = (
-            time.perf_counter() - t_prep - clock.t.get("vision", 0.0) - clock.t.get("reduction", 0.0)
-        )
+        with clock("embed"):  # the vision tower and the keep masks inside are timed as their own stages
+            prep = model.prepare_inputs(torch.from_numpy(mi.input_ids.reshape(-1)), visuals, clock=clock)
+        run = model.steps(prep)
         with clock("prefill"):
-            logits, past = model.decoder(prep.inputs_embeds, prep.position_ids)
-            tok_id = int(torch.argmax(logits[0, -1].float()))
+            out = [next(run).token]
         t_first = time.perf_counter()
-        out = [tok_id]
-        pos = prep.inputs_embeds.shape[1]
         for _ in range(cfg.max_new_tokens - 1):
-            emb = model.decoder.embed(torch.tensor([[tok_id]], dtype=torch.int64, device=dev))
-            logits, past = model.decoder(emb, torch.tensor([[pos]], dtype=torch.int64, device=dev), past)
-            tok_id = int(torch.argmax(logits[0, -1].float()))
-            out.append(tok_id)
-            pos += 1
+            out.append(next(run).token)
         end = time.perf_counter()
-        clock.t["ttft"], clock.t["decode"], clock.t["e2e"] = t_first - start, end - t_first, end - start
-        for st in STAGES:
-            clock.t.setdefault(st, 0.0)  # e.g. no vision call for a text-only request
-        n_vis = int(prep.keep.size)
+        stages = {st: clock.get(st) for st in STAGES}  # e.g. no vision call for a text-only request: 0
+        stages.update(ttft=t_first - start, decode=end - t_first, e2e=end - start)
         return RunRecord(
-            dict(clock.t),
+            stages,
             len(out) - 1,
             len(out),
             int(prep.input_ids.numel()),
-            n_vis,
+            int(prep.keep.size),
             int(prep.keep.sum()),
             tuple(out),
         )
-
-    def close() -> None:
-        model.encode, model.keep_mask = enc, km
-        holder.clear()
 
     prec = {"float32": "fp32", "float16": "fp16"}.get(dtype, "bf16")
     wb = weight_bytes(mcfg, prec)
     return PreparedSide(
         name="reference",
         description=f"huluexport.reference PyTorch {torch.__version__} eager ({dtype}, "
-        + (f"{torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else f"{torch.get_num_threads()} threads")
+        + (torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads")
         + "), same process",
         load_s=load_s,
         once=once,
@@ -160,5 +116,5 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
         kv_bytes_per_token=mcfg.decoder.kv_bytes_per_token(4 if dtype == "float32" else 2),
         rss_before_load=rss_before,
         rss_after_load=rss_after,
-        close=close,
+        close=holder.clear,
     )

@@ -1,4 +1,6 @@
-"""The runtime side: hulurt's Generator on the bundle's sessions."""
+"""The runtime side: the product itself. `hulurt.load` opens the bundle with hulurt's backend factory,
+`Model.prepare_media` preprocesses the request (token reduction per the bundle's manifest) and `Model.run`
+generates; the stage seconds come from the runtime's own clock (hulurt.clock, `Timings.stages`)."""
 
 from __future__ import annotations
 
@@ -10,32 +12,8 @@ from typing import Any
 import numpy as np
 
 from huluexport.bench.config import BenchConfig
-from huluexport.bench.inputs import ByteIds, Tok, prepare_request
-from huluexport.bench.measure import MemorySampler, PreparedSide, RunRecord, StageClock
-
-# Runtime side: hulurt's Generator over onnxruntime sessions, each session timed from the outside
-
-
-class TimedSession:
-    """Wraps a hulurt Session; records (piece, seconds) of every run / run_bound call in `log`."""
-
-    def __init__(self, inner: Any, piece: str, calls: list[tuple[str, float]]) -> None:
-        self._inner, self._piece, self._calls = inner, piece, calls
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        out = self._inner.run(feeds)
-        self._calls.append((self._piece, time.perf_counter() - t0))
-        return out
-
-    def run_bound(self, *a: Any, **kw: Any) -> Any:
-        t0 = time.perf_counter()
-        out = self._inner.run_bound(*a, **kw)
-        self._calls.append((self._piece, time.perf_counter() - t0))
-        return out
+from huluexport.bench.inputs import ByteIds
+from huluexport.bench.measure import MemorySampler, PreparedSide, RunRecord
 
 
 def piece_weight_bytes(path: Path) -> int:
@@ -75,70 +53,45 @@ def bundle_info(bundle: Path) -> tuple[Any, dict[str, Any]]:
     return m, info
 
 
+def open_model(cfg: BenchConfig, m: Any, *, sessions: bool = True) -> Any:
+    """The bundle as hulurt opens it (a byte-level tokenizer where the bundle has none: random-weight builds).
+    sessions=False: no graph opened (the reference side only borrows the input code)."""
+    from hulurt.api import Model, load
+    from hulurt.backends.base import BackendOptions
+
+    tok = None if m.tokenizer.tokenizer is not None else ByteIds()
+    provider = cfg.extra.get("provider", "auto")
+    if not sessions:
+        return Model(m, BackendOptions(provider=provider, threads=cfg.threads or 0), tokenizer=tok)
+    # the decoder form hulurt.load chooses for the provider (gqa-static on CUDA), unless --decoder-form forces one
+    return load(cfg.bundle, provider=provider, threads=cfg.threads or 0, verify_hashes=False, tokenizer=tok,
+                decoder_form=cfg.extra.get("decoder_form"),
+                cuda_graph=False if cfg.extra.get("no_cuda_graph") else None)
+
+
 def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
-    from hulurt.api import facts_of
-    from hulurt.backends.base import BackendOptions, open_session
-    from hulurt.generate import Generator, PromptFeed, VisualFeed
     from hulurt.sampling import SamplingConfig
-    from hulurt.static_decode import select_decoder
 
     rss_before = MemorySampler()._rss()
     t0 = time.perf_counter()
-    calls: list[tuple[str, float]] = []
-    opts = BackendOptions(provider=cfg.extra.get("provider", "auto"), threads=cfg.threads or 0)
-    # the decoder form hulurt.load() would choose for this provider (gqa-static on CUDA), or the forced one
-    provider = opts.provider
-    if provider == "auto":
-        from hulurt.backends.ort import resolve_provider
-
-        provider = resolve_provider("auto")
-    dec_piece = select_decoder(provider, set(m.pieces), cfg.extra.get("decoder_form"))
-    graph = dec_piece == "decoder_gqa" and provider == "cuda" and not cfg.extra.get("no_cuda_graph", False)
-    sessions = {
-        name: TimedSession(open_session(m.piece_path(name), opts), name, calls)
-        for name in m.pieces
-        if not name.startswith("decoder")
-    }
-    dec_opts = dataclasses.replace(opts, cuda_graph=graph)
-    sessions["decoder"] = TimedSession(open_session(m.piece_path(dec_piece), dec_opts), "decoder", calls)
-    facts = facts_of(m)  # the same numbers hulurt.load() gives its Generator
-    gen = Generator(sessions, facts, cuda_graph=graph)  # type: ignore[arg-type]
-    tok_path = m.file_path(m.tokenizer.tokenizer)
-    tok: Any = Tok(tok_path) if tok_path is not None and tok_path.is_file() else ByteIds()
+    model = open_model(cfg, m)
     load_s = time.perf_counter() - t0
     rss_after = MemorySampler()._rss()
-    reduction = dataclasses.asdict(m.reduction)
+    holder = {"model": model}
 
     def once() -> RunRecord:
-        calls.clear()
-        clock = StageClock()
+        model = holder["model"]  # close() drops it: the sessions are freed before a sequential reference
         start = time.perf_counter()
-        req = prepare_request(cfg, tok, m.tokens.image, reduction, clock, media)
-        visuals = tuple(VisualFeed(v.patches, v.grid_hw, v.merge, v.keep) for v in req.visuals)
-        g = gen.generate(
-            PromptFeed(req.ids_kept, visuals),
-            tok,
-            max_new_tokens=cfg.max_new_tokens,
-            sampling=SamplingConfig(),
-            stop_ids=(),
-            started=start,
-        )
-        g.result()
+        feed = model.prepare_media(cfg.prompt, media)
+        g = model.run(
+            feed, max_new_tokens=cfg.max_new_tokens, sampling=SamplingConfig(), stop_ids=(), started=start
+        ).result()
         end = time.perf_counter()
         tm = g.timings
         assert tm is not None
-        embeds = [s for p, s in calls if p == "embed"]
-        first_embed = embeds[0] if embeds else 0.0
-        stages = {
-            "preprocess": clock.t.get("preprocess", 0.0),
-            "reduction": clock.t.get("reduction", 0.0),
-            "vision": sum(s for p, s in calls if p == "vision"),
-            "embed": first_embed,
-            "prefill": tm.prefill_s - first_embed,
-            "ttft": tm.ttft_s,
-            "decode": tm.decode_s,
-            "e2e": end - start,
-        }
+        st = tm.stages
+        stages = {k: st.get(k, 0.0) for k in ("preprocess", "reduction", "vision", "embed", "prefill")}
+        stages.update(ttft=tm.ttft_s, decode=tm.decode_s, e2e=end - start)
         return RunRecord(
             stages,
             tm.decode_steps,
@@ -149,19 +102,20 @@ def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
             tuple(g.token_ids),
         )
 
+    dec_piece = model.decoder_piece  # "decoder" or "decoder_gqa": the graph whose weights a step reads
     pb = {"embed": piece_weight_bytes(m.piece_path("embed")), "decoder": piece_weight_bytes(m.piece_path(dec_piece))}
     act = np.dtype(m.dims.act_dtype).itemsize
     embed_row = pb.get("embed", 0) // max(m.dims.vocab, 1)  # decoding gathers one row of the table
-    prov = getattr(sessions["decoder"], "provider", "?")
+    prov = model.provider
     return PreparedSide(
         name="runtime",
-        description=f"hulurt Generator on onnxruntime ({prov}), {m.dims.act_dtype}, {dec_piece}"
-        + (", CUDA graph" if graph else ""),
+        description=f"hulurt.load + Model.run on onnxruntime ({prov}), {m.dims.act_dtype}, {dec_piece}"
+        + (", CUDA graph" if model.uses_cuda_graph else ""),
         load_s=load_s,
         once=once,
         weights_read_per_token_bytes=pb.get("decoder", 0) + embed_row,
         kv_bytes_per_token=2 * m.dims.layers * m.dims.kv_heads * m.dims.head_dim * act,
         rss_before_load=rss_before,
         rss_after_load=rss_after,
-        close=sessions.clear,
+        close=holder.clear,
     )

@@ -15,7 +15,8 @@ HELP = {
     "original: pre-HF layout (model.vision_encoder.vision_encoder.* in pytorch_model.bin).",
     "dtype": "Stored dtype of the weights.",
     "lm_head": "auto: store lm_head.weight iff the config is untied; stored/absent force it.",
-    "layers": "Override the decoder and vision layer counts (real widths, shallow model).",
+    "layers": "Shallow model with the real widths: the first N decoder layers and min(N, vision layers) vision "
+    "layers (the same slice as build --layers).",
 }
 
 
@@ -58,7 +59,7 @@ def register(group: click.Group) -> None:
         layers: int | None,
     ) -> None:
         """Write a random checkpoint: config.json, sharded weights + index, tokenizer and side files."""
-        from huluexport.fixtures import write_checkpoint
+        from huluexport.checkpoint.fixtures import write_checkpoint
 
         path = write_checkpoint(
             out,

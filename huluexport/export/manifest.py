@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from hulurt import manifest as rt
-from hulurt.contract import CONTRACT_VERSION, OPS, Dims, to_json
+from hulurt.contract import CONTRACT_VERSION, OPS, to_json
 
 from huluexport import __version__
-from huluexport.config import HuluConfig
+from huluexport.config import HuluConfig, to_dims
 from huluexport.devices import Target
 
 log = logging.getLogger(__name__)
@@ -44,20 +44,6 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def dims_for(cfg: HuluConfig, precision: str) -> Dims:
-    d = cfg.decoder
-    return Dims(
-        hidden=d.hidden,
-        vocab=d.vocab,
-        layers=d.layers,
-        kv_heads=d.kv_heads,
-        head_dim=d.head_dim,
-        vision_head_dim=cfg.vision.head_dim,
-        patch_dim=cfg.vision.patch_dim,
-        act_dtype=rt.ACT_DTYPE[precision],
-    )
-
-
 def list_files(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST,)) -> dict[str, rt.FileEntry]:
     files = {}
     for p in sorted(root.rglob("*")):
@@ -78,7 +64,7 @@ def build_manifest(
     max_new_tokens_default: int = 1024,
 ) -> dict[str, Any]:
     """The manifest as a JSON-ready dict; `files` lists every file under root (hashed now)."""
-    dims = dims_for(cfg, precision)
+    dims = to_dims(cfg, rt.ACT_DTYPE[precision])
     ranges = target.ranges(cfg.decoder.max_position)
     t = cfg.tokens
     pre = cfg.preprocess

@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from hulurt import manifest as rt
 from hulurt.contract import DECODER_FORMS
 from hulurt.contract import pieces as contract_pieces
 
+from huluexport.checkpoint import EMBED, LM_HEAD, from_checkpoint, parameter_shapes, plan, root_of, side_file
+from huluexport.checkpoint.random_weights import random_tensor
 from huluexport.config import (
     DecoderConfig,
     HuluConfig,
@@ -33,8 +34,8 @@ from huluexport.config import (
     ReductionConfig,
     TokenConfig,
     VisionConfig,
-    from_checkpoint,
     preset,
+    slice_layers,
     to_dims,
 )
 from huluexport.devices import get_target
@@ -98,24 +99,6 @@ class WeightSpec:
 # --------------------------------------------------------------------------------------------------
 
 
-def slice_layers(cfg: HuluConfig, layers: int | None, vision_layers: int | None = None) -> HuluConfig:
-    """The first `layers` decoder layers and min(layers, vision layers) vision layers; `vision_layers` sets the
-    vision tower's depth on its own (e.g. a 4-layer decoder slice with the full 27-layer tower)."""
-    if vision_layers is not None:
-        if vision_layers < 1 or vision_layers > cfg.vision.layers:
-            raise ConfigError(f"--vision-layers {vision_layers}: expected 1..{cfg.vision.layers} for {cfg.name}")
-        cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, layers=vision_layers))
-    if layers is None:
-        return cfg
-    if layers < 1 or layers > cfg.decoder.layers:
-        raise ConfigError(f"--layers {layers}: expected 1..{cfg.decoder.layers} for {cfg.name}")
-    vis = cfg.vision.layers if vision_layers is not None else min(layers, cfg.vision.layers)
-    return cfg.replace(
-        decoder=dataclasses.replace(cfg.decoder, layers=layers),
-        vision=dataclasses.replace(cfg.vision, layers=vis),
-    )
-
-
 def check_size(cfg: HuluConfig, size: str, where: Path, sliced: bool) -> None:
     """Reject a checkpoint whose architecture differs from the preset `size` (before any export work)."""
     want = preset(size)
@@ -158,26 +141,12 @@ def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
     return preset(opts.size), WeightSpec("random", None, opts.seed, opts.layers, opts.vision_layers)
 
 
-def random_tensor(ref: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Deterministic per (seed, name): matrices ~ N(0, 1/fan_in), norm weights ~ 1 +- 0.1, biases ~ 0.1 N(0,1)."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(ref.encode()))
-    leaf = ref.rsplit(".", 1)[-1]
-    if "norm" in ref and leaf == "weight":
-        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
-    if leaf == "bias":
-        return 0.1 * torch.randn(shape, generator=gen)
-    fan_in = 1
-    for s in shape[1:]:
-        fan_in *= s
-    return torch.randn(shape, generator=gen) / fan_in**0.5
-
-
 def weight_source(full_cfg: HuluConfig, spec: WeightSpec) -> Callable[[str], torch.Tensor]:
     """reference name -> tensor (stored dtype), read one at a time. Names/shapes checked up front (plan)."""
-    from huluexport.reference.weights import EMBED, LM_HEAD, _load_bin, expected_shapes, plan
+    from huluexport.reference.weights import load_bin
 
     if spec.kind == "random":
-        shapes = expected_shapes(full_cfg)
+        shapes = parameter_shapes(full_cfg)
         return lambda ref: random_tensor(ref, shapes[ref], spec.seed)
     assert spec.checkpoint is not None
     p = plan(spec.checkpoint, full_cfg)
@@ -193,7 +162,7 @@ def weight_source(full_cfg: HuluConfig, spec: WeightSpec) -> Callable[[str], tor
             with safe_open(str(e.file), framework="pt") as f:
                 return f.get_tensor(e.stored)
         if e.file not in bins:
-            bins[e.file] = _load_bin(e.file)
+            bins[e.file] = load_bin(e.file)
         return bins[e.file][e.stored]
 
     return read
@@ -349,10 +318,11 @@ def build(opts: BuildOptions) -> Path:
 def _copy_side_files(wspec: WeightSpec, dst: Path) -> rt.TokenizerFiles:
     if wspec.kind != "checkpoint" or wspec.checkpoint is None:
         return rt.TokenizerFiles(None, None, None)
-    src = Path(wspec.checkpoint)
+    src = root_of(wspec.checkpoint)
     for name in SIDE_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+        path = side_file(src, name)  # refuses a side file that resolves outside the checkpoint
+        if path is not None:
+            shutil.copy2(path, dst / name)
 
     def have(n: str) -> str | None:
         return n if (dst / n).is_file() else None

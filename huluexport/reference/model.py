@@ -6,12 +6,15 @@ prepare_inputs_labels_for_multimodal, in our own words); the keep mask comes fro
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from hulurt import reduction
+from hulurt.clock import StageClock
 from hulurt.rope import vision_rope
 from torch import nn
 
@@ -63,6 +66,20 @@ class PreparedInputs:
     position_ids: torch.Tensor  # [1, L'] = 0..L'-1 over the compacted sequence
     input_ids: torch.Tensor  # [L'] compacted ids
     keep: np.ndarray  # flat keep mask over all image positions (pre-compaction); empty from prepare_compacted
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decoder call of `HuluMed.steps`: the token chosen from its last-position logits, those logits [V],
+    and the KV cache after the call."""
+
+    token: int
+    logits: torch.Tensor
+    past: KV
+
+
+def greedy(logits: torch.Tensor) -> int:
+    return int(torch.argmax(logits.float()))
 
 
 class HuluMed(nn.Module):
@@ -121,9 +138,14 @@ class HuluMed(nn.Module):
 
     @torch.no_grad()
     def prepare_inputs(
-        self, input_ids: torch.Tensor | list[int], visuals: list[VisualInput] = ()
+        self,
+        input_ids: torch.Tensor | list[int],
+        visuals: list[VisualInput] = (),
+        clock: StageClock | None = None,
     ) -> PreparedInputs:
-        """Embed ids, drop reduced image positions, scatter visual rows in order (ARCHITECTURE 5.3, 6.3)."""
+        """Embed ids, drop reduced image positions, scatter visual rows in order (ARCHITECTURE 5.3, 6.3).
+        clock: the vision tower is timed as "vision", the keep masks as "reduction" (hulurt.clock)."""
+        clock = clock or StageClock()
         # batch 1 only, as upstream asserts
         ids = torch.as_tensor(input_ids, dtype=torch.int64, device=self.device).reshape(-1)
         image_id = self.cfg.tokens.image
@@ -137,7 +159,8 @@ class HuluMed(nn.Module):
             keep = np.zeros(0, dtype=bool)
             feats = None
         else:
-            per = [self.encode(v) for v in visuals]
+            with clock("vision"):
+                per = [self.encode(v) for v in visuals]
             expected = sum(f.shape[0] * f.shape[1] for f in per)
             if n_image != expected:
                 raise UnsupportedInputError(
@@ -145,13 +168,11 @@ class HuluMed(nn.Module):
                     f"input_ids hold {n_image} image ids ({image_id}); "
                     f"the visual inputs give {expected} merged tokens",
                 )
-            keep = np.concatenate([self.keep_mask(v).reshape(-1) for v in visuals])
-            feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in per])  # (sum T*nb, H)
-            keep_t = torch.from_numpy(keep).to(self.device)
-            feats = feats[keep_t]
-            drop = torch.zeros_like(is_image)
-            drop[is_image] = ~keep_t
-            ids = ids[~drop]
+            with clock("reduction"):
+                keep = np.concatenate([self.keep_mask(v).reshape(-1) for v in visuals])
+            feats = reduction.kept_rows(torch.cat([f.reshape(-1, f.shape[-1]) for f in per]), keep)
+            stay = reduction.kept_positions(ids.cpu().numpy(), image_id, keep)
+            ids = ids[torch.from_numpy(stay).to(self.device)]
             is_image = ids == image_id
         emb = self.decoder.embed(ids)  # (L', H)
         if feats is not None:
@@ -221,19 +242,32 @@ class HuluMed(nn.Module):
         stop = set(self.cfg.tokens.eos if eos is None else eos)
         prep = prepared if prepared is not None else self.prepare_inputs(input_ids, visuals)
         gen = torch.Generator().manual_seed(seed)
+        out: list[int] = []
+
+        def pick(logits: torch.Tensor) -> int:
+            return _pick(logits, do_sample, temperature, top_k, top_p, gen)
+
+        for step in itertools.islice(self.steps(prep, pick), max_new_tokens):
+            out.append(step.token)
+            if step.token in stop:
+                break
+        return out
+
+    @torch.no_grad()
+    def steps(self, prep: PreparedInputs, pick: Callable[[torch.Tensor], int] = greedy) -> Iterator[Step]:
+        """The decode loop, once for every caller (generate, `huluexport verify`, `huluexport bench`): the
+        prefill over the prompt, then one decoder call per step fed the token the previous call picked. Lazy
+        and endless: each `next` runs one decoder call; the caller decides when to stop."""
+        dev = prep.inputs_embeds.device
         logits, past = self.decoder(prep.inputs_embeds, prep.position_ids)
         pos = prep.inputs_embeds.shape[1]
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            tok = _pick(logits[0, -1], do_sample, temperature, top_k, top_p, gen)
-            out.append(tok)
-            if tok in stop:
-                break
-            dev = prep.inputs_embeds.device
+        while True:
+            last = logits[0, -1]
+            tok = pick(last)
+            yield Step(tok, last, past)
             emb = self.decoder.embed(torch.tensor([[tok]], dtype=torch.int64, device=dev))
             logits, past = self.decoder(emb, torch.tensor([[pos]], dtype=torch.int64, device=dev), past)
             pos += 1
-        return out
 
     @torch.no_grad()
     def prefill_logits(
@@ -263,4 +297,4 @@ def _pick(
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))  # the generator lives on the CPU
 
 
-__all__ = ["KV", "HuluMed", "PreparedInputs", "VisualInput"]
+__all__ = ["KV", "HuluMed", "PreparedInputs", "Step", "VisualInput", "greedy"]

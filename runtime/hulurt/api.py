@@ -14,7 +14,9 @@ from typing import Any, Union
 import numpy as np
 
 from hulurt import checks
-from hulurt.backends.base import BackendOptions, Session, open_session
+from hulurt.backends import open_session
+from hulurt.backends.base import BackendOptions, Session
+from hulurt.clock import StageClock
 from hulurt.errors import UnsupportedInputError
 from hulurt.generate import BundleFacts, Generation, Generator, PromptFeed, VisualFeed, check_context
 from hulurt.manifest import Manifest, load_manifest
@@ -45,6 +47,16 @@ def facts_of(m: Manifest) -> BundleFacts:
     )
 
 
+def feed_of(inputs: Any, preprocess_s: float = 0.0, stages: dict[str, float] | None = None) -> PromptFeed:
+    """hulurt.inputs.ModelInputs -> the loop's PromptFeed (ids [1, L] -> [L], one VisualFeed per input).
+    stages: the preprocessing's own stage seconds (hulurt.clock), carried into the request's Timings."""
+    visuals = tuple(
+        VisualFeed(v.patches, (v.grid_thw[1], v.grid_thw[2]), v.merge_size, v.keep) for v in inputs.visuals
+    )
+    ids = np.asarray(inputs.input_ids, dtype=np.int64).reshape(-1)  # [1, L] -> [L]
+    return PromptFeed(ids, visuals, preprocess_s=preprocess_s, stages=dict(stages or {}))
+
+
 class Model:
     """A loaded bundle. `stream(...)` returns a Generation to iterate for text pieces; `generate(...)` runs to
     the end. Both accept `on_text` for a callback per piece. One request at a time per Model."""
@@ -54,21 +66,26 @@ class Model:
         manifest: Manifest,
         options: BackendOptions,
         kv_strategy: str | None = None,
+        tokenizer: Any = None,
         decoder_form: str | None = None,
         cuda_graph: bool | None = None,
     ) -> None:
+        """tokenizer: an object with `encode(text)` and `decode(ids, skip_special_tokens)` used instead of the
+        bundle's own (None = the bundle's tokenizer.json, which bundles built with random weights lack).
+        decoder_form: "v1-concat" | "gqa-static" to force one (None = by provider, docs/gpu.md); cuda_graph:
+        False turns the CUDA graph of the gqa-static decode step off (None = on where it applies)."""
         from hulurt.prompt import check_template, load_chat_template
         from hulurt.tokenizer import Tokenizer
 
         self.manifest = manifest
         self.options = options
         tok_rel = manifest.tokenizer.tokenizer
-        if tok_rel is None:
+        if tokenizer is None and tok_rel is None:
             raise UnsupportedInputError(
                 manifest.path, "this bundle has no tokenizer (bundles built with --random-weights carry none), so "
                 "it cannot answer text prompts; build one from a checkpoint: huluexport build --checkpoint DIR"
             )
-        self.tokenizer = Tokenizer.from_file(manifest.root / tok_rel)
+        self.tokenizer = Tokenizer.from_file(manifest.root / tok_rel) if tokenizer is None else tokenizer
         tpl = manifest.file_path(manifest.tokenizer.chat_template)
         self.chat_template = load_chat_template(tpl)
         check_template(self.chat_template, tpl)  # a template that cannot render fails the load, not a request
@@ -156,16 +173,13 @@ class Model:
         video: PathLike | None = None,
         token_reduction: bool | None = None,
         max_new_tokens: int | None = None,
+        clock: StageClock | None = None,
     ) -> Any:
         """Files + question -> hulurt.inputs.ModelInputs (the same function the reference path uses).
         Media order in the prompt: images, then the volume, then the video. The context is checked on the text
         alone before any file is read (and again with the visual tokens before any graph runs)."""
-        from hulurt.inputs import InputOptions, build_inputs
         from hulurt.media import kind_of
 
-        reason = checks.prompt(prompt)
-        if reason is not None:
-            raise UnsupportedInputError("--prompt", f"the prompt {reason}")
         media: list[Any] = [Path(p) for p in images]
         if volume is not None:
             _check_path(volume, "--volume", checks.file_or_dir_path)  # before kind_of opens it
@@ -179,16 +193,45 @@ class Model:
             media.append(Path(volume))
         if video is not None:
             media.append(Path(video))
+        return self.media_inputs(prompt, media, token_reduction, max_new_tokens, clock)
+
+    def media_inputs(
+        self,
+        prompt: str,
+        media: Sequence[Any],
+        token_reduction: bool | None = None,
+        max_new_tokens: int | None = None,
+        clock: StageClock | None = None,
+    ) -> Any:
+        """`inputs` for visual inputs in prompt order, each a path of any kind (image, DICOM file or series
+        directory, NIfTI, video) or an already-read hulurt.media.Media. clock: times "reduction" (token
+        reduction masks) apart from the rest."""
+        from hulurt.inputs import build_inputs
+
+        reason = checks.prompt(prompt)
+        if reason is not None:
+            raise UnsupportedInputError("--prompt", f"the prompt {reason}")
         if media and not self.has_vision:
             raise UnsupportedInputError(
                 media[0], f"this bundle ({self.manifest.root}) is text-only: it has no vision piece, so it cannot "
                 "take images, volumes or videos; ask a text question or build a bundle with vision"
             )
-        text_ids = len(self.tokenizer.encode_text(prompt))
+        # a caller's tokenizer without special tokens has no encode_text (hulurt.inputs.Encoder)
+        text_ids = len(getattr(self.tokenizer, "encode_text", self.tokenizer.encode)(prompt))
         check_context(text_ids, 1 if max_new_tokens is None else max_new_tokens, self.facts.max_context,
                       what="question text")
         for path in media:  # a named pipe or a device would block its reader: refused before anything opens it
-            _check_path(path, "input file", checks.file_or_dir_path)
+            if isinstance(path, (str, os.PathLike)):
+                _check_path(path, "input file", checks.file_or_dir_path)
+        opts, reader_options = self.input_options(token_reduction)
+        return build_inputs(media, prompt, self.tokenizer, self.facts.image_token_id, opts, self.chat_template,
+                            reader_options=reader_options, clock=clock)
+
+    def input_options(self, token_reduction: bool | None = None) -> tuple[Any, dict[str, dict[str, Any]]]:
+        """This bundle's hulurt.inputs.InputOptions and per-reader options (video fps and frame cap), as
+        `inputs` uses them; for callers that build inputs themselves (the server's multi-turn chats)."""
+        from hulurt.inputs import InputOptions
+
         f = self.facts
         opts = InputOptions(
             compression=f.reduction_enabled if token_reduction is None else token_reduction,
@@ -197,12 +240,11 @@ class Model:
             min_kept=f.reduction_min_tokens,
             min_tokens=self.manifest.preprocess.min_tokens,
             max_tokens=self.manifest.preprocess.max_tokens,
-            keep_mask_fn=self.keep_mask_fn if media else None,
+            keep_mask_fn=self.keep_mask_fn,
         )
         pp = self.manifest.preprocess
         reader_options = {"video": {"fps": pp.fps, "max_frames": min(pp.max_frames, self.manifest.limits.max_frames)}}
-        return build_inputs(media, prompt, self.tokenizer, f.image_token_id, opts, self.chat_template,
-                            reader_options=reader_options)
+        return opts, reader_options
 
     def prepare(
         self,
@@ -214,13 +256,18 @@ class Model:
         max_new_tokens: int | None = None,
     ) -> PromptFeed:
         """`inputs(...)` as the loop's PromptFeed, timed as the request's preprocessing."""
-        t0 = time.perf_counter()
-        inputs = self.inputs(prompt, images, volume, video, token_reduction, max_new_tokens)
-        visuals = tuple(
-            VisualFeed(v.patches, (v.grid_thw[1], v.grid_thw[2]), v.merge_size, v.keep) for v in inputs.visuals
-        )
-        ids = np.asarray(inputs.input_ids, dtype=np.int64).reshape(-1)  # [1, L] -> [L]
-        return PromptFeed(ids, visuals, preprocess_s=time.perf_counter() - t0)
+        return _feed(lambda clock: self.inputs(prompt, images, volume, video, token_reduction, max_new_tokens,
+                                               clock))
+
+    def prepare_media(
+        self,
+        prompt: str,
+        media: Sequence[Any],
+        token_reduction: bool | None = None,
+        max_new_tokens: int | None = None,
+    ) -> PromptFeed:
+        """`media_inputs(...)` as the loop's PromptFeed, timed as the request's preprocessing."""
+        return _feed(lambda clock: self.media_inputs(prompt, media, token_reduction, max_new_tokens, clock))
 
     def stream(
         self,
@@ -262,6 +309,16 @@ class Model:
         )
 
 
+def _feed(build: Callable[[StageClock], Any]) -> PromptFeed:
+    """Run `build(clock)` (-> hulurt.inputs.ModelInputs) as the stage "preprocess" (its token reduction as
+    "reduction") and turn the inputs into the loop's PromptFeed."""
+    clock = StageClock()
+    t0 = time.perf_counter()
+    with clock("preprocess"):
+        inputs = build(clock)
+    return feed_of(inputs, preprocess_s=time.perf_counter() - t0, stages=clock.seconds)
+
+
 def _check_path(path: PathLike, name: str, check: Callable[[Any], str | None]) -> None:
     reason = check(path)
     if reason is not None:
@@ -275,13 +332,16 @@ def load(
     threads: int = 0,
     verify_hashes: bool = True,
     kv_strategy: str | None = None,
+    tokenizer: Any = None,
     decoder_form: str | None = None,
     cuda_graph: bool | None = None,
 ) -> Model:
-    """Open a bundle directory: strict manifest, every file's size and (unless verify_hashes=False) sha256."""
+    """Open a bundle directory: strict manifest, every file's size and (unless verify_hashes=False) sha256.
+    tokenizer: see Model (None = the bundle's own)."""
     t = time.perf_counter()
     manifest = load_manifest(bundle, verify_hashes=verify_hashes)
-    model = Model(manifest, BackendOptions(provider=provider, threads=threads), kv_strategy, decoder_form, cuda_graph)
+    model = Model(manifest, BackendOptions(provider=provider, threads=threads), kv_strategy, tokenizer,
+                  decoder_form, cuda_graph)
     for piece in ("embed", "decoder", "vision"):  # open now: load time is not part of a request's latency
         if piece == "decoder" or piece in manifest.pieces:
             model.session(piece)

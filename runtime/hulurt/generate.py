@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from hulurt.backends.base import Session
+from hulurt.backends.base import DeviceSession, Session
+from hulurt.clock import StageClock
 from hulurt.contract import DimRange, Dims
 from hulurt.errors import ContextLengthError, ContractError
 from hulurt.kv_cache import KVCache, KVShape
+from hulurt.reduction import kept_rows
 from hulurt.rope import vision_rope
 from hulurt.sampling import Sampler, SamplingConfig
 from hulurt.tokenizer import StreamDecoder
@@ -77,6 +79,7 @@ class PromptFeed:
     input_ids: NDArray[np.int64]
     visuals: tuple[VisualFeed, ...] = ()
     preprocess_s: float = 0.0
+    stages: Mapping[str, float] = field(default_factory=dict)  # preprocessing's own stages (hulurt.clock)
 
 
 class TextDecoder(Protocol):
@@ -104,6 +107,9 @@ class Timings:
     new_tokens: int
     visual_tokens_before: int
     visual_tokens_after: int
+    # exclusive seconds per stage (hulurt.clock): preprocess, reduction (from the PromptFeed), vision, embed
+    # (the prompt's), prefill (decoder over the prompt + choosing the first token), decode (every later step)
+    stages: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def decode_tok_s(self) -> float:
@@ -182,7 +188,7 @@ class Generator:
         d = facts.dims
         self._act = np.dtype(d.act_dtype)
         dec = sessions["decoder"]
-        on_device = bool(getattr(dec, "on_device", False))
+        on_device = isinstance(dec, DeviceSession) and dec.on_device
         # the "gqa-static" form (piece decoder_gqa, hulurt.static_decode): KV buffers of fixed capacity written in
         # place, allocated once per Model at the bundle's max context unless told otherwise
         self._static: Any = None
@@ -199,8 +205,8 @@ class Generator:
 
     # ---- pieces ----------------------------------------------------------------------------------
 
-    def encode_visual(self, v: VisualFeed) -> NDArray[Any]:
-        """Vision graph for one input, then the kept rows in token order: -> [n_kept, hidden]."""
+    def vision(self, v: VisualFeed) -> NDArray[Any]:
+        """Vision graph for one input: -> [n_frames, n_groups, hidden], every merged token."""
         if "vision" not in self.sessions:
             raise ContractError("this request has visual inputs but the bundle has no 'vision' piece")
         gh, gw = v.grid_hw
@@ -210,14 +216,16 @@ class Generator:
             raise ContractError(
                 f"visual input grid {gh}x{gw} gives {cos.shape[0]} rope rows but its patches hold {n_patches}"
             )
-        out = self.sessions["vision"].run(
+        return self.sessions["vision"].run(
             {"pixel_patches": np.ascontiguousarray(v.patches, dtype=np.float32), "rope_cos": cos, "rope_sin": sin}
-        )["visual_embeds"]  # [n_frames, n_groups, hidden]
-        if v.keep is None:
-            return out.reshape(-1, out.shape[-1])  # [n_frames * n_groups, hidden]
-        if v.keep.shape != out.shape[:2]:
+        )["visual_embeds"]
+
+    def encode_visual(self, v: VisualFeed) -> NDArray[Any]:
+        """Vision graph for one input, then the kept rows in token order: -> [n_kept, hidden]."""
+        out = self.vision(v)
+        if v.keep is not None and v.keep.shape != out.shape[:2]:
             raise ContractError(f"keep mask {v.keep.shape} does not match vision output frames/groups {out.shape[:2]}")
-        return out[v.keep]  # boolean [n_frames, n_groups] -> [n_kept, hidden], frame-major order
+        return kept_rows(out, v.keep)
 
     def embed(self, ids: NDArray[np.int64], visual: NDArray[Any] | None = None) -> NDArray[Any]:
         feeds = {
@@ -226,14 +234,26 @@ class Generator:
         }
         return self.sessions["embed"].run(feeds)["inputs_embeds"]
 
-    def _decoder_step(self, embeds: NDArray[Any], start: int, cache: KVCache) -> NDArray[np.float32]:
+    def new_cache(self, max_len: int) -> KVCache:
+        """An empty KV cache for one request of at most `max_len` tokens, in this loop's strategy."""
+        cache = KVCache(self._kv_shape, max_len, self.kv_strategy)
+        if cache.strategy == "device":
+            dec = self.sessions["decoder"]
+            assert isinstance(dec, DeviceSession)  # the strategy is "device" only for such sessions
+            cache.set_device_empty(dec.empty_device)
+        return cache
+
+    def decode(self, embeds: NDArray[Any], start: int, cache: KVCache) -> NDArray[np.float32]:
+        """One decoder call over `embeds` [1, seq, hidden] at positions start.. (the prompt, or one token):
+        -> logits of the last position; the cache grows by seq."""
         seq = embeds.shape[1]
         cache.check_room(seq)
         pos = np.arange(start, start + seq, dtype=np.int64).reshape(1, seq)  # [1, seq_len]
         feeds: dict[str, Any] = {"inputs_embeds": embeds, "position_ids": pos, **cache.feeds()}
         dec = self.sessions["decoder"]
         if cache.strategy == "device":
-            host, dev = dec.run_bound(feeds, tuple(cache.present_names))  # type: ignore[attr-defined]
+            assert isinstance(dec, DeviceSession)
+            host, dev = dec.run_bound(feeds, tuple(cache.present_names))
             cache.update(dev, seq)
             return host["logits"]
         outs = dec.run(feeds)
@@ -318,14 +338,13 @@ class Generator:
         ids = prompt.input_ids.astype(np.int64)
         n_prompt = int(ids.shape[0])
         static = None
+        cache: KVCache | None = None
         if self.kv_strategy == "static":
             static = self.static_decoder()
             static.begin(n_prompt + max_new_tokens)
-            cache = None
         else:
-            cache = KVCache(self._kv_shape, n_prompt + max_new_tokens, self.kv_strategy)
-            if cache.strategy == "device":
-                cache.set_device_empty(self.sessions["decoder"].empty_device)  # type: ignore[attr-defined]
+            cache = self.new_cache(n_prompt + max_new_tokens)
+        clock = StageClock()
         # plain greedy takes the graph's own argmax (only the token leaves the device); else logits come back
         cfg = sampler.config
         need_logits = not (cfg.greedy and cfg.repetition_penalty == 1.0)
@@ -335,19 +354,27 @@ class Generator:
             return tok if row is None else sampler(row, seen_ids)
 
         t0 = time.perf_counter()
-        rows = [self.encode_visual(v) for v in prompt.visuals]
-        visual = np.concatenate(rows, axis=0) if rows else None  # [n_visual, hidden]
+        visual = None
+        if prompt.visuals:
+            with clock("vision"):
+                rows = [self.encode_visual(v) for v in prompt.visuals]
+                visual = np.concatenate(rows, axis=0)  # [n_visual, hidden]
         t1 = time.perf_counter()
         seen = np.empty(n_prompt + max_new_tokens, dtype=np.int64)  # prompt + generated ids, for the penalty
         seen[:n_prompt] = ids
         n_seen = n_prompt
         if static is not None:  # the prompt's embeddings stay on the decoder's device
             vis = self._no_visual if visual is None else np.ascontiguousarray(visual, dtype=self._act)
-            token = choose(static.prefill(static.embed_prompt(ids, vis), need_logits), seen[:n_seen])
+            with clock("embed"):
+                embeds_dev = static.embed_prompt(ids, vis)
+            with clock("prefill"):
+                token = choose(static.prefill(embeds_dev, need_logits), seen[:n_seen])
         else:
             assert cache is not None
-            embeds = self.embed(ids, visual)  # [1, L, hidden]
-            token = sampler(self._decoder_step(embeds, 0, cache), seen[:n_seen])
+            with clock("embed"):
+                embeds = self.embed(ids, visual)  # [1, L, hidden]
+            with clock("prefill"):
+                token = sampler(self.decode(embeds, 0, cache), seen[:n_seen])
         t2 = time.perf_counter()
         t_first = t2
         stream = StreamDecoder(tokenizer)  # type: ignore[arg-type]  # any object with decode(ids, skip)
@@ -375,7 +402,7 @@ class Generator:
                 continue
             assert cache is not None
             step_embeds = self.embed(np.array([token], dtype=np.int64))  # [1, 1, hidden]
-            logits = self._decoder_step(step_embeds, cache.length, cache)
+            logits = self.decode(step_embeds, cache.length, cache)
             token = sampler(logits, seen[:n_seen])
         tail = stream.flush()
         if tail:
@@ -385,6 +412,7 @@ class Generator:
             yield tail
         t3 = time.perf_counter()
         gen.text = "".join(text_parts)
+        stages = {**prompt.stages, **clock.seconds, "decode": t3 - t_first}  # decode: every later step
         gen.timings = Timings(
             preprocess_s=prompt.preprocess_s,
             vision_s=t1 - t0,
@@ -396,5 +424,6 @@ class Generator:
             new_tokens=len(gen.token_ids),
             visual_tokens_before=sum(v.tokens_before for v in prompt.visuals),
             visual_tokens_after=sum(v.tokens_after for v in prompt.visuals),
+            stages=stages,
         )
         log.info("generated %d tokens (%s): %s", len(gen.token_ids), gen.stop_reason, gen.timings.summary())

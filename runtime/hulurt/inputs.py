@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hulurt import reduction
+from hulurt.clock import StageClock
 from hulurt.media import Media, kind_of, load_media
 from hulurt.preprocess import (
     MAX_TOKENS,
@@ -159,6 +160,8 @@ def build_inputs(
     chat_template: str | None = None,
     reader_options: Mapping[str, Mapping[str, Any]] | None = None,
     history: Sequence[Mapping[str, Any]] = (),
+    history_media: int = 0,
+    clock: StageClock | None = None,
 ) -> ModelInputs:
     """Files (or Media) + question -> ModelInputs.
 
@@ -166,9 +169,13 @@ def build_inputs(
     they appear in the user turn (before the question). reader_options: per reader kind ("image", "dicom",
     "nifti", "video") keyword arguments, e.g. {"nifti": {"profile": "original", "num_slices": 160}}.
     chat_template: a template string (hulurt.prompt.load_chat_template reads a checkpoint's), None = built-in.
-    history: earlier text-only turns as chat messages, rendered before this user turn (their placeholders
-    would need frames: a history item carrying an image is rejected as a placeholder mismatch).
+    history: earlier turns as chat messages, rendered before this user turn. history_media: how many of
+    `media` (the first ones) belong to those turns; their content items (content_item(media)) must already
+    stand in `history`, in the same order, and only the rest go into this user turn. A history item carrying
+    an image without its media is rejected as a placeholder mismatch.
+    clock: the token-reduction masks are timed as its stage "reduction" (the rest is the caller's).
     """
+    clock = clock or StageClock()
     loaded = [_read(m, reader_options or {}) for m in media]
     modals = ["image" if m.modal == "image" and m.n_frames == 1 else m.modal for m in loaded]
     merges = select_merge_sizes(modals, options.merge_policy)
@@ -188,9 +195,10 @@ def build_inputs(
         model_modal = "image" if modal == "image" else "video"
         if options.compression and model_modal == "video" and t > 1:
             # (T, n_groups, m*m, 588) -> (T, n_groups, m*m*588): one merged token's raw pixels per row
-            keep = (options.keep_mask_fn or reduction.keep_mask)(
-                vp.patches.reshape(t, nb, -1), options.threshold, options.min_kept, options.compression_mode
-            )
+            with clock("reduction"):
+                keep = (options.keep_mask_fn or reduction.keep_mask)(
+                    vp.patches.reshape(t, nb, -1), options.threshold, options.min_kept, options.compression_mode
+                )
         else:
             keep = np.ones((t, nb), dtype=bool)
         visuals.append(VisualInput(vp.patches, vp.grid_thw, merge, model_modal, keep, m.timestamps, m.source))
@@ -206,7 +214,9 @@ def build_inputs(
             keep.size,
         )
 
-    content = [content_item(m, options.video_timestamps) for m in loaded]
+    if not 0 <= history_media <= len(loaded):
+        raise ValueError(f"history_media={history_media}; expected 0..{len(loaded)} (the number of media)")
+    content = [content_item(m, options.video_timestamps) for m in loaded[history_media:]]
     content.append({"type": "text", "text": question})
     messages = [*history, {"role": "user", "content": content}]
     rendered = render_pieces(

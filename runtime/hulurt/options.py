@@ -104,6 +104,17 @@ RUN_OPTIONS: tuple[Option, ...] = (
 )
 
 
+def select(*dests: str, options: Sequence[Option] = RUN_OPTIONS) -> tuple[Option, ...]:
+    """The rows named (by dest, e.g. "top_p"), in table order: for another command (`hulurt batch`) that takes
+    some of the run options, so they are spelled, documented and checked the same way everywhere:
+    `add_options(parser, select("temperature", "top_p", "seed", "threads"))`."""
+    known = {o.dest for o in options}
+    unknown = sorted(set(dests) - known)
+    if unknown:
+        raise KeyError(f"no run option {', '.join(unknown)}; the table has {', '.join(sorted(known))}")
+    return tuple(o for o in options if o.dest in dests)
+
+
 class OptionParser(argparse.ArgumentParser):
     """argparse with one-line errors: `error: argument --seed: must be ...` on stderr, exit 2 (no usage dump)."""
 
@@ -176,6 +187,14 @@ def check_greedy_mode(ns: argparse.Namespace, options: Sequence[Option] = RUN_OP
     return None
 
 
+def sampling_config(ns: argparse.Namespace, options: Sequence[Option] = RUN_OPTIONS) -> Any:
+    """The SamplingConfig of parsed arguments: greedy unless --temperature was given."""
+    from hulurt.sampling import SamplingConfig
+
+    knobs = destination_kwargs(ns, "sampling", options)
+    return SamplingConfig(greedy="temperature" not in knobs, **knobs)
+
+
 def parse_run_args(argv: Sequence[str] | None, prog: str = "hulurt",
                    options: Sequence[Option] = RUN_OPTIONS) -> argparse.Namespace:
     """Parse and check a run request's arguments; a refusal is one line on stderr and exit 2."""
@@ -192,7 +211,7 @@ def destination_kwargs(ns: argparse.Namespace, to: str,
     """{keyword: value} of the options going to `to` (values the user left unset are left out)."""
     out: dict[str, Any] = {}
     for opt in options:
-        if opt.to != to:
+        if opt.to != to or not hasattr(ns, opt.dest):  # a command may take only some rows (select)
             continue
         value = getattr(ns, opt.dest)
         if opt.convert is not None:
@@ -205,10 +224,6 @@ def destination_kwargs(ns: argparse.Namespace, to: str,
 def request_kwargs(ns: argparse.Namespace,
                    options: Sequence[Option] = RUN_OPTIONS) -> tuple[dict[str, Any], dict[str, Any]]:
     """(keywords of hulurt.load, keywords of Model.stream incl. `sampling`) from parsed arguments."""
-    from hulurt.sampling import SamplingConfig
-
-    knobs = destination_kwargs(ns, "sampling", options)
-    sampling = SamplingConfig(greedy="temperature" not in knobs, **knobs)
     stream = destination_kwargs(ns, "stream", options)
-    stream["sampling"] = sampling
+    stream["sampling"] = sampling_config(ns, options)
     return destination_kwargs(ns, "load", options), stream

@@ -208,6 +208,9 @@ def expand(
 # ---------------------------------------------------------------------------- caller text vs template text
 
 
+_ROLE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+
+
 @dataclass(frozen=True)
 class RenderedPrompt:
     """A rendered conversation and where its text came from. `pieces` are (text, from_caller) in order and join
@@ -250,6 +253,12 @@ def render_pieces(
     """render(...), split into template text and caller text. The conversation is rendered twice: as given,
     and with every caller string replaced by a random marker; the markers show where each string landed, and
     the split is kept only if putting the strings back gives exactly the first rendering."""
+    for msg in messages:  # roles are written by the template between control tokens: only plain words
+        role = msg.get("role") if isinstance(msg, Mapping) else None
+        if not isinstance(role, str) or not _ROLE.fullmatch(role):
+            raise UnsupportedInputError(
+                "message role", f"must be a plain word such as 'user' or 'assistant'; got {str(role)[:60]!r}"
+            )
     kw: dict[str, Any] = {"add_generation_prompt": add_generation_prompt, "add_system_prompt": add_system_prompt,
           "image_token": image_token}
     text = render(messages, template, system_prompt=system_prompt, **kw)

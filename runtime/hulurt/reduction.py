@@ -21,6 +21,8 @@ are far above the threshold whatever their rounding. The float32 conversion of t
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -83,3 +85,23 @@ def compaction(keep: NDArray[np.bool_]) -> tuple[NDArray[np.int64], NDArray[np.i
     """Flat indices of kept rows (in token order) and kept counts per frame, from keep [T, nb]."""
     flat = keep.reshape(-1)
     return np.flatnonzero(flat).astype(np.int64), keep.sum(axis=1).astype(np.int64)
+
+
+def kept_rows(features: Any, keep: NDArray[np.bool_] | None) -> Any:
+    """The rows of the merged tokens that reduction keeps, in token order (frame-major): features
+    [T, nb, H] (numpy or torch) and keep [T, nb] -> [n_kept, H]; keep None = every row."""
+    flat = features.reshape(-1, features.shape[-1])  # [T, nb, H] -> [T * nb, H]
+    return flat if keep is None else flat[np.asarray(keep, dtype=bool).reshape(-1)]
+
+
+def kept_positions(ids: NDArray[np.integer], image_id: int, keep: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Which prompt positions stay after reduction: every text id, and the image id of each kept merged token
+    (the image ids in order <-> the merged tokens of all inputs in order). ids [L], keep any shape -> [L]."""
+    flat_ids = np.asarray(ids).reshape(-1)
+    is_image = flat_ids == image_id
+    flat_keep = np.asarray(keep, dtype=bool).reshape(-1)
+    if int(is_image.sum()) != flat_keep.size:
+        raise ValueError(f"{int(is_image.sum())} image ids ({image_id}) but {flat_keep.size} merged tokens")
+    stay = np.ones(flat_ids.shape, dtype=bool)
+    stay[is_image] = flat_keep
+    return stay

@@ -13,6 +13,7 @@ The limits:
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import re
@@ -81,33 +82,51 @@ def _async_raise(tid: int, exc: type[BaseException] | None) -> None:
         api.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(exc) if exc else None)
 
 
-def _environment(max_chars: int) -> Any:
+class _State(threading.local):
+    """The running render's limits and call depth: per thread, so one compiled template serves every thread."""
+
+    cap = MAX_CHARS
+    depth = 0
+
+
+_state = _State()
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(template: str) -> Any:
+    """One sandboxed environment per template string, compiled once (compiling takes far longer than
+    rendering); the limits are read from `_state` at render time."""
+    env = _environment()
+    env.globals["raise_exception"] = _raise
+    return env.from_string(template)
+
+
+def _environment() -> Any:
     from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def refuse(what: str) -> SecurityError:
-        return SecurityError(f"{what} would exceed the size limit of {max_chars} characters")
+        return SecurityError(f"{what} would exceed the size limit of {_state.cap} characters")
 
     def check_args(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         for a in (*args, *kwargs.values()):
-            if name in _SIZED and isinstance(a, int) and not isinstance(a, bool) and abs(a) > max_chars:
+            if name in _SIZED and isinstance(a, int) and not isinstance(a, bool) and abs(a) > _state.cap:
                 raise refuse(f"{name} with the argument {a}")
             if isinstance(a, str) and name in ("format", "format_map", "%") and _BIG_WIDTH.search(a):
                 raise refuse(f"{name} with a width in {a[:40]!r}")
 
     class Guarded(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset(["*", "+", "**", "%"])
-        depth = 0
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             if operator == "*":
                 n = next((x for x in (left, right) if isinstance(x, int) and not isinstance(x, bool)), None)
                 seq = _size(right if n is left else left)
-                if n is not None and seq is not None and seq * max(n, 0) > max_chars:
+                if n is not None and seq is not None and seq * max(n, 0) > _state.cap:
                     raise refuse(f"repeating a sequence of {seq} {n} times")
             elif operator == "+":
                 a, b = _size(left), _size(right)
-                if a is not None and b is not None and a + b > max_chars:
+                if a is not None and b is not None and a + b > _state.cap:
                     raise refuse("joining two sequences")
             elif operator == "**":
                 if isinstance(left, (int, float)) and isinstance(right, (int, float)) and abs(left) > 1 and \
@@ -123,13 +142,13 @@ def _environment(max_chars: int) -> Any:
             bound = getattr(getattr(obj, "__wrapped__", obj), "__self__", None)  # the sandbox wraps str.format
             if name in ("format", "format_map") and isinstance(bound, str):
                 check_args(name, (bound,), {})
-            if self.depth >= MAX_DEPTH:
+            if _state.depth >= MAX_DEPTH:
                 raise TemplateLimit(f"calls nested deeper than {MAX_DEPTH} (a recursive macro?)")
-            self.depth += 1
+            _state.depth += 1
             try:
                 return super().call(context, obj, *args, **kwargs)
             finally:
-                self.depth -= 1
+                _state.depth -= 1
 
     env = Guarded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
 
@@ -174,14 +193,13 @@ def render_template(template: str, variables: Mapping[str, Any], max_seconds: fl
             "chat template", f"rendering needs jinja2: pip install 'huluexport-runtime[tokenizer]' ({e})"
         ) from e
     cap = max_chars + 2 * _data_chars(variables)
-    env = _environment(cap)
-    env.globals["raise_exception"] = _raise
+    _state.cap, _state.depth = cap, 0
     started = time.perf_counter()
     out: list[str] = []
     total = 0
     try:
         with _Watchdog(max_seconds):
-            tpl = env.from_string(template)
+            tpl = _compiled(template)
             chunks: Iterator[str] = tpl.generate(**variables)
             for chunk in chunks:
                 total += len(chunk)

@@ -79,17 +79,6 @@ def test_stage_statistics_and_ratios(report: dict) -> None:
         assert math.isclose(r[k], 3.0), k
 
 
-def test_stage_clock_measures_what_ran() -> None:
-    """Sleeps are lower bounds of the time measured; no upper bound (a shared machine can be slow)."""
-    clock = B.StageClock()
-    for _ in range(2):
-        with clock("vision"):
-            time.sleep(0.01)
-    with clock("prefill"):
-        pass
-    assert clock.t["vision"] >= 0.02 and 0 <= clock.t["prefill"] < clock.t["vision"]
-
-
 def test_roofline_numbers(report: dict) -> None:
     roof = report["sides"]["runtime"]["roofline"]
     mean_ctx = 40 + (4 + 1) / 2

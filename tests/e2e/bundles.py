@@ -20,8 +20,8 @@ def _source_key() -> str:
     h = hashlib.sha256()
     hx = ROOT / "huluexport"
     files = sorted((hx / "export").rglob("*.py")) + sorted((hx / "reference").rglob("*.py")) + [
+        *sorted((hx / "checkpoint").rglob("*.py")),
         hx / "config.py",
-        hx / "fixtures.py",
         ROOT / "runtime/hulurt/contract.py",
         ROOT / "runtime/hulurt/manifest.py",
         ROOT / "runtime/hulurt/prompt.py",
@@ -53,7 +53,7 @@ def bundle(kind: str, compression: bool = True, gqa: bool = False) -> Path:
 
 
 def _write_checkpoint(kind: str, compression: bool, out: Path) -> None:
-    from huluexport.fixtures import write_checkpoint
+    from huluexport.checkpoint.fixtures import write_checkpoint
 
     size, flavour = KINDS[kind]
     write_checkpoint(out, size=size, seed=0, decoder=flavour, use_token_compression=compression)

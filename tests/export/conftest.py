@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from huluexport.export.pipeline import BuildOptions, build
-from huluexport.fixtures import write_checkpoint
+from huluexport.checkpoint.fixtures import write_checkpoint
 
 _BUNDLES: dict[tuple[str, str], Path] = {}
 _GQA_BUNDLES: dict[tuple[str, str], Path] = {}

@@ -15,9 +15,9 @@ from hulurt.backends.base import BackendOptions, open_session
 from hulurt.manifest import load_manifest
 from hulurt.static_decode import StaticDecoder
 
+from huluexport.export.bundle_reference import reference_for_bundle
 from huluexport.reference.model import VisualInput
 from huluexport.tolerances import get
-from huluexport.validate import load_reference
 
 STEPS = 16
 
@@ -66,7 +66,7 @@ def test_gqa_form_matches_reference(gqa_bundle_factory, flavor: str, precision: 
     bundle = gqa_bundle_factory(flavor, precision)
     static, m = _static(bundle)
     assert "decoder" not in m.pieces and "decoder_gqa" in m.pieces  # only the gqa form was asked for
-    cfg, model = load_reference(m, None)
+    cfg, model = reference_for_bundle(m, None)
     tol = get("decoder_gqa", precision, "ort")
     act = np.dtype(m.dims.act_dtype)
     for with_visual in (False, True):

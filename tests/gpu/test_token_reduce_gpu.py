@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hulurt import cuda_reduce, reduction
 from hulurt.preprocess import NORM_LUT
+from hulurt.testing import near_threshold_volume
 
 pytestmark = pytest.mark.gpu
 
@@ -19,18 +20,7 @@ ALGOS = ("auto", "pair", "stream")
 
 
 def _u8_volume(rng: np.random.Generator, t: int, g: int, mm: int) -> np.ndarray:
-    """8-bit frames [T, G, mm, 588] (uint8): each token per frame static (+-2 levels), near the threshold (+-24..27
-    levels: mean |diff| ~ 0.094..0.106 on the [-1, 1] scale), or new."""
-    u8 = np.empty((t, g, mm, 588), dtype=np.uint8)
-    u8[0] = rng.integers(0, 256, size=(g, mm, 588))
-    for i in range(1, t):
-        cls = rng.integers(0, 3, size=(g, 1, 1))
-        amp = np.where(cls == 0, 2.0, rng.uniform(24.0, 27.0, size=(g, 1, 1)))
-        step = np.rint(rng.uniform(-1, 1, size=(g, mm, 588)) * amp).astype(np.int64)
-        moved = np.clip(u8[i - 1].astype(np.int64) + step, 0, 255)
-        fresh = rng.integers(0, 256, size=(g, mm, 588))
-        u8[i] = np.where(cls == 2, fresh, moved).astype(np.uint8)
-    return u8
+    return near_threshold_volume(rng, t, g, (mm, 588))  # [T, G, mm, 588] uint8
 
 
 def _normed(u8: np.ndarray) -> np.ndarray:
@@ -141,19 +131,8 @@ def test_compact_of_given_mask() -> None:
 @pytest.fixture(scope="module")
 def large_volume():
     """160 frames x 1024 merged tokens x 2352 values (1.5 GB fp32), 8-bit-derived, a third near the threshold."""
-    g = torch.Generator(device="cuda").manual_seed(160)
-    t, nb, d = 160, 1024, 2352
-    u8 = torch.empty((t, nb, d), dtype=torch.uint8, device="cuda")
-    u8[0] = torch.randint(0, 256, (nb, d), generator=g, device="cuda", dtype=torch.uint8)
-    for i in range(1, t):
-        cls = torch.randint(0, 3, (nb, 1), generator=g, device="cuda")
-        amp = torch.where(cls == 0, 2.0, 24.0 + 3.0 * torch.rand((nb, 1), generator=g, device="cuda"))
-        step = torch.round((torch.rand((nb, d), generator=g, device="cuda") * 2 - 1) * amp).to(torch.int16)
-        moved = (u8[i - 1].to(torch.int16) + step).clamp(0, 255)
-        fresh = torch.randint(0, 256, (nb, d), generator=g, device="cuda", dtype=torch.int16)
-        u8[i] = torch.where(cls == 2, fresh, moved).to(torch.uint8)
-    lut = torch.as_tensor(NORM_LUT).cuda()
-    x = lut[u8.long()].reshape(t, nb, 4, 588)
+    u8 = near_threshold_volume(160, 160, 1024, (4, 588))  # 385 MB on the host, then moved
+    x = torch.as_tensor(NORM_LUT).cuda()[torch.from_numpy(u8).cuda().long()]
     del u8
     return x
 

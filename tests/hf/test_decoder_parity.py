@@ -8,8 +8,9 @@ import pytest
 import torch
 from tolerances import get
 
-from huluexport.config import DecoderConfig, from_checkpoint
-from huluexport.reference.weights import checkpoint_name, iter_tensors, load_model, plan
+from huluexport.checkpoint import checkpoint_name, from_checkpoint, plan
+from huluexport.config import DecoderConfig
+from huluexport.reference.weights import iter_tensors, load_model
 
 pytestmark = pytest.mark.hf
 

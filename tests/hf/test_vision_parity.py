@@ -10,9 +10,9 @@ import torch
 from hulurt.rope import vision_rope
 from tolerances import get
 
-from huluexport.config import from_checkpoint
+from huluexport.checkpoint import checkpoint_name, from_checkpoint
 from huluexport.reference.vision import merge
-from huluexport.reference.weights import checkpoint_name, iter_tensors, load_model
+from huluexport.reference.weights import iter_tensors, load_model
 
 pytestmark = pytest.mark.hf
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hulurt.backends.base import BackendError, BackendOptions, Session, open_session
+from hulurt.backends import open_session
+from hulurt.backends.base import BackendError, BackendOptions, Session
 
 
 @pytest.fixture(scope="module")

@@ -158,6 +158,11 @@ def test_visual_rows_reach_the_image_positions_with_reduction_mask() -> None:
     assert (t.visual_tokens_before, t.visual_tokens_after) == (12, 7)
     assert t.prompt_tokens == ids.size and t.new_tokens == 8 and t.decode_steps == 7
     assert "visual tokens 12 -> 7" in t.summary()
+    # the stage clock of the loop: every stage of the request, exclusive, adding up to TTFT + decode
+    assert set(t.stages) == {"vision", "embed", "prefill", "decode"}
+    assert all(v >= 0 for v in t.stages.values()) and t.stages["decode"] == t.decode_s
+    assert sum(t.stages.values()) <= t.ttft_s + t.decode_s
+    np.testing.assert_array_equal(g.vision(v).reshape(12, -1), full)  # the raw vision output, every token
 
 
 def test_stop_id_ends_generation_and_is_not_emitted() -> None:

@@ -80,3 +80,33 @@ def test_sampling_through_the_api_is_seeded(model) -> None:
     b = model.generate("Name an organ.", max_new_tokens=12, sampling=cfg, stop_ids=()).token_ids
     assert a == b and len(set(a)) > 1
     assert np.any(np.array(a) != np.array(model.generate("Name an organ.", max_new_tokens=12, stop_ids=()).token_ids))
+
+
+def test_media_objects_and_a_caller_tokenizer(model) -> None:
+    """Already-read frames (hulurt.media.Media) go through the same input code as files; the request's
+    preprocessing reports its reduction stage apart; a caller's tokenizer replaces the bundle's."""
+    from hulurt.api import Model
+    from hulurt.media import Media
+
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(0, 256, size=(1, 56, 56, 3), dtype=np.uint8), 4, axis=0)
+    frames[2:, :28] = 255 - frames[2:, :28]  # half of the picture changes at frame 2: some tokens dropped
+    vol = Media(frames, "3d", "synthetic volume")
+    feed = model.prepare_media("What is shown?", [vol])
+    assert {"preprocess", "reduction"} <= set(feed.stages) and feed.preprocess_s >= sum(feed.stages.values())
+    v = feed.visuals[0]
+    assert v.keep is not None and 0 < v.tokens_after < v.tokens_before
+    res = model.run(feed, max_new_tokens=3, stop_ids=()).result()
+    assert res.timings.stages["reduction"] == feed.stages["reduction"] and res.timings.stages["vision"] > 0
+
+    class Bytes:
+        def encode(self, text: str) -> list[int]:
+            return list(text.encode())
+
+        def decode(self, ids, skip_special_tokens: bool = True) -> str:
+            return " ".join(map(str, ids))
+
+    own = Model(model.manifest, model.options, tokenizer=Bytes())
+    feed = own.prepare("abc")
+    assert b"abc" in bytes(i for i in feed.input_ids.tolist() if i < 256)
+    assert own.run(feed, max_new_tokens=2, stop_ids=()).result().text.count(" ") == 1

@@ -28,7 +28,7 @@ IMAGE_ID = 290
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> Tokenizer:
-    from huluexport.fixtures import write_tokenizer
+    from huluexport.checkpoint.fixtures import write_tokenizer
 
     return Tokenizer.from_file(write_tokenizer(tmp_path_factory.mktemp("tok")))
 

@@ -14,7 +14,18 @@ from hulurt import checks
 from hulurt.api import Model
 from hulurt.backends.base import BackendError, BackendOptions
 from hulurt.errors import UnsupportedInputError
-from hulurt.options import RUN_OPTIONS, Option, build_parser, parse_run_args, request_kwargs
+from hulurt.options import (
+    RUN_OPTIONS,
+    Option,
+    OptionParser,
+    add_options,
+    build_parser,
+    check_greedy_mode,
+    parse_run_args,
+    request_kwargs,
+    sampling_config,
+    select,
+)
 from hulurt.sampling import SamplingConfig, SamplingError
 
 
@@ -132,3 +143,21 @@ def test_model_refuses_bad_prompt_and_pipe_before_reading(tmp_path: Path) -> Non
         model.stream("hi", images=[fifo], max_new_tokens=2)
     with pytest.raises(UnsupportedInputError, match="--volume: must be a regular file or a directory"):
         model.stream("hi", volume=fifo, max_new_tokens=2)
+
+
+def test_another_command_reuses_some_rows(capsys) -> None:
+    """`hulurt batch`-style reuse: the selected rows parse and check exactly as in the run command."""
+    rows = select("temperature", "top_p", "seed", "threads")
+    assert [o.name for o in rows] == ["--temperature", "--top-p", "--seed", "--threads"]
+    p = OptionParser(prog="hulurt batch")
+    add_options(p, rows)
+    ns = p.parse_args(["--temperature", "0.5", "--top-p", "0.9"])
+    assert check_greedy_mode(ns, rows) is None
+    assert sampling_config(ns, rows) == SamplingConfig(greedy=False, temperature=0.5, top_p=0.9)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--seed", "-1"])
+    assert capsys.readouterr().err.strip() == (
+        "error: argument --seed: must be an integer in [0, 2**64); got -1 (see hulurt batch --help)")
+    assert "add --temperature" in str(check_greedy_mode(p.parse_args(["--seed", "1"]), rows))
+    with pytest.raises(KeyError, match="no run option top_q"):
+        select("top_q")

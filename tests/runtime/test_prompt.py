@@ -157,7 +157,7 @@ def test_expand():
 
 def test_expand_equals_encoding_the_expanded_string(tmp_path):
     """5.2: inserting ids == tokenising the string with each <image> repeated, when <image> is an added token."""
-    from huluexport.fixtures import write_tokenizer
+    from huluexport.checkpoint.fixtures import write_tokenizer
 
     from hulurt.tokenizer import Tokenizer
 

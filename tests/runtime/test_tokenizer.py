@@ -13,7 +13,7 @@ from hulurt.tokenizer import Tokenizer, strip_think
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> Tokenizer:
-    from huluexport.fixtures import write_tokenizer
+    from huluexport.checkpoint.fixtures import write_tokenizer
 
     return Tokenizer.from_file(write_tokenizer(tmp_path_factory.mktemp("tok")))
 
@@ -43,7 +43,7 @@ def test_missing_tokenizer(tmp_path):
 
 
 def _fixture_dir(tmp_path):
-    from huluexport.fixtures import write_tokenizer
+    from huluexport.checkpoint.fixtures import write_tokenizer
 
     return write_tokenizer(tmp_path / "ok")
 

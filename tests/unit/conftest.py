@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from huluexport.fixtures import write_checkpoint
+    from huluexport.checkpoint.fixtures import write_checkpoint
 
     root = tmp_path_factory.mktemp("tiny_ckpts")
     return {

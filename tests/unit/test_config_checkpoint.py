@@ -1,4 +1,4 @@
-"""config.from_checkpoint: both formats, Qwen2/Qwen3 detection, logged defaults; preset arithmetic."""
+"""checkpoint.from_checkpoint: both formats, Qwen2/Qwen3 detection, logged defaults; preset arithmetic."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from huluexport.config import SIZES, from_checkpoint, to_dims
+from huluexport.checkpoint import from_checkpoint
+from huluexport.checkpoint.fixtures import ORIGINAL_VISION_DIR, build_tokenizer
+from huluexport.config import SIZES, to_dims
 from huluexport.errors import ConfigError
-from huluexport.fixtures import ORIGINAL_VISION_DIR, build_tokenizer
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:
@@ -56,7 +57,7 @@ def test_defaults_are_logged(
 ) -> None:
     d = _copy(tiny_ckpts["hf-qwen2"], tmp_path)
     _edit_config(d, use_token_compression=..., rms_norm_eps=..., rope_theta=...)
-    with caplog.at_level(logging.INFO, logger="huluexport.config"):
+    with caplog.at_level(logging.INFO, logger="huluexport.checkpoint"):
         cfg = from_checkpoint(d)
     assert cfg.reduction.enabled  # missing key => True (upstream HF default)
     text = caplog.text
@@ -76,7 +77,7 @@ def test_original_format_without_vision_dir_defaults_heads_16(
 ) -> None:
     d = _copy(tiny_ckpts["original-qwen3"], tmp_path)
     shutil.rmtree(d / ORIGINAL_VISION_DIR)
-    with caplog.at_level(logging.INFO, logger="huluexport.config"):
+    with caplog.at_level(logging.INFO, logger="huluexport.checkpoint"):
         v = from_checkpoint(d).vision
     assert (v.hidden, v.intermediate, v.layers, v.patch, v.heads) == (64, 96, 2, 14, 16)
     assert "num_attention_heads" in caplog.text and "using 16" in caplog.text
@@ -94,7 +95,7 @@ def test_image_token_must_agree_with_tokenizer(tiny_ckpts: dict[str, Path], tmp_
 def test_unsupported_projector(tiny_ckpts: dict[str, Path], tmp_path: Path) -> None:
     d = _copy(tiny_ckpts["hf-qwen2"], tmp_path)
     _edit_config(d, mm_projector_type="simp_spatial_conv")
-    with pytest.raises(ConfigError, match="mm_projector_type 'simp_spatial_conv'"):
+    with pytest.raises(ConfigError, match="config.json: mm_projector_type must be mlpNx_gelu.*found 'simp_spatial_conv'"):
         from_checkpoint(d)
 
 

@@ -10,17 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from huluexport.config import SIZES, from_checkpoint
+from huluexport.checkpoint import LM_HEAD, checkpoint_name, from_checkpoint, normalize_name, plan
+from huluexport.checkpoint.fixtures import fixture_config
+from huluexport.checkpoint.random_weights import random_state
+from huluexport.config import SIZES
 from huluexport.errors import CheckpointError
-from huluexport.fixtures import fixture_config, random_state
-from huluexport.reference.weights import (
-    LM_HEAD,
-    checkpoint_name,
-    iter_tensors,
-    load_model,
-    normalize_name,
-    plan,
-)
+from huluexport.reference.weights import iter_tensors, load_model
 
 SHARD2 = "model-00002-of-00003.safetensors"
 
@@ -71,7 +66,7 @@ def test_original_layout_detects_qwen3_despite_model_type(tiny_ckpts: dict[str, 
 
 
 def test_tie_flag_true_with_stored_lm_head_uses_the_stored_tensor(tmp_path: Path) -> None:
-    from huluexport.fixtures import write_checkpoint
+    from huluexport.checkpoint.fixtures import write_checkpoint
 
     d = write_checkpoint(tmp_path / "c", decoder="qwen3", lm_head="stored")
     cfg = from_checkpoint(d)

@@ -74,3 +74,20 @@ def test_known_answers_static_and_single_block() -> None:
 def test_single_frame_keeps_everything() -> None:
     frames = np.zeros((1, 5, 588), np.float32)
     assert keep_mask(frames).all()
+
+
+def test_kept_rows_and_positions_apply_one_mask() -> None:
+    """The one way the keep mask is applied (runtime loop, reference model, verify): rows of the kept merged
+    tokens in frame-major order, and the prompt positions that stay."""
+    from hulurt.reduction import kept_positions, kept_rows
+
+    feats = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)  # [T=2, nb=3, H=2]
+    keep = np.array([[True, True, True], [False, True, False]])
+    np.testing.assert_array_equal(kept_rows(feats, keep), feats.reshape(6, 2)[[0, 1, 2, 4]])
+    assert kept_rows(feats, None).shape == (6, 2)
+    np.testing.assert_array_equal(kept_rows(torch.from_numpy(feats), keep).numpy(), kept_rows(feats, keep))
+    ids = np.array([7, 9, 9, 9, 9, 9, 9, 8])  # text, six image ids, text
+    stay = kept_positions(ids, 9, keep)
+    assert stay.tolist() == [True, True, True, True, False, True, False, True]
+    with pytest.raises(ValueError, match="5 image ids"):
+        kept_positions(ids[2:], 9, keep)

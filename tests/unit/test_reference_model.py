@@ -11,7 +11,7 @@ from tolerances import get
 
 from huluexport.config import SIZES
 from huluexport.errors import UnsupportedInputError
-from huluexport.fixtures import random_state
+from huluexport.checkpoint.random_weights import random_state
 from huluexport.reference.model import HuluMed, VisualInput
 from huluexport.reference.weights import load_model
 

@@ -10,7 +10,7 @@ from hulurt.rope import vision_rope
 from tolerances import get
 
 from huluexport.config import SIZES
-from huluexport.fixtures import random_state
+from huluexport.checkpoint.random_weights import random_state
 from huluexport.reference.model import HuluMed
 from huluexport.reference.vision import merge
 

@@ -14,6 +14,7 @@ import pytest
 from hulurt import reduction
 from hulurt.contract import TOKEN_REDUCE
 from hulurt.preprocess import NORM_LUT
+from hulurt.testing import near_threshold_volume
 
 from huluexport.errors import ExportError
 from huluexport.export.token_reduce import (
@@ -27,17 +28,7 @@ ort = pytest.importorskip("onnxruntime")
 
 
 def _u8_volume(rng: np.random.Generator, t: int, g: int, mm: int) -> np.ndarray:
-    """8-bit frames [T, G, mm, 588]: per frame each token static (+-2 levels), near the threshold (+-24..27 levels,
-    mean |diff| ~ 0.094..0.106 on the [-1, 1] scale) or new."""
-    u8 = np.empty((t, g, mm, 588), dtype=np.uint8)
-    u8[0] = rng.integers(0, 256, size=(g, mm, 588))
-    for i in range(1, t):
-        cls = rng.integers(0, 3, size=(g, 1, 1))
-        amp = np.where(cls == 0, 2.0, rng.uniform(24.0, 27.0, size=(g, 1, 1)))
-        step = np.rint(rng.uniform(-1, 1, size=(g, mm, 588)) * amp).astype(np.int64)
-        moved = np.clip(u8[i - 1].astype(np.int64) + step, 0, 255)
-        u8[i] = np.where(cls == 2, rng.integers(0, 256, size=(g, mm, 588)), moved).astype(np.uint8)
-    return u8
+    return near_threshold_volume(rng, t, g, (mm, 588))  # [T, G, mm, 588]
 
 
 def _cases() -> list[tuple[str, np.ndarray, float, int]]:

@@ -1,12 +1,12 @@
-"""The Session protocol every backend implements, the backend options, and `open_session`, which imports
-the chosen backend lazily (onnxruntime or TensorRT are optional extras; numpy is all hulurt needs here)."""
+"""The Session protocols every backend implements and the backend options. numpy only: the backends
+themselves (onnxruntime, TensorRT: optional extras) are opened by `hulurt.backends.open_session`."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,6 +39,26 @@ class Session(Protocol):
     def run(self, feeds: dict[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]: ...
 
 
+@runtime_checkable
+class DeviceSession(Session, Protocol):
+    """A session whose tensors can stay on an accelerator between calls (IO binding). The generation loop
+    keeps the KV cache on the device through it when `on_device` is true."""
+
+    @property
+    def on_device(self) -> bool: ...
+
+    def run_bound(
+        self, feeds: dict[str, Any], device_outputs: tuple[str, ...]
+    ) -> tuple[dict[str, NDArray[np.generic]], dict[str, Any]]:
+        """Outputs named in `device_outputs` stay on the device (returned as the engine's own values); the
+        others come back as host numpy arrays."""
+        ...
+
+    def empty_device(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
+        """A device tensor of this shape (the zero-length past of a prefill)."""
+        ...
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """How to open sessions. threads=0 lets the engine choose (all physical cores for onnxruntime)."""
@@ -55,15 +75,3 @@ class BackendOptions:
         reason = checks.threads(self.threads)  # the command line's --threads check (hulurt.options)
         if reason is not None:
             raise BackendError(f"threads {reason}")
-
-
-def open_session(path: Path | str, options: BackendOptions = BackendOptions()) -> Session:
-    """Open one graph file with the backend `options.provider` names (imported here, not at hulurt import)."""
-    p = Path(path)
-    if options.provider == "trt-native":
-        from hulurt.backends import tensorrt
-
-        return tensorrt.TensorRTSession(p, options)
-    from hulurt.backends import ort
-
-    return ort.OrtSession(p, options)

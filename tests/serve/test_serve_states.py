@@ -1,0 +1,50 @@
+"""A bundle that fails its check at startup: /health answers 503 with the reason, chat answers OpenAI error JSON
+503 (never a traceback), and nothing else breaks (models, metrics still answer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from e2e.bundles import bundle, copy_bundle
+
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+import httpx
+from hulurt.serve.app import ServerConfig, create_app
+from hulurt.serve.engine import EngineConfig
+from serve.live import LiveServer
+
+
+def test_corrupted_bundle_is_503_with_the_reason(tmp_path: Path) -> None:
+    broken = copy_bundle(bundle("qwen2"), tmp_path / "b")
+    data = broken / "embed.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0xFF  # same size, different sha256
+    data.write_bytes(bytes(raw))
+    app = create_app(ServerConfig(EngineConfig(broken, "broken", provider="cpu", threads=1), upload_dir=tmp_path))
+    s = LiveServer(app)
+    s.thread.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                h = httpx.get(s.url + "/health", timeout=2)
+                if h.json()["status"] != "loading":
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        assert h.status_code == 503 and h.json()["status"] == "failed"
+        assert "embed.onnx.data" in h.json()["error"] and "sha256" in h.json()["error"]
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as e:
+            c.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}])
+        assert e.value.status_code == 503 and e.value.body["code"] == "model_failed"
+        assert "Traceback" not in e.value.response.text
+        assert [m.id for m in c.models.list()] == ["broken"]
+        assert "hulurt_model_ready 0.0" in httpx.get(s.url + "/metrics").text
+    finally:
+        s.stop()
