@@ -23,7 +23,6 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
     from hulurt.clock import StageClock
 
     from huluexport.errors import ConfigError
-
     from huluexport.export.bundle_reference import reference_for_bundle
     from huluexport.plan import weight_bytes
     from huluexport.reference.model import VisualInput
