@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hulurt.backends.base import BackendOptions, open_session
+from hulurt.backends import open_session
+from hulurt.backends.base import BackendOptions
 from hulurt.manifest import load_manifest
 from hulurt.static_decode import StaticDecoder
 
