@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "huluexport.commands.export",
     "huluexport.commands.run",
     "huluexport.commands.bench",
+    "huluexport.commands.engines",
 )
 
 
@@ -47,7 +48,8 @@ for _name in COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit 1 (2 for unusable input); -v shows the traceback."""
+    """Entry point: errors become one line on stderr, exit 2 for bad input and 1 otherwise (`exit_code`); -v shows
+    the traceback."""
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args or "--verbose" in args
     try:
@@ -61,12 +63,21 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(1)
     except HuluError as exc:
-        from hulurt.errors import UnsupportedInputError
-
         if verbose:
             raise
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2 if isinstance(exc, UnsupportedInputError) else 1)
+        sys.exit(exit_code(exc))
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 for bad input (a file, manifest, checkpoint, config or option the user gave us), 1 for a failure of
+    ours or of a result (export failed, parity beyond tolerance, a backend that cannot run)."""
+    from hulurt.errors import ContextLengthError, ManifestError, UnsupportedInputError
+
+    from huluexport.errors import CheckpointError, ConfigError
+
+    return 2 if isinstance(exc, (UnsupportedInputError, ManifestError, ConfigError, CheckpointError,
+                                 ContextLengthError)) else 1
 
 
 if __name__ == "__main__":

@@ -67,6 +67,16 @@ TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
         reason="int4 RTN weights (16 levels per block): measured min cosine 0.9516 (qwen2, block 128, level 4, "
         "decode logits; 0.9543 at block 32); the floor allows 1-cos 0.07, 1.45x the worst",
     ),
+    # `huluexport quantize --format qdq`: int4 weights + DequantizeLinear (RTN, symmetric, no zero points: the
+    # form TensorRT builds), on onnxruntime CPU vs the fp32 reference. Measured on the tiny qwen2 fp16 bundle,
+    # 16 decode steps: min cosine 0.94853 (block 32, decode logits), 0.93125 (block 64, prefill logits).
+    # Symmetric int4 without zero points spends one of 16 levels less well than the asymmetric MatMulNBits form
+    # (0.9516 there), hence a lower floor; no top-1 floor (tiny random logits are near-tied, as for "int4").
+    ("decoder", "int4-qdq", "ort"): Tolerance(
+        min_cosine=0.90,
+        reason="int4 RTN symmetric weights, fp16 scale per 32/64 inputs: measured min cosine 0.93125 (block 64) "
+        "and 0.94853 (block 32); the floor allows 1-cos 0.10, 1.45x the worst",
+    ),
 }
 
 

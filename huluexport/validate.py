@@ -310,7 +310,10 @@ def verify(
     import gc
 
     t0 = time.perf_counter()
+    from huluexport.export.graph_io import check_graphs
+
     m = rt.load_manifest(bundle, verify_hashes=verify_hashes)
+    check_graphs(m)  # the manifest's dims are the graphs' own, before the reference is sized from them
     cfg, model = reference_for_bundle(m, checkpoint)
     say = progress or (lambda s: log.info("%s", s))
     vision, prompts = _reference_pass(m, model, cfg, steps, seed)
@@ -321,8 +324,13 @@ def verify(
     runner = BundleRunner(m)
     prec = m.precision
     # per piece: a quantized bundle's decoder is "int4"/"int8" while the others stay at the bundle's precision
-    tol = {p: get(p, m.pieces[p].precision, backend) for p in ("vision", "embed", "decoder", "decoder_gqa")
-           if p in m.pieces}
+    # a QDQ int4 decoder (quantize --format qdq) has its own entry: "int4-qdq"
+    tol = {
+        p: get(p, m.pieces[p].precision + ("-qdq" if m.pieces[p].compute.get("quant_format") == "qdq" else ""),
+               backend)
+        for p in ("vision", "embed", "decoder", "decoder_gqa")
+        if p in m.pieces
+    }
     need = max(r.inputs_embeds.shape[1] for r in prompts.values()) + steps
     gqa = _gqa_decoder(m, need) if "decoder_gqa" in m.pieces else None
     rows: list[Row] = []

@@ -22,7 +22,8 @@ HELP = {
     "--layers 4 --vision-layers 27 for a decoder slice with the full tower.",
     "precision": "fp32, or fp16 with LayerNorm/RMSNorm, softmax and RoPE kept in fp32.",
     "target": "Device (huluexport/devices.py): dynamic dim ranges (TensorRT profiles, runtime limits).",
-    "overwrite": "Replace an existing bundle at --out (the old one is removed only after the new one is complete).",
+    "overwrite": "Replace an existing bundle at --out: only a huluexport bundle (never the input, a directory holding "
+    "it, a file, a link or a directory of other files); the old one is removed only after the new one is complete.",
     "dump_dir": "Write each piece's graph (no weights) after every pass into this directory.",
     "decoder_form": "Decoder form(s) to export, repeatable: v1-concat (decoder.onnx, every backend incl. TensorRT) "
     "and/or gqa-static (decoder_gqa.onnx: com.microsoft::GroupQueryAttention over in-place KV buffers, fixed "
@@ -41,10 +42,13 @@ HELP = {
     "quantize": "Copy BUNDLE to --out with the decoder's weights (its layers and the lm_head) quantized weight-only "
     "to int8 or int4 (onnxruntime MatMulNBits, CPU kernels; activations stay at the bundle's precision). Cuts the "
     "bytes read per decoded token 4-8x. Loads the decoder's weights fully (about 1.6x its fp32 size in RAM). "
-    "onnxruntime only: TensorRT cannot build MatMulNBits.",
+    "--format qdq writes the int4 form TensorRT builds instead of MatMulNBits.",
     "quantize_out": "Quantized bundle directory to create (temporary sibling, moved into place when complete).",
     "bits": "Weight bits: 8 (int8, near-lossless) or 4 (int4, 2x smaller again, visibly lossier).",
-    "block_size": "Weights per quantization block (one scale + zero point each) along the input dim.",
+    "block_size": "Weights per quantization block along the input dim (default 32 for matmulnbits: one scale + "
+    "zero point each; 128 for qdq: one scale each).",
+    "format": "matmulnbits: onnxruntime's MatMulNBits (CPU kernels; TensorRT cannot build it). qdq: INT4 weights + "
+    "DequantizeLinear (opset 21, symmetric, no zero points), the weight-only int4 form TensorRT builds; --bits 4.",
     "accuracy_level": "MatMulNBits accuracy_level: 4 = each matmul input block is quantized to int8 on the fly "
     "(integer kernels: the fast CPU path, slightly more error); 0 = fp matmul inputs (onnxruntime 1.32 CPU: int4 "
     "3.7x slower per decoded token than 4, int8 100x slower; see benchmarks/results/quantize.md).",
@@ -136,7 +140,11 @@ def build_cmd(
 def inspect_cmd(bundle: Path, no_hash: bool) -> None:
     from hulurt.manifest import load_manifest
 
-    click.echo(describe(load_manifest(bundle, verify_hashes=not no_hash)))
+    from huluexport.export.graph_io import check_graphs
+
+    m = load_manifest(bundle, verify_hashes=not no_hash)
+    check_graphs(m)  # the manifest's dims against the graphs' declared inputs/outputs
+    click.echo(describe(m))
 
 
 @click.command("verify", help=HELP["verify"])
@@ -171,9 +179,16 @@ def trt_check_cmd(bundle: Path, engines: Path | None) -> None:
 @click.option(
     "--block-size",
     type=click.Choice(["16", "32", "64", "128", "256"]),
-    default="32",
-    show_default=True,
+    default=None,
     help=HELP["block_size"],
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["matmulnbits", "qdq"]),
+    default="matmulnbits",
+    show_default=True,
+    help=HELP["format"],
 )
 @click.option(
     "--accuracy-level",
@@ -183,14 +198,17 @@ def trt_check_cmd(bundle: Path, engines: Path | None) -> None:
     help=HELP["accuracy_level"],
 )
 @click.option("--overwrite", is_flag=True, help=HELP["overwrite"])
-def quantize_cmd(bundle: Path, out: Path, bits: str, block_size: str, accuracy_level: str, overwrite: bool) -> None:
+def quantize_cmd(
+    bundle: Path, out: Path, bits: str, block_size: str | None, fmt: str, accuracy_level: str, overwrite: bool
+) -> None:
     from huluexport.export.quantize import QuantizeOptions, quantize
 
     opts = QuantizeOptions(
         src=bundle,
         out=out,
         bits=int(bits),
-        block_size=int(block_size),
+        block_size=int(block_size) if block_size else (128 if fmt == "qdq" else 32),
+        format=fmt,
         accuracy_level=int(accuracy_level),
         overwrite=overwrite,
     )
@@ -208,11 +226,13 @@ def _echo_trt(bundle: Path, engines: Path | None) -> None:
 
 def describe(m) -> str:
     """The manifest as readable text (used by `inspect`)."""
+    dec = m.model.get("decoder") if isinstance(m.model.get("decoder"), dict) else {}
+    flavour = {True: "qwen3", False: "qwen2"}.get(dec.get("qk_norm"), "decoder flavour not recorded")
     lines = [
         f"bundle      {m.root}",
         (
-            f"model       {m.model.get('name')} ({m.model['decoder']['layers']} decoder layers, hidden {m.dims.hidden}, "
-            f"vocab {m.dims.vocab}, {'qwen3' if m.model['decoder'].get('qk_norm') else 'qwen2'})"
+            f"model       {m.model.get('name')} ({m.dims.layers} decoder layers, hidden {m.dims.hidden}, "
+            f"vocab {m.dims.vocab}, {flavour})"
         ),
         f"weights     {m.model.get('weights')}",
         f"precision   {m.precision} (act {m.dims.act_dtype})   target {m.target}   contract v{m.contract_version}",

@@ -11,8 +11,8 @@ import torch
 from hulurt import manifest as rt
 
 from huluexport.checkpoint import from_checkpoint
-from huluexport.config import HuluConfig, preset, slice_layers
-from huluexport.errors import ConfigError
+from huluexport.config import HuluConfig, preset, slice_layers, to_dims
+from huluexport.errors import ConfigError, ManifestError
 from huluexport.export.pipeline import WeightSpec, config_from_dict, reference_model, weight_source
 
 
@@ -20,8 +20,15 @@ def reference_for_bundle(
     m: rt.Manifest, checkpoint: str | Path | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[HuluConfig, Any]:
     """-> (the bundle's sliced config, the reference HuluMed in `dtype` on the CPU)."""
-    cfg = config_from_dict(m.model)
+    cfg = config_from_dict(m.model, m.path)
+    implied = to_dims(cfg, rt.ACT_DTYPE[m.precision])
+    if implied != m.dims:
+        diff = next(k for k in m.dims.__dataclass_fields__ if getattr(implied, k) != getattr(m.dims, k))
+        raise ManifestError(f"{m.path}: field 'model': its sizes give {diff} = {getattr(implied, diff)}, but "
+                            f"dims.{diff} is {getattr(m.dims, diff)}; rebuild the bundle")
     w = m.model.get("weights") or {}
+    if not isinstance(w, dict):
+        raise ManifestError(f"{m.path}: field 'model.weights': expected an object, found {type(w).__name__}")
     layers = w.get("layers")
     if checkpoint is not None or w.get("kind") == "checkpoint":
         ck = Path(checkpoint if checkpoint is not None else w["checkpoint"])

@@ -18,6 +18,7 @@ from hulurt.contract import CONTRACT_VERSION, OPS, to_json
 from huluexport import __version__
 from huluexport.config import HuluConfig, to_dims
 from huluexport.devices import Target
+from huluexport.export.staging import MARKER
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def list_files(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST,)) -> dict[str, rt.FileEntry]:
+def list_files(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST, MARKER)) -> dict[str, rt.FileEntry]:
+    """Every regular file under `root` but the manifest and the staging marker, hashed."""
     files = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()

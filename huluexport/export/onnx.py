@@ -20,6 +20,19 @@ from huluexport.errors import ExportError
 
 log = logging.getLogger(__name__)
 
+
+class _NoTorchvisionNotice(logging.Filter):
+    """torch.onnx's op registry warns once per torchvision op (nms, roi_align, ...) on every export when
+    torchvision is absent; the exporter never uses those ops, so these four lines per piece are dropped. Only
+    that message of that logger: every other warning still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+_QUIET = _NoTorchvisionNotice()
+
 OPSET = 20
 # Sizes of the tracing sample: every dynamic dim >= 2 (torch.export specialises 0 and 1), all different.
 SAMPLE_SIZES = {
@@ -84,6 +97,9 @@ def export_graph(
     arg_names = ["past" if n.startswith("past_key_values.") else n for n in (t.name for t in spec.inputs)]
     arg_names = list(dict.fromkeys(arg_names))
     t0 = time.perf_counter()
+    registry_log = logging.getLogger(_REGISTRY_LOGGER)
+    if _QUIET not in registry_log.filters:
+        registry_log.addFilter(_QUIET)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

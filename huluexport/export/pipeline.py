@@ -2,16 +2,15 @@
 
 Every size takes the large-model path: the model is built on the meta device, each piece is traced without
 weights, and weights are attached lazily, one tensor at a time, while the graph is saved (external data).
-The bundle is written into a temporary sibling directory and moved into place only when complete.
+The bundle is written into a hidden sibling directory and moved into place only when complete
+(huluexport/export/staging.py: the --out and --overwrite rules, clean-up of interrupted runs).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from huluexport.export import onnx as onnx_export
 from huluexport.export import pieces as P
 from huluexport.export.manifest import build_manifest, write_manifest
 from huluexport.export.passes import attach_weights, fold_constants, fold_weight_transposes, name_dims
+from huluexport.export.staging import check_out, staged
 
 log = logging.getLogger(__name__)
 
@@ -184,22 +184,39 @@ def reference_model(cfg: HuluConfig, source: Callable[[str], torch.Tensor], dtyp
     return model.eval()
 
 
-def config_from_dict(d: dict[str, Any]) -> HuluConfig:
-    """Inverse of dataclasses.asdict(HuluConfig) (the manifest's `model` section)."""
-    tok = dict(d["tokens"])
-    tok["eos"] = tuple(tok["eos"])
-    pre = dict(d["preprocess"])
-    pre["image_mean"], pre["image_std"] = tuple(pre["image_mean"]), tuple(pre["image_std"])
-    return HuluConfig(
-        name=d["name"],
-        vision=VisionConfig(**d["vision"]),
-        decoder=DecoderConfig(**d["decoder"]),
-        tokens=TokenConfig(**tok),
-        projector=ProjectorConfig(**d["projector"]),
-        reduction=ReductionConfig(**d["reduction"]),
-        preprocess=PreprocessConfig(**pre),
-        torch_dtype=d.get("torch_dtype", "bfloat16"),
-    )
+def config_from_dict(d: Any, where: Path | str = "manifest.json") -> HuluConfig:
+    """Inverse of dataclasses.asdict(HuluConfig) (the manifest's `model` section). ManifestError naming the
+    field when a section or key is missing, unknown or of the wrong kind (`verify` rebuilds the reference from it)."""
+    from hulurt.errors import ManifestError
+
+    def section(key: str) -> dict[str, Any]:
+        v = d.get(key)
+        if not isinstance(v, dict):
+            raise ManifestError(f"{where}: field 'model.{key}': expected an object, found {type(v).__name__}; "
+                                "`verify` rebuilds the reference from it. Rebuild the bundle")
+        return v
+
+    if not isinstance(d, dict):
+        raise ManifestError(f"{where}: field 'model': expected an object, found {type(d).__name__}")
+    try:
+        tok = dict(section("tokens"))
+        tok["eos"] = tuple(tok["eos"])
+        pre = dict(section("preprocess"))
+        pre["image_mean"], pre["image_std"] = tuple(pre["image_mean"]), tuple(pre["image_std"])
+        return HuluConfig(
+            name=d["name"],
+            vision=VisionConfig(**section("vision")),
+            decoder=DecoderConfig(**section("decoder")),
+            tokens=TokenConfig(**tok),
+            projector=ProjectorConfig(**section("projector")),
+            reduction=ReductionConfig(**section("reduction")),
+            preprocess=PreprocessConfig(**pre),
+            torch_dtype=d.get("torch_dtype", "bfloat16"),
+        )
+    except KeyError as exc:
+        raise ManifestError(f"{where}: field 'model': missing key {exc}; rebuild the bundle") from None
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise ManifestError(f"{where}: field 'model': {str(exc).splitlines()[0][:200]}; rebuild the bundle") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,6 +290,8 @@ def export_piece(
 def build(opts: BuildOptions) -> Path:
     """Run every phase; return the bundle directory. Nothing is written at `opts.out` until the end."""
     t_start = time.perf_counter()
+    inputs = [opts.checkpoint] if opts.checkpoint is not None else []
+    check_out(opts.out, inputs, overwrite=opts.overwrite)  # the --out rules, before any work
     full_cfg, wspec = resolve(opts)
     target = get_target(opts.target)
     source = weight_source(full_cfg, wspec)  # checks every name and shape before any export work
@@ -287,11 +306,7 @@ def build(opts: BuildOptions) -> Path:
         target.name,
     )
     out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
-        raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged(out, inputs, overwrite=opts.overwrite) as tmp:
         from huluexport.reference.model import HuluMed
 
         with torch.device("meta"):
@@ -307,10 +322,6 @@ def build(opts: BuildOptions) -> Path:
         )
         manifest["model"]["weights"] = dataclasses.asdict(wspec)
         write_manifest(tmp, manifest)
-        _move_into_place(tmp, out, opts.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("build: %s done in %.1f s", out, time.perf_counter() - t_start)
     return out
 
@@ -330,20 +341,3 @@ def _copy_side_files(wspec: WeightSpec, dst: Path) -> rt.TokenizerFiles:
     return rt.TokenizerFiles(
         have("tokenizer.json"), have("chat_template.json"), have("generation_config.json")
     )
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Atomic on one filesystem: the bundle appears complete or not at all; an old one is replaced last."""
-    if out.exists():
-        if not overwrite:
-            raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    try:
-        os.chmod(out, 0o755)  # mkdtemp makes 0700
-    except OSError:
-        pass

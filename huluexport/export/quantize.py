@@ -7,11 +7,12 @@ Memory: weights are read one matrix at a time (see quantize_graph); the quantize
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import os
 import shutil
-import tempfile
+import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ from google.protobuf.message import DecodeError
 from hulurt import manifest as rt
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
-from huluexport.errors import ConfigError, ExportError
+from huluexport.errors import ConfigError, ExportError, ManifestError
 from huluexport.export.manifest import list_files, tool_versions, write_manifest
-from huluexport.export.pipeline import INLINE_BYTES, _move_into_place
+from huluexport.export.pipeline import INLINE_BYTES
+from huluexport.export.staging import check_out, staged
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class QuantizeOptions:
     accuracy_level: int = 4
     symmetric: bool = False  # False: a uint zero point per block (onnxruntime's default and better for RTN)
     overwrite: bool = False
+    format: str = "matmulnbits"  # or "qdq": int4 + DequantizeLinear for TensorRT (huluexport/export/qdq.py)
 
 
 def precision_name(bits: int) -> str:
@@ -67,7 +70,19 @@ def describe(opts: QuantizeOptions, act_dtype: str) -> str:
     )
 
 
+FORMATS = ("matmulnbits", "qdq")
+
+
 def check_options(opts: QuantizeOptions) -> None:
+    if opts.format not in FORMATS:
+        raise ConfigError(f"--format {opts.format!r}: expected one of {', '.join(FORMATS)}")
+    if opts.format == "qdq":
+        from huluexport.export import qdq
+
+        if opts.bits != 4:
+            raise ConfigError(f"--bits {opts.bits} with --format qdq: the QDQ form is int4 only (--bits 4)")
+        if opts.block_size not in qdq.BLOCK_SIZES:
+            raise ConfigError(f"--block-size {opts.block_size} with --format qdq: expected one of {qdq.BLOCK_SIZES}")
     if opts.bits not in BITS:
         raise ConfigError(f"--bits {opts.bits}: expected one of {BITS}")
     if opts.block_size not in BLOCK_SIZES:
@@ -81,8 +96,6 @@ def check_options(opts: QuantizeOptions) -> None:
     for p in opts.pieces:
         if p not in QUANTIZABLE:
             raise ConfigError(f"piece {p!r}: this quantizer handles {QUANTIZABLE}, not {p!r}")
-    if Path(opts.out).resolve() == Path(opts.src).resolve():
-        raise ConfigError(f"--out {opts.out}: must differ from the source bundle {opts.src}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,13 +243,57 @@ def count_ops(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def quantize_piece(src: Path, dst: Path, entry: rt.PieceEntry, opts: QuantizeOptions) -> dict[str, Any]:
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and tensor attributes of `graph` and its subgraphs (where external data can be referenced)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for g in a.graphs:
+                yield from _tensors(g)
+
+
+def check_external_data(model: onnx.ModelProto, base_dir: Path, path: Path, listed: set[str] | None) -> None:
+    """Every tensor's external-data location must be a relative path that resolves inside the bundle and (when
+    `listed` is given) a file the manifest lists, so only hash-checked bytes of this bundle are ever read."""
+    for t in _tensors(model.graph):
+        if not uses_external_data(t):
+            continue
+        loc = ExternalDataInfo(t).location
+        where = f"{path}: tensor {t.name!r} keeps its data at {loc!r}"
+        if not loc or Path(loc).is_absolute() or ".." in Path(loc).parts:
+            raise ManifestError(f"{where}; external data must be a relative path inside the bundle")
+        try:
+            rt.inside(base_dir, loc, "external data file")
+        except ManifestError as exc:
+            raise ManifestError(f"{where}, which resolves outside the bundle ({exc})") from None
+        if listed is not None and Path(loc).as_posix() not in listed:
+            raise ManifestError(f"{where}, a file {base_dir / rt.MANIFEST} does not list (so not hash-checked)")
+
+
+def _check_graph_file(src: Path, rel: str, listed: set[str]) -> None:
+    path = src / rel
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, ValueError, DecodeError) as exc:  # missing / not a protobuf
+        raise ExportError(f"{path}: cannot load the graph ({exc})") from None
+    check_external_data(model, src, path, listed)
+
+
+def quantize_piece(
+    src: Path, dst: Path, entry: rt.PieceEntry, opts: QuantizeOptions, listed: set[str] | None = None
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     path = src / entry.file
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (OSError, ValueError, DecodeError) as exc:  # missing / not a protobuf
         raise ExportError(f"{path}: cannot load the graph ({exc})") from None
+    check_external_data(model, src, path, listed)
     fp_bytes = sum(
         int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         for t in model.graph.initializer
@@ -312,8 +369,10 @@ def quantize_bundle(
 
 def quantize(opts: QuantizeOptions) -> Path:
     check_options(opts)
+    check_out(opts.out, [opts.src], overwrite=opts.overwrite)  # the --out rules, before any work
     t_start = time.perf_counter()
-    m = rt.load_manifest(opts.src, verify_hashes=False)
+    # hashes checked as hulurt.load checks them: a damaged bundle must not come out re-signed with fresh hashes
+    m = rt.load_manifest(opts.src, verify_hashes=True)
     for p in opts.pieces:
         if p not in m.pieces:
             raise ConfigError(f"{m.path}: bundle has no piece {p!r} to quantize; it has {sorted(m.pieces)}")
@@ -321,25 +380,28 @@ def quantize(opts: QuantizeOptions) -> Path:
             raise ConfigError(
                 f"{m.path}: piece {p!r} is already {m.pieces[p].precision}; quantize an fp32/fp16 bundle instead"
             )
+    raw = rt.read_manifest_json(m.root)
     out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
-        raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    raw = json.loads(m.path.read_text(encoding="utf-8"))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged(out, [opts.src], overwrite=opts.overwrite) as tmp:
         skip = {rt.MANIFEST}
         for p in opts.pieces:
             skip |= {f for f in (m.pieces[p].file, m.pieces[p].data) if f is not None}
         for rel in m.files:
             if rel not in skip:
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(m.root / rel, tmp / rel)
+                _copy_regular(m.root, rel, tmp)
         for p in opts.pieces:
             e = m.pieces[p]
-            res = quantize_piece(m.root, tmp, e, opts)
             compute = dict(e.compute)
-            compute["weights"] = describe(opts, m.dims.act_dtype)
+            if opts.format == "qdq":
+                from huluexport.export import qdq
+
+                _check_graph_file(m.root, e.file, set(m.files))  # quantize_piece's rule, before qdq reads weights
+                res = qdq.quantize_piece(m.root, tmp, e, opts.block_size)
+                compute["weights"] = qdq.describe(opts.block_size, m.dims.act_dtype)
+                compute["quant_format"] = "qdq"
+            else:
+                res = quantize_piece(m.root, tmp, e, opts, listed=set(m.files))
+                compute["weights"] = describe(opts, m.dims.act_dtype)
             new = dataclasses.replace(
                 e, data=res["data"], precision=precision_name(opts.bits), compute=compute
             )
@@ -347,9 +409,18 @@ def quantize(opts: QuantizeOptions) -> Path:
         raw["files"] = {k: dataclasses.asdict(v) for k, v in list_files(tmp).items()}
         raw["tools"] = {**raw.get("tools", {}), **tool_versions()}
         write_manifest(tmp, raw)
-        _move_into_place(tmp, out, opts.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("quantize: %s done in %.1f s", out, time.perf_counter() - t_start)
     return out
+
+
+def _copy_regular(root: Path, rel: str, dst: Path) -> None:
+    """Copy one listed side file (tokenizer, templates, other pieces): a regular file inside the bundle, never
+    through a symbolic link (hulurt.manifest.inside resolves the parents)."""
+    src = rt.inside(root, rel)
+    st = os.lstat(root / rel)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise ManifestError(f"{root / rel}: is {kind}; a bundle's files must be regular files inside it. Copy "
+                            "the real file into the bundle and rebuild its manifest with `huluexport build`")
+    (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst / rel, follow_symlinks=False)

@@ -7,6 +7,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from hulurt import schedule
+from hulurt.schedule import ModelShape
+
 from huluexport.config import HuluConfig
 from huluexport.devices import DeviceProfile
 from huluexport.errors import ConfigError
@@ -14,15 +17,18 @@ from huluexport.plan.inputs import VisualLoad
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int4")
 WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
-INT4_GROUP = (
-    128  # int4: one fp16 scale per 128 input features (AWQ/GPTQ-style group, symmetric, no zero point)
-)
+# int4 is exactly what `huluexport quantize --format qdq` writes (huluexport/export/qdq.py, DEFAULT_BLOCK):
+# one fp16 scale per 128 input features of an output column, symmetric, no zero points; the decoder's
+# projections and lm_head only (embed_tokens lives in the embed piece and stays fp16). tests/export/test_qdq.py
+# compares this model with the bytes quantize writes.
+INT4_GROUP = 128
 
 QUANT_POLICY = (
-    "fp32/fp16/bf16: every tensor at that precision. fp8/int8/int4: the decoder's 2-D matrices "
+    "fp32/fp16/bf16: every tensor at that precision. fp8/int8: the decoder's 2-D matrices "
     "(embed_tokens, q/k/v/o, gate/up/down, lm_head) are quantized (int8: one fp16 scale per output row; "
-    f"int4: one fp16 scale per {INT4_GROUP} inputs; fp8: one fp32 scale per matrix); the vision tower, the "
-    "projector and all norms/biases stay fp16. int4 is weight-only (fp16 math); int8 and fp8 use the chip's "
+    "fp8: one fp32 scale per matrix). int4 = `huluexport quantize --format qdq` of an fp16 bundle: q/k/v/o, "
+    f"gate/up/down and lm_head as int4 with one fp16 scale per {INT4_GROUP} inputs, no zero points; "
+    "embed_tokens stays fp16. The vision tower, the projector and all norms/biases stay fp16. int4 is weight-only (fp16 math); int8 and fp8 use the chip's "
     "int8/fp8 tensor cores where it has them, else fp16 math. KV cache fp16."
 )
 
@@ -47,14 +53,14 @@ def decoder_matrices(cfg: HuluConfig) -> list[tuple[str, int, int]]:
     return mats
 
 
-def _matrix_bytes(rows: int, cols: int, precision: str) -> int:
+def _matrix_bytes(rows: int, cols: int, precision: str, int4_group: int = INT4_GROUP) -> int:
     n = rows * cols
     if precision in ("fp32", "fp16", "bf16"):
         return int(n * WEIGHT_BYTES[precision])
     if precision == "int8":
         return n + 2 * rows
     if precision == "int4":
-        return n // 2 + (n % 2) + 2 * rows * math.ceil(cols / INT4_GROUP)
+        return n // 2 + (n % 2) + 2 * rows * math.ceil(cols / int4_group)
     if precision == "fp8":
         return n + 4
     raise ConfigError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -85,7 +91,7 @@ class WeightBytes:
         return self.decoder - self.embed_tokens + self.embed_row
 
 
-def weight_bytes(cfg: HuluConfig, precision: str) -> WeightBytes:
+def weight_bytes(cfg: HuluConfig, precision: str, int4_group: int = INT4_GROUP) -> WeightBytes:
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     quantized = precision in ("fp8", "int8", "int4")
@@ -97,12 +103,13 @@ def weight_bytes(cfg: HuluConfig, precision: str) -> WeightBytes:
     other = cfg.decoder.num_parameters() - mat_params
     if other < 0:
         raise ConfigError(f"decoder matrices ({mat_params}) exceed the decoder's parameter count")
-    emb = _matrix_bytes(cfg.decoder.vocab, cfg.decoder.hidden, precision)
+    # int4 (qdq) leaves the embedding table at fp16 (it is a Gather in the embed piece, not a matmul)
+    emb = _matrix_bytes(cfg.decoder.vocab, cfg.decoder.hidden, "fp16" if precision == "int4" else precision)
     return WeightBytes(
         precision=precision,
         vision=int(vp * WEIGHT_BYTES[side]),
         projector=int(pp * WEIGHT_BYTES[side]),
-        decoder_matrices=sum(_matrix_bytes(r, c, precision) for _, r, c in mats),
+        decoder_matrices=emb + sum(_matrix_bytes(r, c, precision, int4_group) for n, r, c in mats if n != "embed_tokens"),
         decoder_other=int(other * WEIGHT_BYTES[side]),
         embed_tokens=emb,
         embed_row=math.ceil(emb / cfg.decoder.vocab),
@@ -113,40 +120,29 @@ def weight_bytes(cfg: HuluConfig, precision: str) -> WeightBytes:
 # Activations and FLOPs
 
 
+def model_shape(cfg: HuluConfig) -> ModelShape:
+    """The widths of the activation formulas, which live in the runtime (hulurt.schedule) so that the plan and
+    the runtime's default vision batch / prefill chunk are the same numbers."""
+    v, d = cfg.vision, cfg.decoder
+    return ModelShape(v.hidden, v.heads, v.intermediate, v.patch_dim, d.hidden, d.heads, d.kv_heads, d.head_dim,
+                      d.intermediate, d.vocab)
+
+
 def vision_activation_bytes(
     cfg: HuluConfig, vl: VisualLoad, act_bytes: int, fused_attention: bool
 ) -> dict[str, int]:
-    """Peak live bytes of one vision call (all frames of the input in one batch, as the contract feeds them).
-
-    Live at the peak of one encoder layer: the fp32 input patches, residual + normed stream, then either
-    q/k/v/out (+ the [frames, heads, n, n] scores and softmax, unless attention is fused) or the MLP hidden
-    twice (fc1 out, gelu out); plus the projected output rows.
-    """
-    if vl.frames == 0:
-        return {"total": 0, "attention_scores_unfused": 0}
-    v = cfg.vision
-    t, n = vl.frames, vl.patches_per_frame
-    patches = t * n * v.patch_dim * 4
-    stream = 2 * t * n * v.hidden * act_bytes
-    scores = 2 * t * v.heads * n * n * act_bytes
-    attn = 4 * t * n * v.hidden * act_bytes + (0 if fused_attention else scores)
-    mlp = 2 * t * n * v.intermediate * act_bytes
-    out = vl.tokens * cfg.decoder.hidden * act_bytes
-    return {"total": patches + stream + max(attn, mlp) + out, "attention_scores_unfused": scores}
+    """Peak live bytes of one vision call over the frames of `vl` (hulurt.schedule.vision_activation_bytes)."""
+    return schedule.vision_activation_bytes(
+        model_shape(cfg), vl.frames, vl.patches_per_frame, vl.tokens, act_bytes, fused_attention
+    )
 
 
 def prefill_activation_bytes(
-    cfg: HuluConfig, seq: int, act_bytes: int, fused_attention: bool
+    cfg: HuluConfig, seq: int, act_bytes: int, fused_attention: bool, past: int = 0
 ) -> dict[str, int]:
-    """Peak live bytes of the decoder prefill over `seq` tokens (KV cache counted separately)."""
-    d = cfg.decoder
-    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
-    stream = 2 * seq * d.hidden * act_bytes
-    scores = 2 * d.heads * seq * seq * act_bytes
-    attn = seq * (q + 2 * kv + q) * act_bytes + (0 if fused_attention else scores)
-    mlp = 3 * seq * d.intermediate * act_bytes
-    logits = d.vocab * 4  # last position only (contract)
-    return {"total": stream + max(attn, mlp) + logits, "attention_scores_unfused": scores}
+    """Peak live bytes of a decoder call over `seq` tokens after `past` cached ones (KV cache counted
+    separately; hulurt.schedule.prefill_activation_bytes)."""
+    return schedule.prefill_activation_bytes(model_shape(cfg), seq, act_bytes, fused_attention, past)
 
 
 def vision_flops(cfg: HuluConfig, vl: VisualLoad) -> float:

@@ -17,15 +17,19 @@ from hulurt import checks
 from hulurt.backends import open_session
 from hulurt.backends.base import BackendOptions, Session
 from hulurt.clock import StageClock
-from hulurt.errors import UnsupportedInputError
+from hulurt.errors import ContextLengthError, UnsupportedInputError
 from hulurt.generate import BundleFacts, Generation, Generator, PromptFeed, VisualFeed, check_context
 from hulurt.manifest import Manifest, load_manifest
+from hulurt.manifest_limits import check_graph_io
 from hulurt.sampling import SamplingConfig
+from hulurt.schedule import ModelShape
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 _VOLUME_KINDS = ("nifti", "dicom")
+_TEMPLATE_MARGIN = 64  # chat-template tokens around the question (role markers, vision markers), generously
+_FRAME_TEXT = 2  # template tokens per frame of a video/volume (the built-in template spends 1: a separator)
 
 
 def facts_of(m: Manifest) -> BundleFacts:
@@ -44,6 +48,7 @@ def facts_of(m: Manifest) -> BundleFacts:
         default_max_new_tokens=m.limits.max_new_tokens_default,
         dim_ranges=dict(m.dim_ranges),
         target=m.target,
+        shape=ModelShape.from_manifest_model(m.model, m.dims.patch_dim),
     )
 
 
@@ -54,7 +59,8 @@ def feed_of(inputs: Any, preprocess_s: float = 0.0, stages: dict[str, float] | N
         VisualFeed(v.patches, (v.grid_thw[1], v.grid_thw[2]), v.merge_size, v.keep) for v in inputs.visuals
     )
     ids = np.asarray(inputs.input_ids, dtype=np.int64).reshape(-1)  # [1, L] -> [L]
-    return PromptFeed(ids, visuals, preprocess_s=preprocess_s, stages=dict(stages or {}))
+    return PromptFeed(ids, visuals, preprocess_s=preprocess_s, stages=dict(stages or {}),
+                      notes=tuple(getattr(inputs, "notes", ())))
 
 
 class Model:
@@ -62,18 +68,15 @@ class Model:
     the end. Both accept `on_text` for a callback per piece. One request at a time per Model."""
 
     def __init__(
-        self,
-        manifest: Manifest,
-        options: BackendOptions,
-        kv_strategy: str | None = None,
-        tokenizer: Any = None,
-        decoder_form: str | None = None,
-        cuda_graph: bool | None = None,
+        self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None, tokenizer: Any = None,
+        *, vision_batch: int | None = None, prefill_chunk: int | None = None,
+        decoder_form: str | None = None, cuda_graph: bool | None = None,
     ) -> None:
         """tokenizer: an object with `encode(text)` and `decode(ids, skip_special_tokens)` used instead of the
         bundle's own (None = the bundle's tokenizer.json, which bundles built with random weights lack).
-        decoder_form: "v1-concat" | "gqa-static" to force one (None = by provider, docs/gpu.md); cuda_graph:
-        False turns the CUDA graph of the gqa-static decode step off (None = on where it applies)."""
+        vision_batch / prefill_chunk: see hulurt.load. decoder_form: "v1-concat" | "gqa-static" to force one
+        (None = by provider, docs/gpu.md); cuda_graph: False turns the CUDA graph of the gqa-static decode step
+        off (None = on where it applies)."""
         from hulurt.prompt import check_template, load_chat_template
         from hulurt.tokenizer import Tokenizer
 
@@ -92,6 +95,11 @@ class Model:
         self.facts = facts_of(manifest)
         self._sessions: dict[str, Session] = {}
         self._kv_strategy = kv_strategy
+        self._split = {"vision_batch": vision_batch, "prefill_chunk": prefill_chunk}
+        for name, val in self._split.items():
+            reason = checks.split_size(val)
+            if reason is not None:
+                raise ValueError(f"{name} {reason}")
         self._generator: Generator | None = None
         self._decoder_form = decoder_form  # None: by provider (hulurt.static_decode.select_decoder)
         self._cuda_graph = cuda_graph  # None: on for the gqa-static form on the CUDA EP
@@ -140,7 +148,11 @@ class Model:
             options = self.options
             if real == "decoder_gqa" and self._cuda_graph is not False and options.provider in ("auto", "cuda"):
                 options = replace(options, cuda_graph=True)  # used by the CUDA EP only
-            self._sessions[piece] = open_session(self.manifest.piece_path(real), options)
+            sess = open_session(self.manifest.piece_path(real), options)
+            declared = getattr(sess, "declared_io", None)
+            if declared is not None:  # the manifest's dims must be the graph's own (before anything is sized)
+                check_graph_io(self.manifest, real, *declared(), where=self.manifest.pieces[real].file)
+            self._sessions[piece] = sess
             log.info("loaded %s in %.0f ms", real, (time.perf_counter() - t) * 1e3)
         return self._sessions[piece]
 
@@ -158,7 +170,8 @@ class Model:
             sessions["vision"] = self.session("vision")
         if self._generator is None or set(self._generator.sessions) != set(sessions):
             old = self._generator
-            self._generator = Generator(sessions, self.facts, self._kv_strategy, cuda_graph=self.uses_cuda_graph)
+            self._generator = Generator(sessions, self.facts, self._kv_strategy, cuda_graph=self.uses_cuda_graph,
+                                        **self._split)
             if old is not None and old._static is not None:  # the KV buffers (and a captured graph) carry over
                 self._generator._static = old._static
         return self._generator
@@ -174,10 +187,20 @@ class Model:
         token_reduction: bool | None = None,
         max_new_tokens: int | None = None,
         clock: StageClock | None = None,
+        **read: Any,
     ) -> Any:
         """Files + question -> hulurt.inputs.ModelInputs (the same function the reference path uses).
         Media order in the prompt: images, then the volume, then the video. The context is checked on the text
-        alone before any file is read (and again with the visual tokens before any graph runs)."""
+        alone before any file is read (and again with the visual tokens before any graph runs).
+
+        read (keywords): window: CT preset name, (center, width) or "center,width" for DICOM and NIfTI (None:
+        the file's own VOI LUT or window, else min-max). series: the SeriesInstanceUID to read from a study
+        folder (None: the largest, with a note). num_slices: slices kept by upstream's linspace(0, n-1, N)
+        rule; by default a volume with more slices than the bundle takes is sampled down by the same rule,
+        with a note. visual_budget: "fit" (default) resizes visual inputs with the processor's max-tokens rule
+        into what this bundle can take (its visual range and context, leaving room for the answer), "upstream"
+        keeps the processor's default budget (preprocess.max_tokens) exactly, an int sets the budget in tokens
+        (docs/inputs.md). max_pixels: samples a reader may decode for one input, checked from the headers."""
         from hulurt.media import kind_of
 
         media: list[Any] = [Path(p) for p in images]
@@ -193,7 +216,7 @@ class Model:
             media.append(Path(volume))
         if video is not None:
             media.append(Path(video))
-        return self.media_inputs(prompt, media, token_reduction, max_new_tokens, clock)
+        return self.media_inputs(prompt, media, token_reduction, max_new_tokens, clock, **read)
 
     def media_inputs(
         self,
@@ -202,10 +225,16 @@ class Model:
         token_reduction: bool | None = None,
         max_new_tokens: int | None = None,
         clock: StageClock | None = None,
+        *,
+        window: Any = None,
+        series: str | None = None,
+        num_slices: int | None = None,
+        visual_budget: str | int | None = "fit",
+        max_pixels: int | None = None,
     ) -> Any:
         """`inputs` for visual inputs in prompt order, each a path of any kind (image, DICOM file or series
         directory, NIfTI, video) or an already-read hulurt.media.Media. clock: times "reduction" (token
-        reduction masks) apart from the rest."""
+        reduction masks) apart from the rest. window, series, num_slices, visual_budget, max_pixels: `inputs`."""
         from hulurt.inputs import build_inputs
 
         reason = checks.prompt(prompt)
@@ -223,28 +252,121 @@ class Model:
         for path in media:  # a named pipe or a device would block its reader: refused before anything opens it
             if isinstance(path, (str, os.PathLike)):
                 _check_path(path, "input file", checks.file_or_dir_path)
-        opts, reader_options = self.input_options(token_reduction)
-        return build_inputs(media, prompt, self.tokenizer, self.facts.image_token_id, opts, self.chat_template,
-                            reader_options=reader_options, clock=clock)
+        for name, check, value in (("--window", checks.window, window), ("--slices", checks.num_slices, num_slices),
+                                    ("--visual-budget", checks.visual_budget, visual_budget),
+                                    ("--max-pixels", checks.max_pixels, max_pixels)):
+            why = check(value)
+            if why is not None:
+                raise UnsupportedInputError(name, why)
+        if visual_budget is None:
+            visual_budget = "fit"
+        if isinstance(visual_budget, str) and visual_budget.isdigit():
+            visual_budget = int(visual_budget)
+        budget = self.visual_budget(text_ids, max_new_tokens, visual_budget) if media else None
+        opts, reader_options = self.input_options(
+            token_reduction, max_tokens=budget, upstream_frames=visual_budget == "upstream", window=window,
+            series=series, num_slices=num_slices, max_pixels=max_pixels,
+        )
+        inputs = build_inputs(media, prompt, self.tokenizer, self.facts.image_token_id, opts, self.chat_template,
+                              reader_options=reader_options, clock=clock)
+        self._check_fits(inputs, max_new_tokens)
+        return inputs
 
-    def input_options(self, token_reduction: bool | None = None) -> tuple[Any, dict[str, dict[str, Any]]]:
+    def input_options(
+        self,
+        token_reduction: bool | None = None,
+        *,
+        max_tokens: int | None = None,
+        upstream_frames: bool = False,
+        window: Any = None,
+        series: str | None = None,
+        num_slices: int | None = None,
+        max_pixels: int | None = None,
+    ) -> tuple[Any, dict[str, dict[str, Any]]]:
         """This bundle's hulurt.inputs.InputOptions and per-reader options (video fps and frame cap), as
-        `inputs` uses them; for callers that build inputs themselves (the server's multi-turn chats)."""
+        `inputs` uses them; for callers that build inputs themselves (the server's multi-turn chats).
+        max_tokens: the visual budget (None = preprocess.max_tokens, upstream's). Volumes keep at most the
+        bundle's frame range, and with a budget below upstream's at most budget // min_tokens frames (each
+        frame takes at least min_tokens) unless upstream_frames."""
         from hulurt.inputs import InputOptions
 
         f = self.facts
+        pp = self.manifest.preprocess
+        budget = pp.max_tokens if max_tokens is None else max_tokens
+        frames = self.manifest.limits.max_frames
+        if not upstream_frames:
+            frames = max(1, min(frames, budget // max(1, pp.min_tokens)))
         opts = InputOptions(
             compression=f.reduction_enabled if token_reduction is None else token_reduction,
             compression_mode=f.reduction_mode,
             threshold=f.reduction_threshold,
             min_kept=f.reduction_min_tokens,
-            min_tokens=self.manifest.preprocess.min_tokens,
-            max_tokens=self.manifest.preprocess.max_tokens,
+            min_tokens=pp.min_tokens,
+            max_tokens=budget,
+            window=window,
+            series=series,
+            num_slices=num_slices,
+            max_frames=frames,
+            **({} if max_pixels is None else {"max_pixels": max_pixels}),
             keep_mask_fn=self.keep_mask_fn,
         )
-        pp = self.manifest.preprocess
         reader_options = {"video": {"fps": pp.fps, "max_frames": min(pp.max_frames, self.manifest.limits.max_frames)}}
         return opts, reader_options
+
+    def visual_budget(self, text_tokens: int, max_new_tokens: int | None, mode: str | int = "fit") -> int:
+        """Visual tokens (merged, before reduction) the resize rule may give all inputs of a request.
+
+        "upstream": the processor's default (preprocess.max_tokens). "fit": that, but no more than the
+        bundle's visual range (dim n_visual) and its context less the question, a margin for the template and
+        the answer's room (max_new_tokens, else the bundle default up to a quarter of the context). An int:
+        that many tokens."""
+        pp = self.manifest.preprocess
+        if mode == "upstream":
+            return pp.max_tokens
+        if isinstance(mode, int) and not isinstance(mode, bool):
+            if not pp.min_tokens <= mode:
+                raise UnsupportedInputError(
+                    "--visual-budget", f"{mode} tokens; expected at least the bundle's min_tokens {pp.min_tokens}"
+                )
+            return mode
+        if mode != "fit":
+            raise UnsupportedInputError("--visual-budget", f"{mode!r}; expected 'fit', 'upstream' or a number")
+        ctx = self.facts.max_context
+        reserve = max_new_tokens if max_new_tokens is not None else min(self.facts.default_max_new_tokens, ctx // 4)
+        n_visual = self.facts.dim_ranges.get("n_visual")
+        room = ctx - text_tokens - _TEMPLATE_MARGIN - reserve
+        # each frame also costs template text (a separator): at most min_tokens-sized frames fit, so leave
+        # _FRAME_TEXT tokens per min_tokens visual tokens
+        room = room * pp.min_tokens // (pp.min_tokens + _FRAME_TEXT)
+        budget = min(pp.max_tokens, n_visual.max if n_visual is not None else pp.max_tokens, room)
+        budget = max(budget, pp.min_tokens)
+        if budget < pp.max_tokens:
+            log.info(
+                "visual inputs fitted into %d tokens with the processor's max-tokens resize rule (this bundle: "
+                "context %d, visual range %s); upstream's default budget is %d (visual_budget='upstream' keeps it)",
+                budget, ctx, n_visual.max if n_visual is not None else "-", pp.max_tokens,
+            )
+        return budget
+
+    def _check_fits(self, inputs: Any, max_new_tokens: int | None) -> None:
+        """Refuse, naming the files, visual tokens the bundle cannot take (its generate check names none)."""
+        if not inputs.visuals:
+            return
+        files = ", ".join(f"{v.source} ({int(v.keep.sum())} tokens)" for v in inputs.visuals)
+        n_prompt = int(inputs.input_ids.shape[-1])
+        n_visual = self.facts.dim_ranges.get("n_visual")
+        if n_visual is not None and inputs.n_kept > n_visual.max:
+            raise ContextLengthError(
+                f"{files}: {inputs.n_kept} visual tokens; this bundle takes at most {n_visual.max} "
+                "(use a smaller visual_budget / --visual-budget, fewer slices, or a bundle built for more)"
+            )
+        need = n_prompt + (1 if max_new_tokens is None else max_new_tokens)
+        if need > self.facts.max_context:
+            raise ContextLengthError(
+                f"{files}: the prompt is {n_prompt} tokens with its visual inputs, + "
+                f"{need - n_prompt} to generate = {need}; this bundle's context is {self.facts.max_context} "
+                "(use --visual-budget fit or a smaller number, fewer slices, or fewer new tokens)"
+            )
 
     def prepare(
         self,
@@ -254,10 +376,12 @@ class Model:
         video: PathLike | None = None,
         token_reduction: bool | None = None,
         max_new_tokens: int | None = None,
+        **read: Any,
     ) -> PromptFeed:
-        """`inputs(...)` as the loop's PromptFeed, timed as the request's preprocessing."""
+        """`inputs(...)` as the loop's PromptFeed, timed as the request's preprocessing; `read`: the keywords
+        window, series, num_slices, visual_budget, max_pixels of `inputs`."""
         return _feed(lambda clock: self.inputs(prompt, images, volume, video, token_reduction, max_new_tokens,
-                                               clock))
+                                               clock, **read))
 
     def prepare_media(
         self,
@@ -265,9 +389,11 @@ class Model:
         media: Sequence[Any],
         token_reduction: bool | None = None,
         max_new_tokens: int | None = None,
+        **read: Any,
     ) -> PromptFeed:
         """`media_inputs(...)` as the loop's PromptFeed, timed as the request's preprocessing."""
-        return _feed(lambda clock: self.media_inputs(prompt, media, token_reduction, max_new_tokens, clock))
+        return _feed(lambda clock: self.media_inputs(prompt, media, token_reduction, max_new_tokens, clock,
+                                                     **read))
 
     def stream(
         self,
@@ -281,10 +407,18 @@ class Model:
         token_reduction: bool | None = None,
         stop_ids: Sequence[int] | None = None,
         on_text: Callable[[str], None] | None = None,
+        window: Any = None,
+        series: str | None = None,
+        num_slices: int | None = None,
+        visual_budget: str | int | None = "fit",
+        max_pixels: int | None = None,
     ) -> Generation:
-        """Prepare and check the request now; iterate the result for text pieces as they are decoded."""
+        """Prepare and check the request now; iterate the result for text pieces as they are decoded.
+        window, series, num_slices, visual_budget, max_pixels: see `inputs`."""
         started = time.perf_counter()
-        feed = self.prepare(prompt, images, volume, video, token_reduction, max_new_tokens)
+        feed = self.prepare(prompt, images, volume, video, token_reduction, max_new_tokens, window=window,
+                            series=series, num_slices=num_slices, visual_budget=visual_budget,
+                            max_pixels=max_pixels)
         return self.run(feed, max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids,
                         on_text=on_text, started=started)
 
@@ -332,16 +466,25 @@ def load(
     threads: int = 0,
     verify_hashes: bool = True,
     kv_strategy: str | None = None,
+    trt_cache: PathLike | None = None,
     tokenizer: Any = None,
     decoder_form: str | None = None,
     cuda_graph: bool | None = None,
+    vision_batch: int | None = None,
+    prefill_chunk: int | None = None,
 ) -> Model:
     """Open a bundle directory: strict manifest, every file's size and (unless verify_hashes=False) sha256.
-    tokenizer: see Model (None = the bundle's own)."""
+    tokenizer: see Model (None = the bundle's own). `trt_cache`: directory for the TensorRT execution provider's
+    engine and timing caches (its profiles always come from the manifest's dim ranges; backends/ort.py).
+    vision_batch: most frames per vision call; prefill_chunk: most prompt tokens per prefill call (None: the
+    most whose activations fit half the available memory, hulurt.schedule). Any value gives the same visual
+    rows; tokens stay greedy-equal."""
     t = time.perf_counter()
     manifest = load_manifest(bundle, verify_hashes=verify_hashes)
-    model = Model(manifest, BackendOptions(provider=provider, threads=threads), kv_strategy, tokenizer,
-                  decoder_form, cuda_graph)
+    options = BackendOptions(provider=provider, threads=threads,
+                             trt_cache_dir=None if trt_cache is None else os.fspath(trt_cache))
+    model = Model(manifest, options, kv_strategy, tokenizer, vision_batch=vision_batch, prefill_chunk=prefill_chunk,
+                  decoder_form=decoder_form, cuda_graph=cuda_graph)
     for piece in ("embed", "decoder", "vision"):  # open now: load time is not part of a request's latency
         if piece == "decoder" or piece in manifest.pieces:
             model.session(piece)

@@ -108,6 +108,15 @@ def threads(v: object) -> str | None:
     return None
 
 
+def split_size(v: object) -> str | None:
+    """--vision-batch / --prefill-chunk: frames or tokens per call, or None (the runtime's default)."""
+    if v is None:
+        return None
+    if not _is_int(v) or v < 1:  # type: ignore[operator]
+        return f"must be an integer >= 1 (or left out for the default); got {v!r}"
+    return None
+
+
 def _file_kind(mode: int) -> str:
     for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
@@ -137,3 +146,42 @@ def file_path(v: object) -> str | None:
 
 def file_or_dir_path(v: object) -> str | None:
     return input_path(v, directory_ok=True)
+
+
+def window(v: object) -> str | None:
+    """A CT preset name, CENTER,WIDTH, a (center, width) pair, or None (the file's own window)."""
+    if v is None:
+        return None
+    from hulurt.errors import UnsupportedInputError  # lazy: hulurt.media.window imports numpy
+    from hulurt.media.window import resolve_window
+
+    try:
+        resolve_window(v, None, None)  # type: ignore[arg-type]
+    except UnsupportedInputError as e:
+        return e.reason.replace(f"window {v!r}: ", "must be ")
+    return None
+
+
+def num_slices(v: object) -> str | None:
+    if v is None:
+        return None
+    if not _is_int(v) or v < 1:  # type: ignore[operator]
+        return f"must be an integer >= 1; got {v!r}"
+    return None
+
+
+def visual_budget(v: object) -> str | None:
+    """'fit', 'upstream' or a positive number of tokens (as an int, or digits on the command line); None = fit."""
+    if v is None or v in ("fit", "upstream") or (_is_int(v) and v >= 1):  # type: ignore[operator]
+        return None
+    if isinstance(v, str) and v.isdigit() and int(v) >= 1:
+        return None
+    return f"must be 'fit', 'upstream' or a number of tokens >= 1; got {v!r}"
+
+
+def max_pixels(v: object) -> str | None:
+    if v is None:
+        return None
+    if not _is_int(v) or v < 1:  # type: ignore[operator]
+        return f"must be an integer >= 1; got {v!r}"
+    return None

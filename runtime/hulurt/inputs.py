@@ -15,7 +15,9 @@ from numpy.typing import NDArray
 
 from hulurt import reduction
 from hulurt.clock import StageClock
-from hulurt.media import Media, kind_of, load_media
+from hulurt.media import Media, ReadLimits, kind_of, load_media
+from hulurt.media.common import DEFAULT_MAX_PIXELS
+from hulurt.media.window import WindowSpec
 from hulurt.preprocess import (
     MAX_TOKENS,
     MIN_TOKENS,
@@ -62,6 +64,12 @@ class InputOptions:
     # (hulurt.reduction.keep_mask); the CUDA path passes hulurt.device_reduce's kernel version (bit-identical)
     keep_mask_fn: Any = None
     threads: int | None = None  # resize thread pool size; None = one per CPU core
+    # volumes and DICOM (hulurt.media readers; reader_options of build_inputs override these)
+    window: WindowSpec = None  # CT preset name, (center, width) or "center,width"; None: the file's VOI/min-max
+    num_slices: int | None = None  # slices kept by linspace(0, n-1, N) (NIfTI profiles and DICOM series)
+    series: str | None = None  # SeriesInstanceUID to read from a study folder; None: the largest, with a note
+    max_frames: int | None = None  # frames per volume; more are sampled down to it with a note (bundle range)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # samples a reader may decode for one input (checked from headers)
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +106,7 @@ class ModelInputs:
     visual_rows: NDArray[np.int64]  # [n_kept] rows of concat_k(visual_embeds_k.reshape(-1, hidden)) to keep
     prompt: str  # rendered template, before placeholder expansion
     image_token_id: int
+    notes: tuple[str, ...] = ()  # what the readers changed on their own (slices sampled to fit the bundle)
 
     @property
     def n_visual_tokens(self) -> int:
@@ -134,11 +143,20 @@ class ModelInputs:
         return np.concatenate([v.patches.reshape(-1, PATCH_DIM) for v in self.visuals])
 
 
-def _read(item: MediaLike, reader_options: Mapping[str, Mapping[str, Any]]) -> Media:
+def volume_reader_options(options: InputOptions) -> dict[str, dict[str, Any]]:
+    """The InputOptions that the DICOM and NIfTI readers take, per reader kind."""
+    limits = ReadLimits(max_pixels=options.max_pixels, max_frames=options.max_frames)
+    common = {"window": options.window, "num_slices": options.num_slices, "limits": limits}
+    return {"dicom": {**common, "series": options.series}, "nifti": common, "image": {}, "video": {}}
+
+
+def _read(item: MediaLike, options: InputOptions, reader_options: Mapping[str, Mapping[str, Any]]) -> Media:
     if isinstance(item, Media):
         return item
     kind = kind_of(item)
-    return load_media(item, **dict(reader_options.get(kind, {})))
+    kw = {k: v for k, v in volume_reader_options(options)[kind].items() if v is not None}
+    kw.update(reader_options.get(kind, {}))
+    return load_media(item, **kw)
 
 
 def content_item(media: Media, video_timestamps: bool = True) -> dict[str, Any]:
@@ -176,7 +194,7 @@ def build_inputs(
     clock: the token-reduction masks are timed as its stage "reduction" (the rest is the caller's).
     """
     clock = clock or StageClock()
-    loaded = [_read(m, reader_options or {}) for m in media]
+    loaded = [_read(m, options, reader_options or {}) for m in media]
     modals = ["image" if m.modal == "image" and m.n_frames == 1 else m.modal for m in loaded]
     merges = select_merge_sizes(modals, options.merge_policy)
     swaps = [m.pil_size_swap if options.pil_size_swap is None else options.pil_size_swap for m in loaded]
@@ -241,4 +259,12 @@ def build_inputs(
             f"internal: {n_image_ids} image ids in the prompt vs {visual_rows.size} kept visual rows "
             f"(is image_token_id {image_token_id} also produced by the text?)"
         )
-    return ModelInputs(ids[None, :], tuple(visuals), visual_rows, prompt, image_token_id)
+    notes = tuple(_short_note(m) for m in loaded if m.info.get("note"))
+    return ModelInputs(ids[None, :], tuple(visuals), visual_rows, prompt, image_token_id, notes)
+
+
+def _short_note(m: Media) -> str:
+    """The timing summary's form of a reader's note: 'ct.nii.gz: 600 -> 256 slices sampled'."""
+    name = os.path.basename(m.source.rstrip("/")) or m.source
+    n = m.info.get("source_frames")
+    return f"{name}: {n} -> {m.n_frames} slices sampled" if n is not None else f"{name}: {m.info['note']}"

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from hulurt import manifest_limits as limits
 from hulurt.contract import CONTRACT_VERSION, DimRange, Dims, PieceSpec, pieces
 from hulurt.errors import ContractError, ManifestError
 
@@ -186,7 +188,9 @@ class _Reader:
             return None
         ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _as_tuple(kind))
         if not ok:
-            raise self.fail(field, f"expected {_kind_name(kind)}, found {value!r}")
+            raise self.fail(field, f"expected {_kind_name(kind)}, found {_show(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(field, f"expected a finite number, found {value}")
         return value
 
     def dataclass_of(self, cls: type, value: Any, field: str, optional: set[str] = frozenset()) -> Any:
@@ -200,7 +204,7 @@ class _Reader:
             if t.startswith("tuple"):
                 elem = float if "float" in t else int
                 if not isinstance(v, list):
-                    raise self.fail(sub, f"expected a list, found {v!r}")
+                    raise self.fail(sub, f"expected a list, found {_show(v)}")
                 kwargs[f.name] = tuple(self.typed(x, sub, (int, float) if elem is float else int) for x in v)
             elif t == "bool":
                 kwargs[f.name] = self.typed(v, sub, bool)
@@ -214,9 +218,31 @@ class _Reader:
                 kwargs[f.name] = self.typed(v, sub, str, optional=True)
             elif t.startswith("dict"):
                 kwargs[f.name] = dict(self.obj(v, sub, None))
+                if t == "dict[str, str]":
+                    for k, x in kwargs[f.name].items():
+                        self.typed(x, f"{sub}.{k}", str)
             else:  # pragma: no cover - a new field type without a reader
                 raise AssertionError(f"no reader for field type {t}")
         return cls(**kwargs)
+
+
+class _HugeInt:
+    """A JSON integer literal too long to be any manifest number (parsed lazily so the error can name its field)."""
+
+    def __init__(self, digits: str) -> None:
+        self.digits = len(digits)
+
+    def __repr__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+
+def _parse_int(text: str) -> Any:
+    return int(text) if len(text) <= 40 else _HugeInt(text)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -238,38 +264,90 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def load_manifest(
-    bundle_dir: str | os.PathLike[str], verify_hashes: bool = True, hash_limit_bytes: int | None = None
-) -> Manifest:
-    """Read and strictly validate `bundle_dir/manifest.json`; check every listed file exists with its size.
+# A manifest is a few KB (a 7B bundle's: ~10 KB). Anything far larger is not one of ours, and reading it whole
+# would be the first allocation a hostile file controls.
+MAX_MANIFEST_BYTES = 4 << 20
 
-    verify_hashes: also compare sha256 of each file (files larger than `hash_limit_bytes`, when given, are
-    only size-checked: hashing a 15 GB weight file takes a minute). Raises ManifestError naming the file.
+
+def inside(root: Path, rel: str | os.PathLike[str], what: str = "file") -> Path:
+    """`root / rel` with every symlink resolved; ManifestError naming the file unless it stays inside `root`.
+
+    Every path the runtime, `inspect` and `verify` read from a bundle goes through here: a bundle's files
+    (manifest.json, graphs, external data, tokenizer, templates) may not point outside the bundle directory.
     """
+    base = Path(root).resolve()
+    p = Path(root) / rel
+    real = p.resolve()
+    if real != base and not real.is_relative_to(base):
+        raise ManifestError(f"{p}: this bundle {what} resolves to {real}, outside the bundle directory {base}; "
+                            "a bundle may only hold its own files (copy the file in instead of linking it)")
+    return real
+
+
+def check_links(root: str | os.PathLike[str], max_entries: int = 10_000) -> None:
+    """Every symbolic link anywhere in the bundle directory must resolve inside it (onnxruntime opens external
+    data by the name the graph records, which need not be a listed file)."""
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*filenames, *dirnames):
+            seen += 1
+            if seen > max_entries:
+                raise ManifestError(f"{root}: holds more than {max_entries} entries; not a huluexport bundle")
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                inside(Path(root), os.path.relpath(full, root))
+
+
+def read_manifest_json(bundle_dir: str | os.PathLike[str]) -> Any:
+    """The parsed manifest.json of `bundle_dir` (not yet validated). ManifestError for a missing, linked-out,
+    oversized, undecodable or too deeply nested file."""
     root = Path(bundle_dir)
     path = root / MANIFEST
     if not path.is_file():
         raise ManifestError(f"{path}: no manifest.json; {root} is not a huluexport bundle (or its build was "
                             "interrupted). Rebuild it with `huluexport build`.")
+    inside(root, MANIFEST)
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: {size} bytes; a bundle manifest is a few KB (limit {MAX_MANIFEST_BYTES}), "
+                            "so this is not one")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(path.read_text(encoding="utf-8"), parse_int=_parse_int)
+    except RecursionError:
+        raise ManifestError(f"{path}: unreadable JSON (nested too deeply)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ManifestError(f"{path}: unreadable JSON ({exc})") from None
+
+
+def load_manifest(
+    bundle_dir: str | os.PathLike[str], verify_hashes: bool = True, hash_limit_bytes: int | None = None
+) -> Manifest:
+    """Read and strictly validate `bundle_dir/manifest.json`; check every listed file exists with its size.
+
+    Every field is type- and range-checked (hulurt.manifest_limits) before anything is sized from it; every
+    file must resolve inside the bundle. verify_hashes: also compare sha256 of each file (files larger than
+    `hash_limit_bytes`, when given, are only size-checked: hashing a 15 GB weight file takes a minute).
+    Raises ManifestError naming the file and the field.
+    """
+    root = Path(bundle_dir)
+    path = root / MANIFEST
+    raw = read_manifest_json(root)
     r = _Reader(path)
     top = r.obj(raw, "", _TOP_KEYS, _TOP_KEYS - {"ops", "contract"})
     if top["format"] != FORMAT:
-        raise r.fail("format", f"expected {FORMAT!r}, found {top['format']!r}")
-    if top["format_version"] != FORMAT_VERSION:
+        raise r.fail("format", f"expected {FORMAT!r}, found {_show(top['format'])}")
+    if type(top["format_version"]) is not int or top["format_version"] != FORMAT_VERSION:
         raise r.fail("format_version", f"this hulurt reads version {FORMAT_VERSION}, found "
-                     f"{top['format_version']!r}; rebuild the bundle or use a matching hulurt")
-    if top["contract_version"] != CONTRACT_VERSION:
+                     f"{_show(top['format_version'])}; rebuild the bundle or use a matching hulurt")
+    if type(top["contract_version"]) is not int or top["contract_version"] != CONTRACT_VERSION:
         raise r.fail("contract_version", f"this hulurt implements contract v{CONTRACT_VERSION}, found "
-                     f"{top['contract_version']!r}; rebuild the bundle with a matching huluexport")
+                     f"{_show(top['contract_version'])}; rebuild the bundle with a matching huluexport")
     precision = r.typed(top["precision"], "precision", str)
     if precision not in PRECISIONS:
-        raise r.fail("precision", f"expected one of {PRECISIONS}, found {precision!r}")
+        raise r.fail("precision", f"expected one of {PRECISIONS}, found {_show(precision)}")
 
     dims = r.dataclass_of(Dims, top["dims"], "dims")
+    limits.check_dims(r.fail, dims)  # before pieces(dims) builds 2 * layers tensor names
     if dims.act_dtype != ACT_DTYPE[precision]:
         raise r.fail("dims.act_dtype", f"precision {precision} needs {ACT_DTYPE[precision]}, found "
                      f"{dims.act_dtype!r}")
@@ -279,11 +357,12 @@ def load_manifest(
             ranges[name] = r.dataclass_of(DimRange, v, f"dim_ranges.{name}")
         except ContractError as exc:  # DimRange's own check (min <= opt <= max)
             raise r.fail(f"dim_ranges.{name}", str(exc)) from None
+    limits.check_ranges(r.fail, ranges)
 
     files = {}
     for rel, v in r.obj(top["files"], "files", None).items():
-        if rel.startswith(("/", "\\")) or ".." in Path(rel).parts:
-            raise r.fail(f"files.{rel}", "file paths must be relative and inside the bundle")
+        if not rel or rel.startswith(("/", "\\")) or ".." in Path(rel).parts or rel == MANIFEST:
+            raise r.fail(f"files.{rel[:60]}", "file paths must be relative and inside the bundle")
         files[rel] = r.dataclass_of(FileEntry, v, f"files.{rel}")
 
     known = set(pieces(dims))
@@ -328,6 +407,8 @@ def load_manifest(
         model=dict(r.obj(top["model"], "model", None)),
         tools={str(k): str(v) for k, v in tools.items()},
     )
+    limits.check_values(r.fail, m)
+    check_links(root)
     check_files(m, verify_hashes=verify_hashes, hash_limit_bytes=hash_limit_bytes)
     return m
 
@@ -336,6 +417,7 @@ def check_files(m: Manifest, verify_hashes: bool = True, hash_limit_bytes: int |
     """Every listed file exists with the recorded size (and sha256 unless skipped)."""
     for rel, entry in m.files.items():
         p = m.root / rel
+        inside(m.root, rel)
         if not p.is_file():
             raise ManifestError(f"{p}: listed in {m.path} but missing from the bundle")
         size = p.stat().st_size

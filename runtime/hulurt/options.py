@@ -77,6 +77,20 @@ RUN_OPTIONS: tuple[Option, ...] = (
            type=Path, check=checks.file_or_dir_path, metavar="PATH|DICOM_DIR", to="stream"),
     Option(("--video",), "a video file (mp4, ...)", type=Path, check=checks.file_path, metavar="PATH",
            to="stream"),
+    Option(("--window",), "intensity window for DICOM and NIfTI: a CT preset (brain, subdural, stroke, lung, "
+           "mediastinum, abdomen, liver, bone) or CENTER,WIDTH (default: the file's VOI LUT or window, else "
+           "min-max)", check=checks.window, metavar="PRESET|C,W", to="stream"),
+    Option(("--series",), "the SeriesInstanceUID to read when --volume is a folder holding several DICOM series "
+           "(default: the largest, with a note)", metavar="UID", to="stream"),
+    Option(("--slices",), "slices of a volume chosen by linspace(0, n-1, N) as upstream does (default: all, or "
+           "sampled down to what the bundle takes, with a note)", type=int, check=checks.num_slices, metavar="N",
+           to="stream", kwarg="num_slices"),
+    Option(("--visual-budget",), "visual tokens for the processor's resize rule: fit (default: what this "
+           "bundle's context takes), upstream (the processor's default budget, exactly) or a number",
+           check=checks.visual_budget, metavar="fit|upstream|N", to="stream",
+           convert=lambda v: int(v) if isinstance(v, str) and v.isdigit() else v),
+    Option(("--max-pixels",), "most pixel samples one input may decode, checked from its header before decoding "
+           "(default 268435456)", type=int, check=checks.max_pixels, metavar="N", to="stream"),
     Option(("--max-new-tokens",), "most tokens to generate (default: the bundle's default)", type=int,
            check=checks.max_new_tokens, metavar="N", to="stream"),
     Option(("--greedy",), "greedy decoding (the default)", type=None, flag=True, exclusive="mode"),
@@ -95,9 +109,17 @@ RUN_OPTIONS: tuple[Option, ...] = (
            convert=lambda v: False if v else None),
     Option(("--threads",), "intra-op threads (0 = engine default)", type=int, default=0, check=checks.threads,
            metavar="N", to="load"),
+    Option(("--vision-batch",), "frames per vision call (default: the most whose activations fit half the "
+           "available memory; exact for any value)", type=int, check=checks.split_size, metavar="N", to="load"),
+    Option(("--prefill-chunk",), "prompt tokens per decoder prefill call (default: the most whose activations "
+           "fit half the available memory)", type=int, check=checks.split_size, metavar="N", to="load"),
     Option(("--provider",), "execution provider: auto picks TensorRT EP, then CUDA EP, then CPU (onnxruntime); "
-           "trt-native is the untested native TensorRT place holder", choices=PROVIDERS, default="auto",
+           "trt-native runs the bundle's TensorRT engines (built by hulurt.engines; not yet run on a GPU)",
+           choices=PROVIDERS, default="auto",
            to="load"),
+    Option(("--trt-cache",), "TensorRT execution provider: keep its engine and timing caches in DIR between runs "
+           "(profiles come from the bundle's dim ranges)", type=Path, metavar="DIR", to="load",
+           kwarg="trt_cache"),
     Option(("--skip-hash-check",), "check bundle file sizes only, not their sha256 (faster for large bundles)",
            type=None, flag=True, to="load", kwarg="verify_hashes", convert=lambda v: not v),
     Option(("-v", "--verbose"), "log progress; show tracebacks on errors", type=None, flag=True),

@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,12 +66,16 @@ def _cached(name: str, make) -> Path:
     with open(CACHE / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel pytest processes build once
         if not out.is_dir():
+            # entries of other exporter sources: another checkout may still be using them (parallel worktrees
+            # share one cache), so only those unused for a day are removed
             for old in CACHE.glob(f"{name}-*"):
-                shutil.rmtree(old, ignore_errors=True)
+                if time.time() - old.stat().st_mtime > 86400:
+                    shutil.rmtree(old, ignore_errors=True)
             tmp = CACHE / f".{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             make(tmp)
             os.replace(tmp, out)
+        os.utime(out)  # marks it used
     return out
 
 

@@ -31,7 +31,7 @@ def test_inspect_prints_pieces_and_ranges(bundle_factory, capsys) -> None:
 def test_build_rejects_size_mismatch(ckpt_qwen2: Path, tmp_path: Path, capsys) -> None:
     code, _, err = _run(capsys, "build", "--checkpoint", str(ckpt_qwen2), "--size", "tiny-qwen3",
                         "--out", str(tmp_path / "b"))
-    assert code == 1 and "config.json: checkpoint does not match --size tiny-qwen3" in err
+    assert code == 2 and "config.json: checkpoint does not match --size tiny-qwen3" in err
     assert not (tmp_path / "b").exists()
 
 

@@ -159,7 +159,7 @@ def test_cli_quantize_and_errors(src: Path, tmp_path: Path, capsys) -> None:
     assert code == 0, err
     assert load_manifest(out, verify_hashes=True).pieces["decoder"].precision == "int4"
     code, _, err = _run(capsys, "quantize", str(src), "--out", str(out), "--bits", "4")
-    assert code == 1 and f"{out}: already exists" in err
+    assert code == 2 and f"{out}: already exists" in err
     code, _, err = _run(capsys, "quantize", str(src), "--out", str(tmp_path / "x"), "--bits", "3")
     assert code != 0 and "--bits" in err and not (tmp_path / "x").exists()
     # an already quantized bundle is refused, naming the piece and its precision

@@ -337,14 +337,32 @@ def test_mixed_size_series(tmp_path):
     _err(e, d, "mixes slice sizes", "(64, 64)", "(128, 128)")
 
 
-def test_two_series_in_one_directory(tmp_path):
+def test_study_folder_picks_largest_series_or_the_named_one(tmp_path, caplog):
     d, _ = _write_series(tmp_path)
     ds = pydicom.dcmread(d / "img000.dcm")
     ds.SeriesInstanceUID = "1.2.3.4"
     ds.save_as(d / "other.dcm")
+    with caplog.at_level("WARNING", logger="hulurt.media"):
+        m = md.load_media(d, window=(1000, 4000))
+    assert m.frames.shape[0] == 5 and m.info["series_uid"] == pydicom.dcmread(d / "img001.dcm").SeriesInstanceUID
+    notes = [r.getMessage() for r in caplog.records if "DICOM series here" in r.getMessage()]
+    assert len(notes) == 1 and "using the largest" in notes[0] and "1.2.3.4" in notes[0] and "\n" not in notes[0]
+    one = md.load_media(d, series="1.2.3.4", window=(1000, 4000))
+    assert one.frames.shape[0] == 1 and one.info["series_uid"] == "1.2.3.4"
+    with pytest.raises(UnsupportedInputError) as e:
+        md.load_media(d, series="9.9")
+    _err(e, d, "no series '9.9'", "1.2.3.4 (1 files)")
+
+
+def test_study_folder_equal_series_refused(tmp_path):
+    d, _ = _write_series(tmp_path, n=2, shuffle=False)
+    for k in range(2):
+        ds = pydicom.dcmread(d / f"img{k:03d}.dcm")
+        ds.SeriesInstanceUID = "1.2.3.4"
+        ds.save_as(d / f"other{k}.dcm")
     with pytest.raises(UnsupportedInputError) as e:
         md.load_media(d)
-    _err(e, d, "2 DICOM series")
+    _err(e, d, "2 DICOM series of equal size", "--series")
 
 
 def test_4d_nifti(tmp_path):

@@ -125,10 +125,10 @@ def test_the_api_refuses_the_same_values() -> None:
 
 def test_an_extra_row_reaches_both_parsers() -> None:
     """How other areas extend the table: a row with a destination; the parser and the keywords follow."""
-    extra = (*RUN_OPTIONS, Option(("--window",), "a CT window", to="stream", metavar="NAME"))
-    ns = parse_run_args(["b", "--prompt", "q", "--window", "lung"], options=extra)
-    assert request_kwargs(ns, extra)[1]["window"] == "lung"
-    assert "--window NAME" in build_parser("x", extra).format_help()
+    extra = (*RUN_OPTIONS, Option(("--example-knob",), "an example knob", to="stream", metavar="NAME"))
+    ns = parse_run_args(["b", "--prompt", "q", "--example-knob", "lung"], options=extra)
+    assert request_kwargs(ns, extra)[1]["example_knob"] == "lung"
+    assert "--example-knob NAME" in build_parser("x", extra).format_help()
 
 
 def test_model_refuses_bad_prompt_and_pipe_before_reading(tmp_path: Path) -> None:

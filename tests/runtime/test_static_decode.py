@@ -156,3 +156,22 @@ def test_image_request_through_the_static_path(gqa_bundle, tmp_path) -> None:
     b = gqa.generate("What is shown?", images=[png], max_new_tokens=10, stop_ids=())
     assert b.timings.visual_tokens_after > 0 and b.timings.prompt_tokens > b.timings.visual_tokens_after
     assert a.token_ids == b.token_ids
+
+
+def test_chunked_static_prefill_gives_the_same_tokens(gqa_bundle, tmp_path) -> None:
+    """prefill_chunk splits the gqa-static prefill too (each chunk's visual rows embedded with it): same tokens
+    as one call, with chunks of 1, 5 and 64 that cut through the image's rows."""
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    png = tmp_path / "scan.png"
+    Image.fromarray(rng.integers(0, 256, size=(56, 84, 3), dtype=np.uint8)).save(png)
+    whole = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static",
+                        prefill_chunk=10_000)
+    want = whole.generate("What is shown?", images=[png], max_new_tokens=8, stop_ids=())
+    for chunk in (1, 5, 64):
+        m = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static",
+                        prefill_chunk=chunk)
+        got = m.generate("What is shown?", images=[png], max_new_tokens=8, stop_ids=())
+        assert got.token_ids == want.token_ids, chunk
+        assert got.timings.prefill_chunk == min(chunk, got.timings.prompt_tokens)

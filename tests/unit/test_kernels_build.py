@@ -183,3 +183,31 @@ def test_launch_without_a_gpu_is_a_typed_error(built) -> None:
         cuda_reduce.keep_mask(
             _Arr((3, 4, 588), "<f4"), _Arr((3, 4), "|u1"), library=built[0] / "libhulu_token_reduce.so"
         )
+
+
+@needs_nvcc
+def test_plugin_is_built_where_tensorrt_headers_are_found(tmp_path: Path) -> None:
+    """No TensorRT headers exist on this machine: the plugin compile itself has NOT run here. What runs is the
+    header search: TENSORRT_INCLUDE_DIR found (a directory laid out like JetPack's) -> the plugin rule compiles
+    the IPluginV3 glue against it and links libnvinfer from the matching lib directory (dry run)."""
+    inc = tmp_path / "usr" / "include" / "aarch64-linux-gnu"
+    inc.mkdir(parents=True)
+    (inc / "NvInferRuntime.h").write_text("/* stands in for TensorRT's header: the dry run reads no header */\n")
+    res = _make("report", f"TENSORRT_INCLUDE_DIR={inc}", build=tmp_path / "b")
+    assert res.returncode == 0, res.stderr
+    assert f"✓ TensorRT headers found: {inc}/NvInferRuntime.h" in res.stdout
+    dry = _make("-n", "plugin", "ARCHS=90", f"TENSORRT_INCLUDE_DIR={inc}", build=tmp_path / "b")
+    assert dry.returncode == 0, dry.stderr
+    assert "token_reduce_plugin.cpp" in dry.stdout and f"-I{inc}" in dry.stdout
+    assert f"-L{tmp_path}/usr/lib/aarch64-linux-gnu -lnvinfer" in dry.stdout
+
+
+def test_make_says_it_skips_the_plugin_without_headers(tmp_path: Path) -> None:
+    defaults = ("/usr/include/aarch64-linux-gnu", "/usr/include/x86_64-linux-gnu", "/usr/local/tensorrt/include")
+    if os.environ.get("TRT_ROOT") or any(Path(d, "NvInferRuntime.h").exists() for d in defaults):
+        pytest.skip("TensorRT headers are installed here: the skip message is not what runs")
+    res = _make("report", f"TENSORRT_INCLUDE_DIR={tmp_path / 'none'}", build=tmp_path / "b")
+    assert res.returncode == 0
+    line = next(x for x in res.stdout.splitlines() if "TensorRT headers" in x)
+    assert line.startswith("✗ TensorRT headers not found") and "skipping plugin build" in line
+    assert "set TENSORRT_INCLUDE_DIR" in line

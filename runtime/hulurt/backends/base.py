@@ -66,7 +66,9 @@ class BackendOptions:
     provider: str = "auto"
     threads: int = 0
     device_id: int = 0
-    trt_cache_dir: str | None = None  # TensorRT execution provider engine cache (built on first use)
+    # onnxruntime TensorRT EP: engine + timing caches in this directory, profiles from the manifest (backends/ort.py)
+    trt_cache_dir: str | None = None
+    engines_dir: str | None = None  # trt-native: engine directory (default: BUNDLE/engines/ matching this TensorRT)
     cuda_graph: bool = False  # CUDA EP: enable_cuda_graph (hulurt.static_decode captures the decode step)
 
     def __post_init__(self) -> None:

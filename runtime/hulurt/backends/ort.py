@@ -48,7 +48,29 @@ def resolve_provider(requested: str) -> str:
     return requested
 
 
-def provider_list(name: str, options: BackendOptions) -> list[Any]:
+def trt_options(path: Path | None, options: BackendOptions) -> dict[str, Any]:
+    """TensorRT EP options. Explicit profile shapes (min/opt/max of every input) from the manifest beside `path`
+    (hulurt/engines/profiles.py, the same shapes `python -m hulurt.engines` builds with), so the EP builds one
+    engine per graph instead of rebuilding as the context grows; with `trt_cache_dir` its engine and timing
+    caches persist there between runs."""
+    opts: dict[str, Any] = {"device_id": options.device_id}
+    if options.trt_cache_dir:
+        opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=options.trt_cache_dir,
+                    trt_timing_cache_enable=True, trt_timing_cache_path=options.trt_cache_dir)
+    if path is not None and (path.parent / "manifest.json").is_file():
+        from hulurt.engines.profiles import profile_shapes
+        from hulurt.manifest import load_manifest
+
+        m = load_manifest(path.parent, verify_hashes=False)
+        spec = m.specs().get(path.stem)
+        if spec is not None:
+            prof = profile_shapes(spec, m.dim_ranges)
+            for i, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")):
+                opts[key] = ",".join(f"{n}:{'x'.join(str(d) for d in t[i])}" for n, t in prof.items())
+    return opts
+
+
+def provider_list(name: str, options: BackendOptions, path: Path | None = None) -> list[Any]:
     """The onnxruntime providers argument: the chosen one first, CPU last as the fallback for unsupported nodes."""
     cuda_opts: dict[str, Any] = {"device_id": options.device_id}
     if options.cuda_graph:  # only sessions whose bound inputs/outputs keep fixed addresses (static_decode)
@@ -58,10 +80,7 @@ def provider_list(name: str, options: BackendOptions) -> list[Any]:
         return ["CPUExecutionProvider"]
     if name == "cuda":
         return [cuda, "CPUExecutionProvider"]
-    trt_opts: dict[str, Any] = {"device_id": options.device_id}
-    if options.trt_cache_dir:
-        trt_opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=options.trt_cache_dir)
-    return [("TensorrtExecutionProvider", trt_opts), cuda, "CPUExecutionProvider"]
+    return [("TensorrtExecutionProvider", trt_options(path, options)), cuda, "CPUExecutionProvider"]
 
 
 def session_options(options: BackendOptions) -> Any:
@@ -92,7 +111,7 @@ class OrtSession:
         try:
             self._sess = ort.InferenceSession(
                 os.fspath(path), sess_options=session_options(options),
-                providers=provider_list(self.provider, options),
+                providers=provider_list(self.provider, options, path),
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BackendError(f"{path}: onnxruntime could not load this graph: {exc}") from exc
@@ -117,6 +136,16 @@ class OrtSession:
 
     def input_names(self) -> list[str]:
         return list(self._inputs)
+
+    def declared_io(self) -> tuple[list[tuple[str, str, tuple[Any, ...]]], list[tuple[str, str, tuple[Any, ...]]]]:
+        """(name, numpy dtype name, shape) of the graph's inputs and outputs as the file declares them (shape
+        axes are ints, dim names or None), for hulurt.manifest_limits.check_graph_io."""
+        from hulurt.manifest_limits import ORT_TYPES
+
+        def conv(args: Any) -> list[tuple[str, str, tuple[Any, ...]]]:
+            return [(a.name, ORT_TYPES.get(a.type, a.type), tuple(a.shape)) for a in args]
+
+        return conv(self._sess.get_inputs()), conv(self._sess.get_outputs())
 
     def output_names(self) -> list[str]:
         return list(self._outputs)

@@ -1,11 +1,25 @@
-"""Native TensorRT backend (engine `.plan` files), written against TensorRT's public Python API and
-cuda-python for device memory. STATUS: a place holder that has NOT been run on a GPU in this project's CI:
-it raises BackendError where tensorrt or cuda-python are absent (every CPU machine) and is exercised only by
-`tests/gpu/`. Use `--provider tensorrt` (onnxruntime's TensorRT execution provider) for a tested GPU path."""
+"""Native TensorRT backend (`--provider trt-native`): the bundle's engines (python -m hulurt.engines) through
+TensorRT's Python API, device memory through cuda-python.
+
+STATUS, honestly: this path has NOT run on a GPU in this project (no GPU with TensorRT in its CI). What runs
+without a GPU is tested (tests/runtime/test_engines_meta.py, tests/export/test_engines.py): finding the engine
+directory, refusing engines of another TensorRT version or GPU and modified engine files (engines.json, before
+anything is deserialised), profile selection, buffer sizes. Everything below `_import_cudart` is written against
+the documented APIs and is exercised only on a GPU machine.
+
+Design: one execution context per engine and one CUDA stream. Every input and output gets device memory once,
+at the engine profile's maximum shape (no allocation per call); outputs get two buffers each, so an output fed
+back as the next call's input (the KV cache: present.* -> past_key_values.*) is read from one buffer while the
+new one is written into the other. `run_bound` keeps the outputs it is asked to keep on the device
+(`DeviceTensor`, the same role as onnxruntime's OrtValue in the "device" KV strategy of hulurt/kv_cache.py);
+only the logits come back to the host each step (sampling runs on the host). `device_rows` runs the vision
+engine and gathers the kept rows into the embed engine's `visual_embeds` buffer with device-to-device copies.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hulurt.backends.base import BackendError, BackendOptions
+from hulurt.engines import meta as em
+from hulurt.engines.profiles import Profile, select_profile
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +41,17 @@ def _import_trt() -> Any:
             continue
     raise BackendError(
         "the native TensorRT backend needs the `tensorrt` Python package (JetPack ships it; on x86 install "
-        "TensorRT) and cuda-python; neither is a pip dependency of hulurt. Use --provider tensorrt (onnxruntime "
-        "TensorRT EP) or --provider cpu instead"
+        "TensorRT, or tensorrt-rtx on RTX GPUs) and cuda-python; neither is a pip dependency of hulurt. Use "
+        "--provider tensorrt (onnxruntime TensorRT EP) or --provider cpu instead"
     )
 
 
 def _import_cudart() -> Any:
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]  # cuda-python >= 12.6
     except ImportError:
         try:
-            from cuda import cudart  # older cuda-python layout
+            from cuda import cudart  # type: ignore[import-not-found,no-redef]  # older cuda-python layout
         except ImportError as exc:
             raise BackendError(
                 "the native TensorRT backend needs cuda-python for device memory (pip install cuda-python)"
@@ -47,34 +63,98 @@ def _check(result: Any) -> Any:
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
         raise BackendError(f"CUDA runtime call failed with error {err}")
-    return rest[0] if len(rest) == 1 else rest
+    return rest[0] if len(rest) == 1 else (rest or None)
+
+
+def engine_for(onnx_path: Path, trt: Any, options: BackendOptions, device_cc: str | None) -> tuple[em.EngineMeta, str]:
+    """The checked engines.json for the piece `onnx_path` names (BUNDLE/decoder.onnx -> "decoder"): the
+    directory in options.engines_dir, else the one under BUNDLE/engines/ built with this TensorRT for this GPU.
+    Every refusal is one EngineError line naming the file; nothing is deserialised here."""
+    from hulurt.engines.build import find_engines
+    from hulurt.engines.device import Gpu
+
+    piece = onnx_path.stem
+    module, version = trt.__name__, trt.__version__
+    if options.engines_dir:
+        root = Path(options.engines_dir)
+    else:
+        gpu = Gpu("this GPU", device_cc) if device_cc else None
+        root = find_engines(onnx_path.parent, module, version, gpu)
+    meta = em.read(root)
+    sha = em.sha256_file(onnx_path) if onnx_path.is_file() else None
+    em.check(meta, module=module, version=version, device_cc=device_cc, pieces=(piece,),
+             onnx_sha256={piece: sha} if sha else None)
+    return meta, piece
+
+
+def buffer_plan(profile: Profile, output_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype[Any]]
+                ) -> dict[str, int]:
+    """Bytes to allocate per tensor: the profile's maximum input shapes and the outputs' shapes at that point."""
+    out = {}
+    for name, (_lo, _opt, hi) in profile.items():
+        out[name] = max(1, int(np.prod(hi, dtype=np.int64)) * dtypes[name].itemsize)
+    for name, shape in output_shapes.items():
+        out[name] = max(1, int(np.prod(shape, dtype=np.int64)) * dtypes[name].itemsize)
+    return out
+
+
+@dataclass
+class DeviceTensor:
+    """A tensor in device memory owned by a TensorRTSession (valid until that output slot is written again)."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
 class TensorRTSession:
-    """Session protocol over a deserialised TensorRT engine; one execution context, synchronous runs."""
+    """Session protocol (+ run_bound / empty_device / device_rows) over one deserialised engine."""
+
+    provider = "trt-native"
+    on_device = True
+    device_type = "cuda"
 
     def __init__(self, path: Path, options: BackendOptions) -> None:
+        from hulurt.engines.device import query_gpu
+
         trt = _import_trt()
-        self._cudart = _import_cudart()
-        if not path.is_file():
-            raise BackendError(f"{path}: TensorRT engine file not found (build it with `huluexport build --trt`)")
-        self.path = path
-        self.provider = "trt-native"
+        gpu = query_gpu(options.device_id)
+        self.meta, self.piece = engine_for(Path(path), trt, options, gpu.compute_capability if gpu else None)
+        self.path = self.meta.engine_path(self.piece)
+        self._profiles = self.meta.engines[self.piece].profiles
+        cudart = self._cudart = _import_cudart()
         self._trt = trt
-        _check(self._cudart.cudaSetDevice(options.device_id))
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        _check(cudart.cudaSetDevice(options.device_id))
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        for plugin in self.meta.builder.get("plugins", []):
+            runtime.get_plugin_registry().load_library(str(plugin["path"]))
+        self._engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
-            raise BackendError(
-                f"{path}: TensorRT could not deserialise this engine; engines only load on the GPU model and "
-                "TensorRT version they were built with (see the engines/<device>-trt<version>/ path)"
-            )
+            raise BackendError(f"{self.path}: TensorRT could not deserialise this engine (see its log above)")
         self._ctx = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_in = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self._inputs = [n for n in names if is_in[n]]
         self._outputs = [n for n in names if not is_in[n]]
-        self._stream = _check(self._cudart.cudaStreamCreate())
+        self._dtype = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
+        self._stream = _check(cudart.cudaStreamCreate())
+        # shapes at the profile maximum -> the outputs' largest shapes -> one allocation per tensor (two per output)
+        for name, (_lo, _opt, hi) in self._profiles[0].items():
+            self._ctx.set_input_shape(name, hi)
+        max_out = {n: tuple(self._ctx.get_tensor_shape(n)) for n in self._outputs}
+        sizes = buffer_plan(self._profiles[0], max_out, self._dtype)
+        self._in_buf = {n: _check(cudart.cudaMalloc(sizes[n])) for n in self._inputs}
+        self._out_buf = {n: [_check(cudart.cudaMalloc(sizes[n])) for _ in range(2)] for n in self._outputs}
+        self._scratch = _check(cudart.cudaMalloc(256))
+        log.info("trt-native: %s, %.1f MB of buffers", self.path, sum(sizes.values()) / 1e6
+                 + sum(sizes[n] for n in self._outputs) / 1e6)
+
+    # ---- Session protocol ------------------------------------------------------------------------
 
     def input_names(self) -> list[str]:
         return list(self._inputs)
@@ -82,37 +162,89 @@ class TensorRTSession:
     def output_names(self) -> list[str]:
         return list(self._outputs)
 
-    def run(self, feeds: dict[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]:
-        cudart, trt = self._cudart, self._trt
-        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        allocations: list[int] = []
-        try:
-            for name in self._inputs:
-                host = np.ascontiguousarray(feeds[name])
-                self._ctx.set_input_shape(name, host.shape)
-                ptr = _check(cudart.cudaMalloc(max(host.nbytes, 1)))
-                allocations.append(ptr)
-                if host.nbytes:
-                    _check(cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, h2d, self._stream))
-                self._ctx.set_tensor_address(name, ptr)
-            outs: dict[str, NDArray[np.generic]] = {}
-            for name in self._outputs:
-                shape = tuple(self._ctx.get_tensor_shape(name))
-                dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
-                outs[name] = np.empty(shape, dtype=dtype)
-                ptr = _check(cudart.cudaMalloc(max(outs[name].nbytes, 1)))
-                allocations.append(ptr)
-                self._ctx.set_tensor_address(name, ptr)
-            if not self._ctx.execute_async_v3(self._stream):
-                raise BackendError(f"{self.path}: TensorRT execution failed")
-            for name in self._outputs:
-                arr = outs[name]
-                if arr.nbytes:
-                    ptr = self._ctx.get_tensor_address(name)
-                    _check(cudart.cudaMemcpyAsync(arr.ctypes.data, ptr, arr.nbytes, d2h, self._stream))
-            _check(cudart.cudaStreamSynchronize(self._stream))
-            return outs
-        finally:
-            for ptr in allocations:
-                cudart.cudaFree(ptr)
+    def run(self, feeds: dict[str, Any]) -> dict[str, NDArray[np.generic]]:
+        host, _ = self.run_bound(feeds, ())
+        return host
+
+    def empty_device(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> DeviceTensor:
+        """A zero-length device tensor (the prefill's past): any valid address, nothing is read from it."""
+        return DeviceTensor(int(self._scratch), tuple(shape), np.dtype(dtype))
+
+    # ---- device-resident calls -----------------------------------------------------------------
+
+    def _memcpy(self, dst: int, src: int, nbytes: int, kind: str) -> None:
+        k = getattr(self._cudart.cudaMemcpyKind, f"cudaMemcpy{kind}")
+        if nbytes:
+            _check(self._cudart.cudaMemcpyAsync(dst, src, nbytes, k, self._stream))
+
+    def run_bound(self, feeds: dict[str, Any], device_outputs: tuple[str, ...]
+                  ) -> tuple[dict[str, NDArray[np.generic]], dict[str, DeviceTensor]]:
+        """Run once. Feeds are numpy (copied into the input's buffer) or DeviceTensors (bound where they lie).
+        Outputs in `device_outputs` stay on the device, the others are copied to host numpy."""
+        shapes = {n: tuple(v.shape) for n, v in feeds.items()}
+        select_profile(self._profiles, shapes, where=str(self.path))
+        bound: set[int] = set()
+        keep: list[Any] = []  # host arrays must live until the stream is synchronised
+        for name in self._inputs:
+            if name not in feeds:
+                raise BackendError(f"{self.path}: input {name!r} was not fed")
+            value = feeds[name]
+            if isinstance(value, DeviceTensor):
+                ptr = value.ptr
+            else:
+                host = np.ascontiguousarray(value, dtype=self._dtype[name])
+                keep.append(host)
+                ptr = int(self._in_buf[name])
+                self._memcpy(ptr, host.ctypes.data, host.nbytes, "HostToDevice")
+            bound.add(int(ptr))
+            self._ctx.set_input_shape(name, shapes[name])
+            self._ctx.set_tensor_address(name, int(ptr))
+        out_ptr: dict[str, int] = {}
+        for name in self._outputs:
+            slots = self._out_buf[name]
+            ptr = int(slots[0]) if int(slots[0]) not in bound else int(slots[1])  # never write what is read
+            out_ptr[name] = ptr
+            self._ctx.set_tensor_address(name, ptr)
+        if not self._ctx.execute_async_v3(int(self._stream)):
+            raise BackendError(f"{self.path}: TensorRT execution failed")
+        host_out: dict[str, NDArray[np.generic]] = {}
+        dev_out: dict[str, DeviceTensor] = {}
+        for name in self._outputs:
+            shape = tuple(self._ctx.get_tensor_shape(name))
+            if name in device_outputs:
+                dev_out[name] = DeviceTensor(out_ptr[name], shape, self._dtype[name])
+            else:
+                arr = np.empty(shape, dtype=self._dtype[name])
+                self._memcpy(arr.ctypes.data, out_ptr[name], arr.nbytes, "DeviceToHost")
+                host_out[name] = arr
+        _check(self._cudart.cudaStreamSynchronize(self._stream))
+        return host_out, dev_out
+
+    def device_rows(self, calls: list[tuple[dict[str, Any], NDArray[np.bool_] | None]], into: TensorRTSession,
+                    input_name: str = "visual_embeds") -> DeviceTensor:
+        """Vision engine once per (feeds, keep mask); the kept rows of every call, in order, copied device to
+        device into `into`'s `input_name` buffer: -> DeviceTensor [n_kept, hidden] for the embed engine."""
+        dst = int(into._in_buf[input_name])
+        row_bytes, rows, hidden, dtype = 0, 0, 0, np.dtype("float32")
+        for feeds, keep in calls:
+            _, dev = self.run_bound(feeds, ("visual_embeds",))
+            out = dev["visual_embeds"]  # [n_frames, n_groups, hidden]
+            hidden, dtype = out.shape[-1], out.dtype
+            row_bytes = hidden * dtype.itemsize
+            n = out.shape[0] * out.shape[1]
+            flat = np.ones(n, dtype=bool) if keep is None else np.asarray(keep, dtype=bool).reshape(-1)
+            if flat.size != n:
+                raise BackendError(f"{self.path}: keep mask of {flat.size} tokens for {n} visual rows")
+            # runs of consecutive kept rows -> one copy each
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], flat.view(np.int8), [0]))))
+            for start, stop in zip(edges[::2], edges[1::2]):
+                nbytes = int(stop - start) * row_bytes
+                self._memcpy(dst + rows * row_bytes, out.ptr + int(start) * row_bytes, nbytes, "DeviceToDevice")
+                rows += int(stop - start)
+        _check(self._cudart.cudaStreamSynchronize(self._stream))
+        return DeviceTensor(dst, (rows, hidden), dtype)
+
+    def close(self) -> None:
+        for ptr in [*self._in_buf.values(), *(p for s in self._out_buf.values() for p in s), self._scratch]:
+            self._cudart.cudaFree(ptr)
+        self._in_buf, self._out_buf = {}, {}

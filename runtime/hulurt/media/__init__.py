@@ -18,10 +18,13 @@ from hulurt.media.common import (
     MAX_PIXELS_PER_FRAME,
     NIFTI_EXTS,
     VIDEO_EXTS,
+    DEFAULT_MAX_PIXELS,
     CorruptInputError,
     Media,
     MissingExtraError,
+    ReadLimits,
     kind_of,
+    pick_slices,
 )
 from hulurt.media.dicom import load_dicom
 from hulurt.media.image import image_from_array, load_image
@@ -31,6 +34,7 @@ from hulurt.media.window import CT_PRESETS, Window, apply_window, minmax_u8, res
 
 __all__ = [
     "CT_PRESETS",
+    "DEFAULT_MAX_PIXELS",
     "DICOM_EXTS",
     "IMAGE_EXTS",
     "MAX_FRAMES_HARD",
@@ -44,6 +48,7 @@ __all__ = [
     "CorruptInputError",
     "Media",
     "MissingExtraError",
+    "ReadLimits",
     "Window",
     "apply_window",
     "frames_to_media",
@@ -55,6 +60,7 @@ __all__ = [
     "load_nifti",
     "load_video",
     "minmax_u8",
+    "pick_slices",
     "resolve_window",
     "sample_frames",
     "sample_frames_hf",

@@ -28,6 +28,7 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 
 MAX_PIXELS_PER_FRAME = 89_478_485  # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
 MAX_FRAMES_HARD = 4096  # far above any budget that still gives >= min_tokens per frame
+DEFAULT_MAX_PIXELS = 1 << 28  # 268M samples: a 1024-slice 512x512 CT; ~0.5 GB at 16 bits (ReadLimits)
 
 
 class MissingExtraError(UnsupportedInputError):
@@ -58,9 +59,66 @@ class Media:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """Ceilings a reader checks against a file's header before it decodes any pixel (docs/inputs.md).
+
+    max_pixels: samples (frames x rows x columns x channels) the reader may have to decode or inflate for one
+    input -- the configurable cap. max_frame_pixels: rows x columns of one frame. max_frames: frames kept; a
+    volume with more slices is sampled down to it by upstream's linspace rule (the bundle's n_frames range,
+    set by the API from the manifest; None = no sampling unless asked).
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_frame_pixels: int = MAX_PIXELS_PER_FRAME
+    max_frames: int | None = None
+
+    def check(self, path: object, frames: int, rows: int, cols: int, samples: int = 1, what: str = "") -> None:
+        """Refuse a declared size above the limits (one line naming the file, the declared size and the cap)."""
+        desc = f"{what or 'declares'} {frames} frame(s) of {rows}x{cols}" + (f"x{samples}" if samples > 1 else "")
+        if min(frames, rows, cols, samples) < 1:
+            raise CorruptInputError(path, f"header {desc}; every size must be at least 1")
+        if rows * cols > self.max_frame_pixels:
+            raise CorruptInputError(
+                path, f"header {desc} = {rows * cols:,} pixels per frame; the limit is {self.max_frame_pixels:,}"
+            )
+        total = frames * rows * cols * samples
+        if total > self.max_pixels:
+            raise CorruptInputError(
+                path,
+                f"header {desc} = {total:,} samples to decode; the limit is {self.max_pixels:,} "
+                "(refused before decoding; raise it with max_pixels if this input is genuine)",
+            )
+
+
+def pick_slices(
+    n: int, num_slices: int | None, max_frames: int | None, source: object, unit: str = "slices"
+) -> tuple[NDArray[np.int64], str | None]:
+    """Indices of the slices to keep, by upstream's linspace(0, n - 1, N) rule (cast down to integers).
+
+    num_slices: asked for explicitly (never more than n: all slices then). Else, when n is above max_frames
+    (the bundle's frame range), sample down to max_frames and return a one-line note saying so.
+    """
+    if num_slices is not None:
+        if num_slices < 1:
+            raise UnsupportedInputError(source, f"num_slices={num_slices}; expected a positive number")
+        if max_frames is not None and num_slices > max_frames:
+            raise UnsupportedInputError(
+                source, f"num_slices={num_slices} is above the {max_frames} frames this bundle takes per input"
+            )
+        if num_slices < n:
+            return np.linspace(0, n - 1, num_slices).astype(np.int64), None
+        return np.arange(n, dtype=np.int64), None
+    if max_frames is not None and n > max_frames:
+        note = (
+            f"{source}: {n} {unit} sampled to {max_frames} by linspace(0, {n - 1}, {max_frames}) to fit the "
+            f"bundle's frame limit (choose with num_slices / --slices)"
+        )
+        return np.linspace(0, n - 1, max_frames).astype(np.int64), note
+    return np.arange(n, dtype=np.int64), None
+
 
 def _lazy(module: str, extra: str, path: object) -> Any:
-
     try:
         return importlib.import_module(module)
     except ImportError as e:

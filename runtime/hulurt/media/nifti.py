@@ -1,31 +1,64 @@
-"""NIfTI volumes (nibabel), with upstream's two slice-selection profiles."""
+"""NIfTI volumes (nibabel), with upstream's two slice-selection profiles.
+
+Linear in the volume's size (docs/inputs.md): the header is checked against ReadLimits before any voxel is
+read, only the kept slices are read through nibabel's array proxy (one forward pass through a .nii.gz), and
+each slice is scaled to uint8 on its own; no whole-volume float64 copy is ever made.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from hulurt.errors import UnsupportedInputError
-from hulurt.media.common import CorruptInputError, Media, _check_file, _lazy, _logs_warnings
-from hulurt.media.window import Window, resolve_window
+from hulurt.media.common import (
+    CorruptInputError,
+    Media,
+    ReadLimits,
+    _check_file,
+    _lazy,
+    _logs_warnings,
+    log,
+    pick_slices,
+)
+from hulurt.media.window import WindowSpec, resolve_window
 from hulurt.preprocess import check_frame_size
 
 NIFTI_PROFILES = ("hf", "original")
 NIFTI_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 ORIGINAL_NIFTI_SLICES = 180  # mm_utils.load_images default in the original repository
+MAX_DEFLATE_RATIO = 1032  # deflate cannot expand more: a .nii.gz declaring more voxels than that is cut short
+SLAB_BYTES = 64 << 20  # sagittal/coronal slices are gathered from axial slabs of at most this size
 
 
-
-def _slice_indices(n: int, num_slices: int | None, profile: str) -> NDArray[np.int64]:
+def _slice_indices(
+    n: int, num_slices: int | None, profile: str, max_frames: int | None, source: object
+) -> tuple[NDArray[np.int64], str | None]:
+    """Slices to keep and an optional note. "hf": all unless num_slices is smaller (pick_slices, which also
+    samples down to max_frames with a note). "original": num_slices (default 180) by linspace, duplicating
+    slices when above n as upstream does; the default drops to max_frames with a note."""
     if profile == "hf":
-        if num_slices is not None and num_slices < n:
-            return np.linspace(0, n - 1, num_slices).astype(np.int64)
-        return np.arange(n, dtype=np.int64)
-    k = ORIGINAL_NIFTI_SLICES if num_slices is None else num_slices
-    return np.linspace(0, n - 1, k).astype(np.int64)  # duplicates slices when k > n, as upstream does
+        return pick_slices(n, num_slices, max_frames, source)
+    if num_slices is not None:
+        if num_slices < 1:
+            raise UnsupportedInputError(source, f"num_slices={num_slices}; expected a positive number")
+        if max_frames is not None and num_slices > max_frames:
+            raise UnsupportedInputError(
+                source, f"num_slices={num_slices} is above the {max_frames} frames this bundle takes per input"
+            )
+        return np.linspace(0, n - 1, num_slices).astype(np.int64), None
+    k, note = ORIGINAL_NIFTI_SLICES, None
+    if max_frames is not None and k > max_frames:
+        note = (
+            f"{source}: the original profile's {k} slices reduced to {max_frames} by linspace(0, {n - 1}, "
+            f"{max_frames}) to fit the bundle's frame limit (choose with num_slices / --slices)"
+        )
+        k = max_frames
+    return np.linspace(0, n - 1, k).astype(np.int64), note  # duplicates slices when k > n, as upstream does
 
 
 def _minmax_slice(s: NDArray[np.float64], profile: str) -> NDArray[np.uint8]:
@@ -43,25 +76,74 @@ def _minmax_slice(s: NDArray[np.float64], profile: str) -> NDArray[np.uint8]:
     return (np.trunc(s).astype(np.int64) & 0xFF).astype(np.uint8)
 
 
+def _check_size(p: Path, img: Any, shape: tuple[int, ...], axis: int, lim: ReadLimits) -> None:
+    """Before any voxel is read: the declared size against the limits and against the file's own size."""
+    rows, cols = (s for a, s in enumerate(shape) if a != axis)
+    lim.check(p, shape[axis], rows, cols, what="declares")
+    itemsize = int(np.dtype(img.get_data_dtype()).itemsize)
+    need = int(np.prod(shape)) * itemsize
+    offset = int(getattr(img.dataobj, "offset", 0) or 0)
+    size = p.stat().st_size
+    if p.name.lower().endswith(".gz"):
+        if need > (size + 1) * MAX_DEFLATE_RATIO:
+            raise CorruptInputError(
+                p,
+                f"header declares {'x'.join(map(str, shape))} voxels ({need:,} bytes) but the file is {size:,} "
+                f"bytes compressed, more than deflate can hold ({MAX_DEFLATE_RATIO}:1); it is cut short",
+            )
+    elif size < offset + need:
+        raise CorruptInputError(
+            p,
+            f"header declares {'x'.join(map(str, shape))} voxels ({need:,} bytes from offset {offset}) but the "
+            f"file is {size:,} bytes; it is cut short",
+        )
+
+
+def _read_slices(img: Any, shape: tuple[int, ...], axis: int, wanted: list[int]) -> Any:
+    """Yield (k, slice as stored/scaled by nibabel) for the sorted unique slice indices `wanted`, in order,
+    reading the file forward once. Values equal get_fdata()'s (same scaling) before the float64 cast."""
+    proxy = img.dataobj
+    if axis == 2:  # a slice is one contiguous block of the Fortran-ordered file
+        for k in wanted:
+            yield k, np.asarray(proxy[:, :, k])
+        return
+    per_z = int(shape[0]) * int(shape[1]) * int(np.dtype(img.get_data_dtype()).itemsize)
+    step = max(1, SLAB_BYTES // max(per_z, 1))
+    out: dict[int, Any] = {}
+    for z0 in range(0, shape[2], step):
+        slab = np.asarray(proxy[:, :, z0 : z0 + step])  # (X, Y, dz)
+        for k in wanted:
+            s = slab[k] if axis == 0 else slab[:, k]  # (Y, dz) or (X, dz)
+            if k not in out:
+                out[k] = np.empty((s.shape[0], shape[2]), dtype=s.dtype)
+            out[k][:, z0 : z0 + slab.shape[2]] = s
+    for k in wanted:
+        yield k, out.pop(k)
+
+
 @_logs_warnings
 def load_nifti(
     path: str | os.PathLike[str],
     profile: str = "hf",
     axis: int | str = 2,
     num_slices: int | None = None,
-    window: Window | tuple[float, float] | None = None,
+    window: WindowSpec = None,
     preset: str | None = None,
+    limits: ReadLimits | None = None,
 ) -> Media:
     """A NIfTI volume -> Media of modal "3d", reproducing upstream's two readers (ARCHITECTURE.md 3.6).
 
-    Voxels come from nibabel's float64 get_fdata() (scl_slope/inter applied) in stored order, never
-    reoriented. `axis` 0/1/2 or sagittal/coronal/axial. "hf": all slices unless `num_slices` is smaller,
-    constant slices -> 0, numpy input (no PIL quirk). "original": `num_slices` default 180 chosen by
-    linspace even above the slice count, constant slices wrap, PIL size quirk on.
-    Window (explicit or CT preset) clips before the per-slice min-max, as upstream's window_center/width do.
+    Voxel values are nibabel's get_fdata() values (scl_slope/inter applied, float64) in stored order, never
+    reoriented, read slice by slice. `axis` 0/1/2 or sagittal/coronal/axial. "hf": all slices unless
+    `num_slices` is smaller, constant slices -> 0, numpy input (no PIL quirk). "original": `num_slices`
+    default 180 chosen by linspace even above the slice count, constant slices wrap, PIL size quirk on.
+    More slices than `limits.max_frames` (the bundle's frame range) are sampled down by the same linspace rule,
+    with a note in the log and in info["note"]. Window (explicit, CT preset or "center,width") clips before
+    the per-slice min-max, as upstream's window_center/width do.
     """
     p = Path(path)
     _check_file(p)
+    lim = limits or ReadLimits()
     if profile not in NIFTI_PROFILES:
         raise UnsupportedInputError(p, f"NIfTI profile {profile!r}; expected one of {NIFTI_PROFILES}")
     if isinstance(axis, str):
@@ -72,12 +154,10 @@ def load_nifti(
         axis = NIFTI_AXES[axis.lower()]
     if axis not in (0, 1, 2):
         raise UnsupportedInputError(p, f"NIfTI axis {axis!r}; expected 0, 1 or 2")
-    if num_slices is not None and num_slices < 1:
-        raise UnsupportedInputError(p, f"num_slices={num_slices}; expected a positive number")
     win = resolve_window(window, preset, p)
     nib = _lazy("nibabel", "volume", p)
     try:
-        img = nib.load(str(p))
+        img = nib.load(str(p), keep_file_open=True)  # header only; voxels stay in the file
         shape = tuple(int(s) for s in img.shape)
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
@@ -87,28 +167,46 @@ def load_nifti(
                 f"NIfTI image has shape {tuple(img.shape)}; expected a 3-D volume (X, Y, Z)"
                 + (" -- extract one volume of the 4-D series first" if len(shape) == 4 else ""),
             )
-        vol = np.asarray(img.get_fdata(dtype=np.float64)).reshape(shape)
+        _check_size(p, img, shape, axis, lim)
+    except UnsupportedInputError:
+        raise
+    except Exception as e:  # nibabel surfaces bad headers as many types
+        raise CorruptInputError(p, f"cannot read NIfTI volume ({type(e).__name__}: {e})") from e
+    idx, note = _slice_indices(shape[axis], num_slices, profile, lim.max_frames, p)
+    if note:
+        log.info("%s", note)
+    rows, cols = (s for a, s in enumerate(shape) if a != axis)  # the kept axes stay in stored order
+    check_frame_size(rows, cols, p)
+    u8 = np.empty((idx.size, rows, cols), dtype=np.uint8)
+    where: dict[int, list[int]] = {}
+    for t, k in enumerate(idx.tolist()):
+        where.setdefault(k, []).append(t)
+    bad = 0
+    try:
+        if len(shape) != len(img.shape):
+            img = img.slicer[..., 0]  # (X, Y, Z, 1) -> (X, Y, Z) without reading voxels
+        for k, raw in _read_slices(img, shape, axis, sorted(where)):
+            s = np.asarray(raw, dtype=np.float64).reshape(rows, cols)
+            n_bad = int(s.size - np.count_nonzero(np.isfinite(s)))
+            if n_bad:
+                bad += n_bad
+                continue
+            if win is not None:
+                lo = win.center - win.width / 2.0
+                s = np.clip(s, lo, lo + win.width)
+            ts = where[k]
+            u8[ts[0]] = _minmax_slice(s, profile)
+            for t in ts[1:]:  # duplicated slice (original profile): copy instead of recomputing
+                u8[t] = u8[ts[0]]
     except UnsupportedInputError:
         raise
     except Exception as e:  # nibabel surfaces truncation as EOFError, zlib.error, OSError, ValueError...
         raise CorruptInputError(p, f"cannot read NIfTI volume ({type(e).__name__}: {e})") from e
-    bad = int(np.size(vol) - np.count_nonzero(np.isfinite(vol)))
     if bad:
         raise CorruptInputError(p, f"volume has {bad} NaN or infinite voxels; expected finite intensities")
-    idx = _slice_indices(shape[axis], num_slices, profile)
-    rows, cols = (s for a, s in enumerate(shape) if a != axis)  # the kept axes stay in stored order
-    check_frame_size(rows, cols, p)
-    u8 = np.empty((idx.size, rows, cols), dtype=np.uint8)
-    done: dict[int, int] = {}
-    for t, k in enumerate(idx.tolist()):  # slice by slice: peak memory stays at the float64 volume
-        if k in done:  # duplicated slice (original profile): copy instead of recomputing
-            u8[t] = u8[done[k]]
-            continue
-        s = np.take(vol, k, axis=axis)  # (rows, cols)
-        if win is not None:
-            lo = win.center - win.width / 2.0
-            s = np.clip(s, lo, lo + win.width)
-        u8[t] = _minmax_slice(s, profile)
-        done[k] = t
-    info = {"profile": profile, "axis": axis, "slices": idx.tolist(), "shape": shape}
+    info: dict[str, Any] = {"profile": profile, "axis": axis, "slices": idx.tolist(), "shape": shape,
+                            "source_frames": shape[axis],
+                            "window": (win.center, win.width) if win is not None else "minmax per slice"}
+    if note:
+        info["note"] = note
     return Media(np.ascontiguousarray(u8[..., None]), "3d", str(p), None, profile == "original", info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 from numpy.typing import NDArray
@@ -53,11 +54,29 @@ def minmax_u8(vol: NDArray[np.floating]) -> NDArray[np.uint8]:
     return ((vol - lo) / (hi - lo) * 255.0).astype(np.uint8)
 
 
-def resolve_window(
-    window: Window | tuple[float, float] | None, preset: str | None, path: object
-) -> Window | None:
+WindowSpec = Union[Window, tuple[float, float], str, None]
+
+
+def resolve_window(window: WindowSpec, preset: str | None, path: object) -> Window | None:
+    """An explicit window, a CT preset name, or None (the reader then uses the file's own VOI or min-max).
+
+    `window` may be a Window, a (center, width) pair, a preset name ("lung") or a "center,width" string
+    (the CLI's --window); `preset` is the older keyword for a preset name.
+    """
     if window is not None and preset is not None:
         raise UnsupportedInputError(path, "give either an explicit window or a preset name, not both")
+    if isinstance(window, str):
+        text = window.strip()
+        if text.lower() in CT_PRESETS:
+            preset, window = text, None
+        else:
+            parts = text.replace(":", ",").split(",")
+            if len(parts) != 2:
+                raise UnsupportedInputError(
+                    path,
+                    f"window {window!r}: expected a preset ({', '.join(sorted(CT_PRESETS))}) or CENTER,WIDTH",
+                )
+            window = (parts[0], parts[1])  # type: ignore[assignment]
     if preset is not None:
         key = preset.lower()
         if key not in CT_PRESETS:
@@ -68,7 +87,7 @@ def resolve_window(
     if window is None or isinstance(window, Window):
         return window
     try:
-        return Window(float(window[0]), float(window[1]))
+        return Window(float(window[0]), float(window[1]))  # type: ignore[arg-type, index]
     except (TypeError, ValueError, IndexError) as e:
         raise UnsupportedInputError(
             path, f"window {window!r}: expected (center, width) with width > 0 ({e})"
