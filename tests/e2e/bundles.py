@@ -1,5 +1,5 @@
-"""Tiny bundles for the runtime's end-to-end and CLI tests: a random tiny checkpoint -> `huluexport build`,
-cached on disk under artifacts/test-bundles/ keyed by a hash of the exporter's sources (a build takes ~45 s
+"""Tiny bundles (and the tiny tokenizer) for the runtime's end-to-end and CLI tests: a random tiny checkpoint ->
+`huluexport build`, cached on disk under artifacts/test-bundles/ keyed by a hash of the exporter's sources (a build takes ~45 s
 on the 2-core CI machine, so one build serves every test process until the exporter changes)."""
 
 from __future__ import annotations
@@ -32,6 +32,18 @@ def _source_key() -> str:
             h.update(f.relative_to(ROOT).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:12]
+
+
+def tokenizer() -> Path:
+    """A folder with the tiny checkpoint's tokenizer.json + tokenizer_config.json (written by huluexport's
+    fixture writer, so tests under tests/runtime get it without importing huluexport). Treat it as read-only."""
+
+    def make(out: Path) -> None:
+        from huluexport.checkpoint.fixtures import write_tokenizer
+
+        write_tokenizer(out)
+
+    return _cached("tokenizer", make)
 
 
 def checkpoint(kind: str, compression: bool = True) -> Path:
