@@ -1,10 +1,12 @@
-"""Shared pytest setup: tiers by marker; GPU tests skip (and say why) where there is no CUDA device."""
+"""Shared pytest setup: tiers by marker; GPU tests skip (and say why) where there is no CUDA device; fixtures
+built by huluexport that the runtime tier (tests/runtime, which imports only hulurt) reads."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -27,5 +29,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason=why)
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:  # not item.keywords: a checkout in a dir named gpu
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir() -> Path:
+    """The tiny checkpoint's tokenizer files (tokenizer.json, tokenizer_config.json), cached; read-only."""
+    from e2e.bundles import tokenizer
+
+    return tokenizer()
+
+
+@pytest.fixture(scope="session")
+def onnx_add_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-node ONNX graph, z = x + y over float [n, 3] (opset 17), for backend tests that need any graph."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x, y, z = (helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 3]) for n in ("x", "y", "z"))
+    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"])], "add", [x, y], [z])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path = tmp_path_factory.mktemp("graph") / "add.onnx"
+    onnx.save(model, path)
+    return path

@@ -7,6 +7,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from hulurt import schedule
+from hulurt.schedule import ModelShape
+
 from huluexport.config import HuluConfig
 from huluexport.devices import DeviceProfile
 from huluexport.errors import ConfigError
@@ -117,40 +120,29 @@ def weight_bytes(cfg: HuluConfig, precision: str, int4_group: int = INT4_GROUP) 
 # Activations and FLOPs
 
 
+def model_shape(cfg: HuluConfig) -> ModelShape:
+    """The widths of the activation formulas, which live in the runtime (hulurt.schedule) so that the plan and
+    the runtime's default vision batch / prefill chunk are the same numbers."""
+    v, d = cfg.vision, cfg.decoder
+    return ModelShape(v.hidden, v.heads, v.intermediate, v.patch_dim, d.hidden, d.heads, d.kv_heads, d.head_dim,
+                      d.intermediate, d.vocab)
+
+
 def vision_activation_bytes(
     cfg: HuluConfig, vl: VisualLoad, act_bytes: int, fused_attention: bool
 ) -> dict[str, int]:
-    """Peak live bytes of one vision call (all frames of the input in one batch, as the contract feeds them).
-
-    Live at the peak of one encoder layer: the fp32 input patches, residual + normed stream, then either
-    q/k/v/out (+ the [frames, heads, n, n] scores and softmax, unless attention is fused) or the MLP hidden
-    twice (fc1 out, gelu out); plus the projected output rows.
-    """
-    if vl.frames == 0:
-        return {"total": 0, "attention_scores_unfused": 0}
-    v = cfg.vision
-    t, n = vl.frames, vl.patches_per_frame
-    patches = t * n * v.patch_dim * 4
-    stream = 2 * t * n * v.hidden * act_bytes
-    scores = 2 * t * v.heads * n * n * act_bytes
-    attn = 4 * t * n * v.hidden * act_bytes + (0 if fused_attention else scores)
-    mlp = 2 * t * n * v.intermediate * act_bytes
-    out = vl.tokens * cfg.decoder.hidden * act_bytes
-    return {"total": patches + stream + max(attn, mlp) + out, "attention_scores_unfused": scores}
+    """Peak live bytes of one vision call over the frames of `vl` (hulurt.schedule.vision_activation_bytes)."""
+    return schedule.vision_activation_bytes(
+        model_shape(cfg), vl.frames, vl.patches_per_frame, vl.tokens, act_bytes, fused_attention
+    )
 
 
 def prefill_activation_bytes(
-    cfg: HuluConfig, seq: int, act_bytes: int, fused_attention: bool
+    cfg: HuluConfig, seq: int, act_bytes: int, fused_attention: bool, past: int = 0
 ) -> dict[str, int]:
-    """Peak live bytes of the decoder prefill over `seq` tokens (KV cache counted separately)."""
-    d = cfg.decoder
-    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
-    stream = 2 * seq * d.hidden * act_bytes
-    scores = 2 * d.heads * seq * seq * act_bytes
-    attn = seq * (q + 2 * kv + q) * act_bytes + (0 if fused_attention else scores)
-    mlp = 3 * seq * d.intermediate * act_bytes
-    logits = d.vocab * 4  # last position only (contract)
-    return {"total": stream + max(attn, mlp) + logits, "attention_scores_unfused": scores}
+    """Peak live bytes of a decoder call over `seq` tokens after `past` cached ones (KV cache counted
+    separately; hulurt.schedule.prefill_activation_bytes)."""
+    return schedule.prefill_activation_bytes(model_shape(cfg), seq, act_bytes, fused_attention, past)
 
 
 def vision_flops(cfg: HuluConfig, vl: VisualLoad) -> float:

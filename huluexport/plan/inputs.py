@@ -24,6 +24,7 @@ class InputSpec:
     width: int = 0
     prompt_tokens: int = 96  # question + chat template (estimate of a typical clinical question)
     max_new_tokens: int = 512
+    kept_fraction: float = 1.0  # share of visual tokens token reduction keeps (1.0: none dropped)
 
     @property
     def merge(self) -> int:

@@ -5,6 +5,7 @@ measurements (that is `huluexport bench`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -78,25 +79,35 @@ class Schedule:
     prefill_chunk_tokens: int | None = None
 
 
+def kv_value_bytes(act_bytes: int) -> int:
+    """An fp32 build keeps its KV cache in fp32 (the decoder's activation dtype); every other precision in fp16
+    (QUANT_POLICY)."""
+    return 4 if act_bytes == 4 else 2
+
+
 def _memory(
     cfg: HuluConfig, dev: DeviceProfile, inp: InputSpec, wb: WeightBytes, sched: Schedule, act_bytes: int
 ) -> tuple[dict[str, int], VisualLoad, int, dict[str, int], dict[str, int]]:
     vl = visual_load(cfg, inp)
-    prompt = inp.prompt_tokens + inp.separator_tokens() + vl.tokens
+    kept = math.ceil(vl.tokens * inp.kept_fraction)  # rows that reach the prompt after token reduction
+    prompt = inp.prompt_tokens + inp.separator_tokens() + kept
     ctx = prompt + inp.max_new_tokens
-    kv = cfg.decoder.kv_bytes_per_token(2) * ctx
+    kv = cfg.decoder.kv_bytes_per_token(kv_value_bytes(act_bytes)) * ctx
+    # the request's preprocessed patches (fp32, every frame) stay alive through vision and prefill
+    patches = vl.frames * vl.patches_per_frame * cfg.vision.patch_dim * 4
     fused = sched.fused_attention
     vb = vl.frames if sched.vision_batch_frames is None else min(vl.frames, sched.vision_batch_frames)
     va = vision_activation_bytes(cfg, replace(vl, frames=vb), act_bytes, fused)
-    out_rows = vl.tokens * cfg.decoder.hidden * act_bytes  # every frame's projected rows stay until embed
+    out_rows = kept * cfg.decoder.hidden * act_bytes  # the kept rows of every frame stay until embed
     va = {**va, "total": va["total"] - vb * vl.tokens_per_frame * cfg.decoder.hidden * act_bytes + out_rows}
+    embeds = prompt * cfg.decoder.hidden * act_bytes  # the whole prompt's embeddings, sliced into chunks
     chunk = prompt if sched.prefill_chunk_tokens is None else min(prompt, sched.prefill_chunk_tokens)
-    pa = prefill_activation_bytes(cfg, chunk, act_bytes, fused)
-    if chunk < prompt and not fused:  # a chunk's queries see every earlier key
-        pa = {**pa, "attention_scores_unfused": 2 * cfg.decoder.heads * chunk * prompt * act_bytes}
+    # the last chunk is the largest: its queries see every earlier key
+    pa = prefill_activation_bytes(cfg, chunk, act_bytes, fused, past=prompt - chunk)
     # vision runs before prefill; its output rows (counted in va) are the only thing that outlives it
-    acts = max(va["total"], pa["total"] + out_rows)
-    mem = {"weights": wb.total, "kv_cache": kv, "activations": acts, "workspace": dev.workspace_bytes}
+    acts = max(va["total"], pa["total"] + out_rows + embeds)
+    mem = {"weights": wb.total, "kv_cache": kv, "inputs": patches, "activations": acts,
+           "workspace": dev.workspace_bytes}
     mem["total"] = sum(mem.values())
     return mem, vl, prompt, va, pa
 
@@ -148,7 +159,7 @@ def plan(
         notes.append(f"context {ctx} exceeds the model's max_position {cfg.decoder.max_position}")
 
     # largest context of a text-only request: KV grows with every token, prefill activations with the chunk
-    kv_tok = cfg.decoder.kv_bytes_per_token(2)
+    kv_tok = cfg.decoder.kv_bytes_per_token(kv_value_bytes(act_bytes))
     lo, hi = 0, cfg.decoder.max_position
     while lo < hi:
         mid = (lo + hi + 1) // 2

@@ -108,6 +108,15 @@ def threads(v: object) -> str | None:
     return None
 
 
+def split_size(v: object) -> str | None:
+    """--vision-batch / --prefill-chunk: frames or tokens per call, or None (the runtime's default)."""
+    if v is None:
+        return None
+    if not _is_int(v) or v < 1:  # type: ignore[operator]
+        return f"must be an integer >= 1 (or left out for the default); got {v!r}"
+    return None
+
+
 def _file_kind(mode: int) -> str:
     for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):

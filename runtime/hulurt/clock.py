@@ -8,25 +8,26 @@ of a request add up to its wall time. The generation loop (hulurt.generate), the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
 class StageClock:
-    """Accumulated exclusive seconds per stage name in `seconds`."""
+    """Accumulated exclusive seconds per stage name in `seconds`; `now` is the time source (seconds)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
+        self._now = now
         self.seconds: dict[str, float] = {}
         self._inner: list[float] = []  # per open stage: seconds spent in stages opened inside it
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0 = self._now()
         self._inner.append(0.0)
         try:
             yield
         finally:
-            spent = time.perf_counter() - t0
+            spent = self._now() - t0
             inner = self._inner.pop()
             self.seconds[stage] = self.seconds.get(stage, 0.0) + spent - inner
             if self._inner:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from hulurt import schedule
 from hulurt.backends.base import DeviceSession, Session
 from hulurt.clock import StageClock
 from hulurt.contract import DimRange, Dims
@@ -50,6 +51,7 @@ class BundleFacts:
     default_max_new_tokens: int = 256  # used when a request does not say, clamped to the room left
     dim_ranges: dict[str, DimRange] = field(default_factory=dict)  # the bundle's build-time limits per named dim
     target: str = "generic"  # the build target those ranges came from
+    shape: schedule.ModelShape | None = None  # widths for the default vision batch / prefill chunk (None: no split)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class Timings:
     # exclusive seconds per stage (hulurt.clock): preprocess, reduction (from the PromptFeed), vision, embed
     # (the prompt's), prefill (decoder over the prompt + choosing the first token), decode (every later step)
     stages: Mapping[str, float] = field(default_factory=dict)
+    vision_batch: int = 0  # most frames per vision call (0: no visual input)
+    prefill_chunk: int = 0  # most prompt tokens per prefill call
     notes: tuple[str, ...] = ()  # e.g. "ct.nii.gz: 600 -> 256 slices sampled" (never a silent change)
 
     @property
@@ -180,7 +184,14 @@ class Generator:
         sessions: dict[str, Session],
         facts: BundleFacts,
         kv_strategy: str | None = None,
+        *,
+        kv_capacity: int | None = None,
+        cuda_graph: bool = False,
+        vision_batch: int | None = None,
+        prefill_chunk: int | None = None,
     ) -> None:
+        """vision_batch / prefill_chunk: most frames per vision call / prompt tokens per prefill call (None: the
+        largest whose activations fit half the available memory, by hulurt.schedule's cost model)."""
         for name in ("embed", "decoder"):
             if name not in sessions:
                 raise ContractError(f"a bundle needs the {name!r} piece; sessions given: {sorted(sessions)}")
@@ -190,15 +201,53 @@ class Generator:
         self._act = np.dtype(d.act_dtype)
         dec = sessions["decoder"]
         on_device = isinstance(dec, DeviceSession) and dec.on_device
+        # the "gqa-static" form (piece decoder_gqa, hulurt.static_decode): KV buffers of fixed capacity written in
+        # place, allocated once per Model at the bundle's max context unless told otherwise
+        self._static: Any = None
+        self._static_args = (kv_capacity or facts.max_context, cuda_graph)
+        if "seqlens_k" in dec.input_names():
+            if kv_strategy not in (None, "static"):
+                raise ContractError(f"KV strategy {kv_strategy!r} does not apply to the gqa-static decoder form")
+            kv_strategy = "static"
         # CPU default "buffer": allocated once, rows written in place ("chain" measures the same within noise,
         # benchmarks/results/runtime.md)
         self.kv_strategy = kv_strategy or ("device" if on_device else "buffer")
         self._kv_shape = KVShape(d.layers, d.kv_heads, d.head_dim, d.act_dtype)
         self._no_visual = np.zeros((0, d.hidden), dtype=self._act)
+        for name, val in (("vision_batch", vision_batch), ("prefill_chunk", prefill_chunk)):
+            if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 1):
+                raise ValueError(f"{name} must be an integer >= 1 (or None for the default); got {val!r}")
+        self.vision_batch = vision_batch
+        self.prefill_chunk = prefill_chunk
+        self.last_prefill_chunk = 0  # the chunk of the latest prefill (for Timings)
+        self._fused = on_device  # onnxruntime's CPU graphs materialise attention scores; GPU engines fuse them
+
+    # ---- how a request is split (hulurt.schedule) ------------------------------------------------
+
+    def vision_batch_for(self, v: VisualFeed) -> int:
+        """Frames per vision call for this input: the option, else the largest that fits the budget."""
+        frames = int(v.patches.shape[0])
+        if self.vision_batch is not None:
+            return min(self.vision_batch, frames)
+        budget, shape = schedule.default_budget(), self.facts.shape
+        if budget is None or shape is None:
+            return frames
+        n = int(v.patches.shape[1] * v.patches.shape[2])
+        return schedule.vision_batch_for(shape, frames, n, self._act.itemsize, budget, self._fused)
+
+    def prefill_chunk_for(self, prompt_tokens: int) -> int:
+        """Prompt tokens per prefill call: the option, else the largest that fits the budget."""
+        if self.prefill_chunk is not None:
+            return min(self.prefill_chunk, max(prompt_tokens, 1))
+        budget, shape = schedule.default_budget(), self.facts.shape
+        if budget is None or shape is None:
+            return max(prompt_tokens, 1)
+        return schedule.prefill_chunk_for(shape, prompt_tokens, self._act.itemsize, budget, self._fused)
 
     # ---- pieces ----------------------------------------------------------------------------------
 
-    def _vision_feeds(self, v: VisualFeed) -> dict[str, NDArray[Any]]:
+    def _vision_feeds(self, v: VisualFeed, frames: tuple[int, int] | None = None) -> dict[str, NDArray[Any]]:
+        """The vision graph's feeds for one input, or for its frames [start, stop)."""
         gh, gw = v.grid_hw
         cos, sin = vision_rope(gh, gw, v.merge, self.facts.dims.vision_head_dim)
         n_patches = v.patches.shape[1] * v.patches.shape[2]
@@ -206,17 +255,20 @@ class Generator:
             raise ContractError(
                 f"visual input grid {gh}x{gw} gives {cos.shape[0]} rope rows but its patches hold {n_patches}"
             )
-        return {"pixel_patches": np.ascontiguousarray(v.patches, dtype=np.float32), "rope_cos": cos, "rope_sin": sin}
+        patches = v.patches if frames is None else v.patches[frames[0]:frames[1]]
+        return {"pixel_patches": np.ascontiguousarray(patches, dtype=np.float32), "rope_cos": cos, "rope_sin": sin}
 
-    def vision(self, v: VisualFeed) -> NDArray[Any]:
-        """Vision graph for one input: -> [n_frames, n_groups, hidden], every merged token."""
+    def vision(self, v: VisualFeed, frames: tuple[int, int] | None = None) -> NDArray[Any]:
+        """Vision graph for one input (or its frames [start, stop)): -> [n_frames, n_groups, hidden], every
+        merged token."""
         if "vision" not in self.sessions:
             raise ContractError("this request has visual inputs but the bundle has no 'vision' piece")
-        return self.sessions["vision"].run(self._vision_feeds(v))["visual_embeds"]
+        return self.sessions["vision"].run(self._vision_feeds(v, frames))["visual_embeds"]
 
-    def visual_rows(self, visuals: Sequence[VisualFeed]) -> Any:
-        """Every visual input's kept rows in order -> [n_visual, hidden] (None without visuals). Backends that
-        keep tensors on the device (trt-native: `device_rows`) hand them to the embed piece there."""
+    def visual_rows(self, visuals: Sequence[VisualFeed], batches: Sequence[int] | None = None) -> Any:
+        """Every visual input's kept rows in order -> [n_visual, hidden] (None without visuals), each input's
+        frames in vision calls of batches[k] (None: vision_batch_for). Backends that keep tensors on the device
+        (trt-native: `device_rows`) run each input in one call and hand the rows to the embed piece there."""
         if not visuals:
             return None
         vision, embed = self.sessions.get("vision"), self.sessions["embed"]
@@ -224,14 +276,33 @@ class Generator:
             return vision.device_rows(  # type: ignore[union-attr]
                 [(self._vision_feeds(v), v.keep) for v in visuals], into=embed
             )
-        return np.concatenate([self.encode_visual(v) for v in visuals], axis=0)
+        batches = [self.vision_batch_for(v) for v in visuals] if batches is None else batches
+        rows = [self.encode_visual(v, b) for v, b in zip(visuals, batches)]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
 
-    def encode_visual(self, v: VisualFeed) -> NDArray[Any]:
-        """Vision graph for one input, then the kept rows in token order: -> [n_kept, hidden]."""
-        out = self.vision(v)
-        if v.keep is not None and v.keep.shape != out.shape[:2]:
-            raise ContractError(f"keep mask {v.keep.shape} does not match vision output frames/groups {out.shape[:2]}")
-        return kept_rows(out, v.keep)
+    def encode_visual(self, v: VisualFeed, batch: int | None = None) -> NDArray[Any]:
+        """Vision graph for one input in batches of `batch` frames (None: vision_batch_for), then the kept rows
+        in token order: -> [n_kept, hidden]. Exact for any batch: the encoder attends within a frame, and the
+        keep mask was computed over the whole input (consecutive frames across batch borders included)."""
+        t, g = (int(x) for x in v.patches.shape[:2])
+        if v.keep is not None and v.keep.shape != (t, g):
+            raise ContractError(f"keep mask {v.keep.shape} does not match the input's frames/groups {(t, g)}")
+        out: NDArray[Any] | None = None
+        row = 0
+        batch = batch or self.vision_batch_for(v)
+        log.info("vision: %d frames in %d call(s) of at most %d", t, -(-t // batch), batch)
+        for a, b in schedule.chunks(t, batch):
+            part = self.vision(v, (a, b))
+            if part.shape[:2] != (b - a, g):
+                raise ContractError(f"vision output {part.shape[:2]} for frames {a}..{b - 1}; expected {(b - a, g)}")
+            rows = kept_rows(part, None if v.keep is None else v.keep[a:b])
+            if out is None:  # every kept row of the input, filled batch by batch
+                out = np.empty((v.tokens_after, part.shape[-1]), dtype=part.dtype)
+            out[row:row + rows.shape[0]] = rows
+            row += rows.shape[0]
+            del part, rows  # one batch's output alive at a time
+        assert out is not None and row == out.shape[0]
+        return out
 
     def embed(self, ids: NDArray[np.int64], visual: NDArray[Any] | None = None) -> NDArray[Any]:
         feeds = {
@@ -252,10 +323,24 @@ class Generator:
         return cache
 
     def decode(self, embeds: NDArray[Any], start: int, cache: KVCache) -> NDArray[np.float32]:
-        """One decoder call over `embeds` [1, seq, hidden] at positions start.. (the prompt, or one token):
-        -> logits of the last position; the cache grows by seq."""
+        """The decoder over `embeds` [1, seq, hidden] at positions start.. (the prompt, or one token): -> logits
+        of the last position; the cache grows by seq. A prompt longer than the prefill chunk goes in chunks,
+        each attending to the cache the earlier ones filled (hulurt.schedule)."""
         seq = embeds.shape[1]
         cache.check_room(seq)
+        step = self.prefill_chunk_for(seq) if seq > 1 else 1
+        if seq > 1:
+            self.last_prefill_chunk = step
+            log.info("prefill: %d tokens in %d call(s) of at most %d", seq, -(-seq // step), step)
+        logits: NDArray[np.float32] | None = None
+        for a, b in schedule.chunks(seq, step):
+            logits = self._decode_call(embeds[:, a:b], start + a, cache)
+        assert logits is not None
+        return logits
+
+    def _decode_call(self, embeds: NDArray[Any], start: int, cache: KVCache) -> NDArray[np.float32]:
+        """One decoder call (seq new tokens at positions start..): -> last-position logits."""
+        seq = embeds.shape[1]
         pos = np.arange(start, start + seq, dtype=np.int64).reshape(1, seq)  # [1, seq_len]
         feeds: dict[str, Any] = {"inputs_embeds": embeds, "position_ids": pos, **cache.feeds()}
         dec = self.sessions["decoder"]
@@ -267,6 +352,16 @@ class Generator:
         outs = dec.run(feeds)
         cache.update(outs, seq)
         return outs["logits"]
+
+    def static_decoder(self) -> Any:
+        """The StaticDecoder of the gqa-static form (created on first use, kept across requests)."""
+        if self._static is None:
+            from hulurt.static_decode import StaticDecoder
+
+            capacity, graph = self._static_args
+            self._static = StaticDecoder(self.sessions["decoder"], self.sessions["embed"], self.facts.dims,
+                                         capacity, cuda_graph=graph)
+        return self._static
 
     # ---- a request -------------------------------------------------------------------------------
 
@@ -335,23 +430,52 @@ class Generator:
     ) -> Iterator[str]:
         ids = prompt.input_ids.astype(np.int64)
         n_prompt = int(ids.shape[0])
-        cache = self.new_cache(n_prompt + max_new_tokens)
+        static = None
+        cache: KVCache | None = None
+        if self.kv_strategy == "static":
+            static = self.static_decoder()
+            static.begin(n_prompt + max_new_tokens)
+        else:
+            cache = self.new_cache(n_prompt + max_new_tokens)
         clock = StageClock()
+        # plain greedy takes the graph's own argmax (only the token leaves the device); else logits come back
+        cfg = sampler.config
+        need_logits = not (cfg.greedy and cfg.repetition_penalty == 1.0)
+
+        def choose(result: tuple[int, Any], seen_ids: NDArray[np.int64]) -> int:
+            tok, row = result
+            return tok if row is None else sampler(row, seen_ids)
 
         t0 = time.perf_counter()
         visual = None
+        batches: list[int] = []
         if prompt.visuals:
             with clock("vision"):
-                visual = self.visual_rows(prompt.visuals)  # [n_visual, hidden]
+                batches = [self.vision_batch_for(v) for v in prompt.visuals]
+                visual = self.visual_rows(prompt.visuals, batches)  # [n_visual, hidden]
         t1 = time.perf_counter()
-        with clock("embed"):
-            embeds = self.embed(ids, visual)  # [1, L, hidden]
-        with clock("prefill"):
-            logits = self.decode(embeds, 0, cache)
-            seen = np.empty(n_prompt + max_new_tokens, dtype=np.int64)  # prompt + generated ids, for the penalty
-            seen[:n_prompt] = ids
-            n_seen = n_prompt
-            token = sampler(logits, seen[:n_seen])
+        seen = np.empty(n_prompt + max_new_tokens, dtype=np.int64)  # prompt + generated ids, for the penalty
+        seen[:n_prompt] = ids
+        n_seen = n_prompt
+        if static is not None:  # chunk by chunk; each chunk's embeddings stay on the decoder's device
+            vis = self._no_visual if visual is None else np.ascontiguousarray(visual, dtype=self._act)
+            step = self.prefill_chunk_for(n_prompt) if n_prompt > 1 else 1
+            self.last_prefill_chunk = step
+            before = np.concatenate([[0], np.cumsum(ids == self.facts.image_token_id)])  # visual rows before i
+            result: tuple[int, Any] = (0, None)
+            for a, b in schedule.chunks(n_prompt, step):
+                with clock("embed"):
+                    chunk = static.embed_prompt(ids[a:b], vis[before[a] : before[b]])
+                with clock("prefill"):
+                    result = static.prefill(chunk, need_logits and b == n_prompt)
+            with clock("prefill"):
+                token = choose(result, seen[:n_seen])
+        else:
+            assert cache is not None
+            with clock("embed"):
+                embeds = self.embed(ids, visual)  # [1, L, hidden]
+            with clock("prefill"):
+                token = sampler(self.decode(embeds, 0, cache), seen[:n_seen])
         t2 = time.perf_counter()
         t_first = t2
         stream = StreamDecoder(tokenizer)  # type: ignore[arg-type]  # any object with decode(ids, skip)
@@ -373,9 +497,13 @@ class Generator:
                 break
             seen[n_seen] = token
             n_seen += 1
+            steps += 1
+            if static is not None:
+                token = choose(static.step(token, need_logits), seen[:n_seen])
+                continue
+            assert cache is not None
             step_embeds = self.embed(np.array([token], dtype=np.int64))  # [1, 1, hidden]
             logits = self.decode(step_embeds, cache.length, cache)
-            steps += 1
             token = sampler(logits, seen[:n_seen])
         tail = stream.flush()
         if tail:
@@ -398,6 +526,8 @@ class Generator:
             visual_tokens_before=sum(v.tokens_before for v in prompt.visuals),
             visual_tokens_after=sum(v.tokens_after for v in prompt.visuals),
             stages=stages,
+            vision_batch=max(batches) if prompt.visuals else 0,
+            prefill_chunk=self.last_prefill_chunk,
             notes=prompt.notes,
         )
         log.info("generated %d tokens (%s): %s", len(gen.token_ids), gen.stop_reason, gen.timings.summary())

@@ -146,28 +146,20 @@ def test_bench_tiny_text_image_and_files(tiny_bundle: Path, tmp_path: Path) -> N
 
 
 SLICED = os.environ.get("HULU_BENCH_SLICED_BUNDLE")
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="not reliably true at fp32 on this 2-core CPU: three interleaved runs gave 0.88x, 1.36x and 1.05x "
-    "(reference / runtime per decoded token). Decode is a memory-bound GEMV over 3.8 GB per token and "
-    "onnxruntime's MLAS GEMV streams ~8-11 GB/s here vs torch/MKL's ~15 GB/s in a micro-benchmark; prefill "
-    "is 3-4x faster. See benchmarks/results/bench_summary.md",
-    strict=False,
-)
-@pytest.mark.skipif(
+needs_sliced = pytest.mark.skipif(
     not SLICED,
     reason="set HULU_BENCH_SLICED_BUNDLE to a `huluexport build --size 7b "
     "--random-weights --layers 2` bundle (6.2 GB fp32, ~10 min to build here): NOT run",
 )
-def test_bench_sliced_7b_runtime_faster_per_decoded_token(tmp_path_factory: pytest.TempPathFactory) -> None:
+
+
+@pytest.fixture(scope="module")
+def sliced_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """7B widths (hidden 3584, vocab 152064), 2 decoder + 2 vision layers: ~1.6 B parameters, 6.2 GB fp32.
     Needs ~13 GB of RAM (runtime and reference side by side). Result committed in benchmarks/results/."""
-    bundle = Path(str(SLICED))
     out = tmp_path_factory.mktemp("sliced_out")
     doc = _run_cli(
-        bundle,
+        Path(str(SLICED)),
         out,
         "--preset",
         "image",
@@ -182,9 +174,27 @@ def test_bench_sliced_7b_runtime_faster_per_decoded_token(tmp_path_factory: pyte
         "--compare-reference",
     )
     _check_files(out)
-    assert doc["ratios_reference_over_runtime"]["decode"] > 1.0  # runtime faster per decoded token
-    assert doc["same_tokens"] is True
-    rows = doc["plan_check"]["rows"]
-    for name, row in rows.items():
+    return doc
+
+
+@pytest.mark.slow
+@needs_sliced
+def test_bench_sliced_7b_same_tokens_and_planned_bytes(sliced_report: dict) -> None:
+    """The slice benchmark's correctness, apart from its speed claim below (so no xfail swallows it)."""
+    assert sliced_report["same_tokens"] is True
+    for name, row in sliced_report["plan_check"]["rows"].items():
         if "initializers" in name or "per decoded token" in name:
             assert abs(row["ratio"] - 1.0) < 1e-4, (name, row)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="not reliably true at fp32 on this 2-core CPU: three interleaved runs gave 0.88x, 1.36x and 1.05x "
+    "(reference / runtime per decoded token). Decode is a memory-bound GEMV over 3.8 GB per token and "
+    "onnxruntime's MLAS GEMV streams ~8-11 GB/s here vs torch/MKL's ~15 GB/s in a micro-benchmark; prefill "
+    "is 3-4x faster. See benchmarks/results/bench_summary.md",
+    strict=False,
+)
+@needs_sliced
+def test_bench_sliced_7b_runtime_faster_per_decoded_token(sliced_report: dict) -> None:
+    assert sliced_report["ratios_reference_over_runtime"]["decode"] > 1.0  # runtime faster per decoded token

@@ -1,5 +1,5 @@
-"""Tiny bundles for the runtime's end-to-end and CLI tests: a random tiny checkpoint -> `huluexport build`,
-cached on disk under artifacts/test-bundles/ keyed by a hash of the exporter's sources (a build takes ~45 s
+"""Tiny bundles (and the tiny tokenizer) for the runtime's end-to-end and CLI tests: a random tiny checkpoint ->
+`huluexport build`, cached on disk under artifacts/test-bundles/ keyed by a hash of the exporter's sources (a build takes ~45 s
 on the 2-core CI machine, so one build serves every test process until the exporter changes)."""
 
 from __future__ import annotations
@@ -34,21 +34,35 @@ def _source_key() -> str:
     return h.hexdigest()[:12]
 
 
+def tokenizer() -> Path:
+    """A folder with the tiny checkpoint's tokenizer.json + tokenizer_config.json (written by huluexport's
+    fixture writer, so tests under tests/runtime get it without importing huluexport). Treat it as read-only."""
+
+    def make(out: Path) -> None:
+        from huluexport.checkpoint.fixtures import write_tokenizer
+
+        write_tokenizer(out)
+
+    return _cached("tokenizer", make)
+
+
 def checkpoint(kind: str, compression: bool = True) -> Path:
     """The tiny random checkpoint of `kind` (cached like the bundles)."""
     return _cached(f"ckpt-{kind}-{int(compression)}", lambda out: _write_checkpoint(kind, compression, out))
 
 
-def bundle(kind: str, compression: bool = True) -> Path:
-    """A tiny fp32 bundle of `kind` ("qwen2" | "qwen3"), built from checkpoint(kind)."""
+def bundle(kind: str, compression: bool = True, gqa: bool = False) -> Path:
+    """A tiny fp32 bundle of `kind` ("qwen2" | "qwen3"), built from checkpoint(kind); `gqa`: with both decoder
+    forms (decoder.onnx and the gqa-static decoder_gqa.onnx)."""
     ck = checkpoint(kind, compression)
+    forms = ("v1-concat", "gqa-static") if gqa else ("v1-concat",)
 
     def make(out: Path) -> None:
         from huluexport.export.pipeline import BuildOptions, build
 
-        build(BuildOptions(out=out, checkpoint=ck, precision="fp32"))
+        build(BuildOptions(out=out, checkpoint=ck, precision="fp32", decoder_forms=forms))
 
-    return _cached(f"bundle-{kind}-{int(compression)}", make)
+    return _cached(f"bundle-{'gqa-' if gqa else ''}{kind}-{int(compression)}", make)  # globs must not overlap
 
 
 def _write_checkpoint(kind: str, compression: bool, out: Path) -> None:

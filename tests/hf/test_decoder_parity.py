@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tolerances import get
+from huluexport.tolerances import get
 
 from huluexport.checkpoint import checkpoint_name, from_checkpoint, plan
 from huluexport.config import DecoderConfig

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hulurt.rope import vision_rope
-from tolerances import get
+from huluexport.tolerances import get
 
 from huluexport.checkpoint import checkpoint_name, from_checkpoint
 from huluexport.reference.vision import merge

@@ -14,19 +14,9 @@ from hulurt.backends.base import BackendError, BackendOptions, Session
 
 
 @pytest.fixture(scope="module")
-def add_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])
-    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 3])
-    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"])], "add", [x, y], [z])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    path = tmp_path_factory.mktemp("g") / "add.onnx"
-    onnx.save(model, path)
-    return path
+def add_graph(onnx_add_graph: Path) -> Path:
+    """z = x + y over [n, 3] floats (written by tests/conftest.py: this tier does not import onnx)."""
+    return onnx_add_graph
 
 
 def test_ort_cpu_session_runs_and_reports(add_graph: Path) -> None:

@@ -27,10 +27,8 @@ IMAGE_ID = 290
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Tokenizer:
-    from huluexport.checkpoint.fixtures import write_tokenizer
-
-    return Tokenizer.from_file(write_tokenizer(tmp_path_factory.mktemp("tok")))
+def tok(tiny_tokenizer_dir) -> Tokenizer:
+    return Tokenizer.from_file(tiny_tokenizer_dir)
 
 
 @pytest.fixture(scope="module")

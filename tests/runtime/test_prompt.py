@@ -155,13 +155,11 @@ def test_expand():
         pr.expand(prompt, [1, 1, 1], _fake_encode, 999)
 
 
-def test_expand_equals_encoding_the_expanded_string(tmp_path):
+def test_expand_equals_encoding_the_expanded_string(tiny_tokenizer_dir):
     """5.2: inserting ids == tokenising the string with each <image> repeated, when <image> is an added token."""
-    from huluexport.checkpoint.fixtures import write_tokenizer
-
     from hulurt.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_file(write_tokenizer(tmp_path))
+    tok = Tokenizer.from_file(tiny_tokenizer_dir)
     image_id = tok.require_id("<image>")
     msgs = [
         {

@@ -12,10 +12,8 @@ from hulurt.tokenizer import Tokenizer, strip_think
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Tokenizer:
-    from huluexport.checkpoint.fixtures import write_tokenizer
-
-    return Tokenizer.from_file(write_tokenizer(tmp_path_factory.mktemp("tok")))
+def tok(tiny_tokenizer_dir) -> Tokenizer:
+    return Tokenizer.from_file(tiny_tokenizer_dir)
 
 
 def test_ids_and_encode(tok):
@@ -32,20 +30,14 @@ def test_ids_and_encode(tok):
     assert {286, 287, 288, 290} <= tok.special_ids and 284 not in tok.special_ids  # <think> is not special
 
 
-def test_missing_tokenizer(tmp_path):
+def test_missing_tokenizer(tmp_path, tok):
     with pytest.raises(UnsupportedInputError, match="tokenizer.json not found"):
         Tokenizer.from_file(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{broken")
     with pytest.raises(UnsupportedInputError, match="cannot load tokenizer"):
         Tokenizer.from_file(tmp_path)
     with pytest.raises(UnsupportedInputError, match="no token"):
-        Tokenizer.from_file(_fixture_dir(tmp_path)).require_id("<video>")
-
-
-def _fixture_dir(tmp_path):
-    from huluexport.checkpoint.fixtures import write_tokenizer
-
-    return write_tokenizer(tmp_path / "ok")
+        tok.require_id("<video>")
 
 
 def test_stream_splits_utf8(tok):

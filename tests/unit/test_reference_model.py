@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tolerances import get
+from huluexport.tolerances import get
 
 from huluexport.config import SIZES
 from huluexport.errors import UnsupportedInputError

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hulurt.rope import vision_rope
-from tolerances import get
+from huluexport.tolerances import get
 
 from huluexport.config import SIZES
 from huluexport.checkpoint.random_weights import random_state
