@@ -8,7 +8,6 @@ The bundle is written into a hidden sibling directory and moved into place only 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import time
@@ -20,9 +19,11 @@ from typing import Any
 import onnx_ir as ir
 import torch
 from hulurt import manifest as rt
+from hulurt.contract import DECODER_FORMS
 from hulurt.contract import pieces as contract_pieces
 
 from huluexport.checkpoint import EMBED, LM_HEAD, from_checkpoint, parameter_shapes, plan, root_of, side_file
+from huluexport.checkpoint.hub import file_hashes, locate
 from huluexport.checkpoint.random_weights import random_tensor
 from huluexport.config import (
     DecoderConfig,
@@ -67,15 +68,22 @@ _SIZE_FIELDS = {
 @dataclass(frozen=True)
 class BuildOptions:
     out: Path
-    checkpoint: Path | None = None
+    checkpoint: str | Path | None = None  # a folder, or a Hugging Face Hub repo id (org/name)
+    revision: str | None = None  # Hub revision (branch, tag or commit) of a repo id
+    cache_dir: Path | None = None  # Hugging Face cache (default: huggingface_hub's, HF_HUB_CACHE)
+    offline: bool | None = None  # None: HF_HUB_OFFLINE decides
     size: str | None = None  # preset; with a checkpoint it must match, with random weights it is required
     random_weights: bool = False
     seed: int = 0
     layers: int | None = None  # shallow slice: the first N decoder and vision layers
+    vision_layers: int | None = None  # vision depth on its own (default: as --layers, capped at the tower's)
     precision: str = "fp32"
     target: str = "generic"
     overwrite: bool = False
     dump_dir: Path | None = None  # graphs (no weights) after every pass
+    # decoder forms to export (hulurt.contract.DECODER_FORMS): "v1-concat" (decoder.onnx, every backend) and/or
+    # "gqa-static" (decoder_gqa.onnx: in-place KV buffers, CUDA-graph friendly; onnxruntime CPU/CUDA only)
+    decoder_forms: tuple[str, ...] = ("v1-concat",)
 
 
 @dataclass(frozen=True)
@@ -83,9 +91,24 @@ class WeightSpec:
     """Where a bundle's weights came from (recorded in the manifest so `verify` can rebuild the reference)."""
 
     kind: str  # "checkpoint" | "random"
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # the local directory read by this process (never written to the manifest)
     seed: int = 0
     layers: int | None = None
+    vision_layers: int | None = None  # None: min(layers, the tower's) as slice_layers does
+    source: dict[str, str] | None = None  # {"repo_id", "revision"} or {"folder": name}
+    files: dict[str, str] | None = None  # checkpoint file -> sha256
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's `model.weights`: where the weights came from, with no path of this machine."""
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "seed": self.seed,
+            "layers": self.layers,
+            "vision_layers": self.vision_layers,
+        }
+        if self.kind == "checkpoint":
+            out.update(source=self.source, files=self.files)
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,20 +134,32 @@ def check_size(cfg: HuluConfig, size: str, where: Path, sliced: bool) -> None:
 
 
 def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
+    bad = [f for f in opts.decoder_forms if f not in DECODER_FORMS]
+    if bad or not opts.decoder_forms:
+        raise ConfigError(
+            f"--decoder-form {','.join(opts.decoder_forms) or '(none)'}: expected one or more of "
+            f"{', '.join(DECODER_FORMS)}"
+        )
     if opts.precision not in rt.PRECISIONS:
         raise ConfigError(f"--precision {opts.precision!r}: expected one of {', '.join(rt.PRECISIONS)}")
     if opts.checkpoint is not None and opts.random_weights:
         raise ConfigError("--checkpoint and --random-weights exclude each other")
     if opts.checkpoint is not None:
-        full = from_checkpoint(opts.checkpoint)
+        found = locate(opts.checkpoint, revision=opts.revision, cache_dir=opts.cache_dir, offline=opts.offline)
+        full = from_checkpoint(found.path)  # config.json checked before anything else is read
         if opts.size is not None:
-            check_size(full, opts.size, Path(opts.checkpoint), sliced=opts.layers is not None)
-        return full, WeightSpec("checkpoint", str(Path(opts.checkpoint).resolve()), 0, opts.layers)
+            check_size(full, opts.size, found.path, sliced=opts.layers is not None)
+        hashes = file_hashes(found.path)
+        return full, WeightSpec(
+            "checkpoint", str(found.path), 0, opts.layers, opts.vision_layers, found.source, hashes
+        )
+    if opts.revision is not None:
+        raise ConfigError("--revision applies to --checkpoint ORG/NAME (a Hub repo id)")
     if not opts.random_weights:
         raise ConfigError("give --checkpoint DIR, or --size SIZE --random-weights")
     if opts.size is None:
         raise ConfigError("--random-weights needs --size (e.g. --size 7b)")
-    return preset(opts.size), WeightSpec("random", None, opts.seed, opts.layers)
+    return preset(opts.size), WeightSpec("random", None, opts.seed, opts.layers, opts.vision_layers)
 
 
 def weight_source(full_cfg: HuluConfig, spec: WeightSpec) -> Callable[[str], torch.Tensor]:
@@ -233,7 +268,10 @@ def export_piece(
     dump_dir: Path | None = None,
 ) -> rt.PieceEntry:
     spec = contract_pieces(to_dims(cfg, rt.ACT_DTYPE[precision]))[name]
-    model = onnx_export.export_graph(module, spec, image_token_id=cfg.tokens.image)
+    translations = None
+    if name == "decoder_gqa":
+        from huluexport.export.gqa import TRANSLATIONS as translations
+    model = onnx_export.export_graph(module, spec, image_token_id=cfg.tokens.image, translations=translations)
     _dump(model, dump_dir, f"{name}.0-exported")
     phases: list[tuple[str, Callable[[ir.Model], ir.Model]]] = [
         ("name_dims", lambda m: name_dims.run(m, spec)),
@@ -273,12 +311,15 @@ def export_piece(
 def build(opts: BuildOptions) -> Path:
     """Run every phase; return the bundle directory. Nothing is written at `opts.out` until the end."""
     t_start = time.perf_counter()
-    inputs = [opts.checkpoint] if opts.checkpoint is not None else []
+    inputs = [opts.checkpoint] if opts.checkpoint is not None and Path(opts.checkpoint).is_dir() else []
     check_out(opts.out, inputs, overwrite=opts.overwrite)  # the --out rules, before any work
     full_cfg, wspec = resolve(opts)
+    if wspec.checkpoint is not None and not inputs:  # a Hub repo id: its cache snapshot is the input
+        inputs = [wspec.checkpoint]
+        check_out(opts.out, inputs, overwrite=opts.overwrite)
     target = get_target(opts.target)
     source = weight_source(full_cfg, wspec)  # checks every name and shape before any export work
-    cfg = slice_layers(full_cfg, opts.layers)
+    cfg = slice_layers(full_cfg, opts.layers, opts.vision_layers)
     log.info(
         "build: %s (%s, %d decoder layers), %s weights, %s, target %s",
         cfg.name,
@@ -295,7 +336,7 @@ def build(opts: BuildOptions) -> Path:
         with torch.device("meta"):
             model = HuluMed(cfg)
         entries = {}
-        for name, module in P.make_pieces(model).items():
+        for name, module in P.make_pieces(model, opts.decoder_forms).items():
             module = P.to_precision(module, opts.precision, copy_first=False)
             entries[name] = export_piece(name, module, cfg, opts.precision, source, tmp, opts.dump_dir)
         del model
@@ -303,7 +344,7 @@ def build(opts: BuildOptions) -> Path:
         manifest = build_manifest(
             root=tmp, cfg=cfg, precision=opts.precision, target=target, pieces=entries, tokenizer=tok
         )
-        manifest["model"]["weights"] = dataclasses.asdict(wspec)
+        manifest["model"]["weights"] = wspec.record()
         write_manifest(tmp, manifest)
     log.info("build: %s done in %.1f s", out, time.perf_counter() - t_start)
     return out
