@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from huluexport.tolerances import get
 
 from huluexport.checkpoint import checkpoint_name, from_checkpoint, plan
 from huluexport.config import DecoderConfig
 from huluexport.reference.weights import iter_tensors, load_model
+from huluexport.tolerances import get
 
 pytestmark = pytest.mark.hf
 

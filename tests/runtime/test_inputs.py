@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from hulurt import reduction
 from hulurt.errors import UnsupportedInputError
 from hulurt.inputs import InputOptions, build_inputs
 from hulurt.media import frames_to_media, image_from_array, load_media
 from hulurt.preprocess import plan_sizes
 from hulurt.tokenizer import Tokenizer
+from PIL import Image
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from hulurt import media as md
 from hulurt.errors import UnsupportedInputError
-
 from media_files import deflate_bomb, nifti_header, series, zero_nii_gz  # noqa: E402  (tests/runtime)
 
 pydicom = pytest.importorskip("pydicom")

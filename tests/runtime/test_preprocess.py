@@ -7,12 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from hulurt import preprocess as pp
+from hulurt.errors import UnsupportedInputError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from hulurt import preprocess as pp
-from hulurt.errors import UnsupportedInputError
 
 # ARCHITECTURE.md 3.3 worked examples: (H, W), m, N frames in the request -> (h, w), grid, tokens/frame, total
 RESIZE_TABLE = [

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from hulurt import prompt as pr
 from hulurt.errors import UnsupportedInputError
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from hulurt.reduction import compaction, frame_token_diffs, keep_mask, round_bf16
 
 

@@ -12,13 +12,13 @@ import os
 from typing import Any
 
 from hulurt.media.common import (
+    DEFAULT_MAX_PIXELS,
     DICOM_EXTS,
     IMAGE_EXTS,
     MAX_FRAMES_HARD,
     MAX_PIXELS_PER_FRAME,
     NIFTI_EXTS,
     VIDEO_EXTS,
-    DEFAULT_MAX_PIXELS,
     CorruptInputError,
     Media,
     MissingExtraError,

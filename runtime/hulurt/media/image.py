@@ -22,7 +22,6 @@ from hulurt.media.common import (
 from hulurt.preprocess import check_frame_size
 
 
-
 def _to_u8_gray(a: NDArray[Any], path: object) -> NDArray[np.uint8]:
     """Any-depth gray array -> uint8 by min-max over the image (16-bit X-rays keep their full range)."""
     a = a.astype(np.float64)

@@ -17,7 +17,6 @@ from hulurt.media.common import MAX_FRAMES_HARD, CorruptInputError, Media, _chec
 from hulurt.preprocess import check_frame_size
 
 
-
 def sample_frames(
     n_frames: int,
     video_fps: float,
