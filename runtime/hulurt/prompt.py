@@ -106,7 +106,8 @@ def render(
     image_token: str = IMAGE_TOKEN,
 ) -> str:
     """Render a conversation the way transformers' apply_chat_template does (Jinja2, trim_blocks,
-    lstrip_blocks, sandboxed, loopcontrols), with Hulu-Med's variables. The template is untrusted input: hulurt.template renders it with time, size and recursion limits."""
+    lstrip_blocks, sandboxed, loopcontrols), with Hulu-Med's variables. The template is untrusted input:
+    hulurt.template renders it with time, size and recursion limits."""
     from hulurt.template import render_template
 
     return render_template(template or BUILTIN_CHAT_TEMPLATE, {

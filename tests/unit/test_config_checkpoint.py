@@ -95,7 +95,8 @@ def test_image_token_must_agree_with_tokenizer(tiny_ckpts: dict[str, Path], tmp_
 def test_unsupported_projector(tiny_ckpts: dict[str, Path], tmp_path: Path) -> None:
     d = _copy(tiny_ckpts["hf-qwen2"], tmp_path)
     _edit_config(d, mm_projector_type="simp_spatial_conv")
-    with pytest.raises(ConfigError, match="config.json: mm_projector_type must be mlpNx_gelu.*found 'simp_spatial_conv'"):
+    with pytest.raises(ConfigError,
+                       match="config.json: mm_projector_type must be mlpNx_gelu.*found 'simp_spatial_conv'"):
         from_checkpoint(d)
 
 
