@@ -10,7 +10,7 @@ One place for the rules every command that writes a bundle follows:
     # --out removes such stale stagings (ours only: name pattern + our marker + no live process holding it).
 
 --overwrite replaces only a bundle: a directory whose manifest.json hulurt.manifest can read as a huluexport
-bundle, holding nothing but the files that manifest lists. Never the input, a directory that contains the input,
+bundle, holding nothing but the files that manifest lists (or an empty directory). Never the input, a directory that contains the input,
 a plain file, a symbolic link, or a directory of other files. Refusals are ConfigError naming --out (exit 2).
 """
 
@@ -78,6 +78,8 @@ def _check_replaceable(out: Path) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise _refuse(out, "is a file, not a bundle directory; --overwrite replaces only a huluexport bundle. "
                       "Remove it yourself or choose another --out")
+    if not any(os.scandir(out)):
+        return  # an empty directory (made for the bundle beforehand) holds nothing to lose
     listed = _bundle_files(out)
     seen = 0
     for dirpath, dirnames, filenames in os.walk(out):

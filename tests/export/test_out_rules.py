@@ -112,6 +112,12 @@ def test_overwrite_replaces_an_existing_bundle(job: Path, capsys) -> None:
     assert MARKER not in m.files and not (out / MARKER).exists()
     assert {k: v for k, v in snapshot(job).items() if not k.startswith("q")} == around
     assert not [p.name for p in job.iterdir() if p.name.startswith(".q.")]  # no partial / old directory left
+    (job / "empty").mkdir()  # made beforehand: nothing to lose, replaced with --overwrite only
+    assert "already exists" in _refused(capsys, job.parent, "quantize", str(job / "bundle"), "--out",
+                                        str(job / "empty"), "--bits", "8")
+    assert _cli(capsys, "quantize", str(job / "bundle"), "--out", str(job / "empty"), "--bits", "8",
+                "--overwrite") == (0, "")
+    assert load_manifest(job / "empty").pieces["decoder"].precision == "int8"
 
 
 # --------------------------------------------------------------------------------------------------

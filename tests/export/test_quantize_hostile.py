@@ -27,11 +27,12 @@ def job(tmp_path: Path, bundle_factory) -> Path:
     return tmp_path / "job"
 
 
-def _refused(capsys, job: Path, sentinel: Sentinel | None) -> str:
+def _refused(capsys, job: Path, sentinel: Sentinel | None, *extra: str) -> str:
     before = snapshot(job.parent)
     if sentinel is not None:
         sentinel.reset()  # the snapshot read it
-    code, err = _cli(capsys, "quantize", str(job / "bundle"), "--out", str(job / "q"), "--bits", "8")
+    bits = ("--bits", "4") if extra else ("--bits", "8")
+    code, err = _cli(capsys, "quantize", str(job / "bundle"), "--out", str(job / "q"), *bits, *extra)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
     if sentinel is not None:
@@ -40,7 +41,8 @@ def _refused(capsys, job: Path, sentinel: Sentinel | None) -> str:
     return lines[0]
 
 
-def test_external_data_outside_the_bundle_is_refused(job: Path, capsys) -> None:
+@pytest.mark.parametrize("extra", [(), ("--format", "qdq")], ids=["matmulnbits", "qdq"])
+def test_external_data_outside_the_bundle_is_refused(job: Path, capsys, extra: tuple[str, ...]) -> None:
     b = job / "bundle"
     outside = Sentinel(job.parent / "outside" / "decoder.onnx.data", (b / "decoder.onnx.data").read_bytes())
     model = onnx.load(str(b / "decoder.onnx"), load_external_data=False)
@@ -50,7 +52,7 @@ def test_external_data_outside_the_bundle_is_refused(job: Path, capsys) -> None:
             e.value = "../../outside/decoder.onnx.data"
     onnx.save(model, str(b / "decoder.onnx"))
     resign(b)  # hashes fresh: only the location check can stop it
-    line = _refused(capsys, job, outside)
+    line = _refused(capsys, job, outside, *extra)
     assert "decoder.onnx: tensor" in line and "'../../outside/decoder.onnx.data'" in line
 
 

@@ -253,3 +253,12 @@ def test_dicom_frame_header_refused_before_decoding(tmp_path: Path) -> None:
     err, peak = _peak(md.load_dicom, p)
     assert isinstance(err, md.CorruptInputError) and "pixels per frame" in str(err) and str(p) in str(err), err
     assert peak < 16 * MiB
+
+
+def test_palette_file_without_a_transfer_syntax_decodes() -> None:
+    """OT-PAL-8-face.dcm has no (0002,0010): the encoding pydicom read it with stands in, as pixel_array does."""
+    p = get_testdata_file("OT-PAL-8-face.dcm", download=False)
+    if p is None:
+        pytest.skip("pydicom-data is not installed")
+    m = md.load_dicom(p)
+    assert m.frames.shape == (1, 480, 640, 3) and m.frames.std() > 10 and m.info["window"] is None

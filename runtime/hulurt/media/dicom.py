@@ -75,12 +75,30 @@ def _decode(src: _Source) -> Iterator[NDArray[Any]]:
     try:
         with pydicom_log_captured(src.path):
             ds = pydicom.dcmread(src.path, force=True)
+            _guess_transfer_syntax(pydicom, ds)
             yield from iter_pixels(ds, indices=src.frames)
     except UnsupportedInputError:
         raise
     except Exception as e:  # noqa: BLE001 - pydicom raises many types for missing codecs / bad lengths
         msg = " ".join(str(e).split())
         raise CorruptInputError(src.path, f"cannot decode DICOM pixel data: {msg}") from e
+
+
+def _guess_transfer_syntax(pydicom: Any, ds: Any) -> None:
+    """A file without (0002,0010) in its meta group (or without a meta group): take the encoding pydicom read
+    the dataset with, as its own pixel_array does, so that uncompressed pixels still decode."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    uid = pydicom.uid
+    ts = uid.ImplicitVRLittleEndian if implicit else uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
+    if meta is None:
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    log.info("%s: no transfer syntax in the file meta; read as %s", getattr(ds, "filename", "?"), ts.name)
 
 
 def _modality(frame: NDArray[Any], ds: Any) -> NDArray[np.float64]:
