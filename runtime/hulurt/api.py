@@ -3,6 +3,7 @@ verified unless told not to), opens the pieces lazily with the chosen backend, a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -79,12 +80,14 @@ class Model:
         self.manifest = manifest
         self.options = options
         tok_rel = manifest.tokenizer.tokenizer
-        if tokenizer is None and tok_rel is None:
-            raise UnsupportedInputError(
-                manifest.path, "this bundle has no tokenizer (bundles built with --random-weights carry none), so "
-                "it cannot answer text prompts; build one from a checkpoint: huluexport build --checkpoint DIR"
-            )
-        self.tokenizer = Tokenizer.from_file(manifest.root / tok_rel) if tokenizer is None else tokenizer
+        if tokenizer is None:
+            if tok_rel is None:
+                raise UnsupportedInputError(
+                    manifest.path, "this bundle has no tokenizer (bundles built with --random-weights carry none), "
+                    "so it cannot answer text prompts; build one from a checkpoint: huluexport build --checkpoint DIR"
+                )
+            tokenizer = Tokenizer.from_file(manifest.root / tok_rel)
+        self.tokenizer = tokenizer
         tpl = manifest.file_path(manifest.tokenizer.chat_template)
         self.chat_template = load_chat_template(tpl)
         check_template(self.chat_template, tpl)  # a template that cannot render fails the load, not a request
@@ -106,7 +109,8 @@ class Model:
             sess = open_session(self.manifest.piece_path(piece), self.options)
             declared = getattr(sess, "declared_io", None)
             if declared is not None:  # the manifest's dims must be the graph's own (before anything is sized)
-                check_graph_io(self.manifest, piece, *declared(), where=self.manifest.pieces[piece].file)
+                inputs, outputs = declared()
+                check_graph_io(self.manifest, piece, inputs, outputs, where=self.manifest.pieces[piece].file)
             self._sessions[piece] = sess
             log.info("loaded %s in %.0f ms", piece, (time.perf_counter() - t) * 1e3)
         return self._sessions[piece]
@@ -258,8 +262,9 @@ class Model:
             series=series,
             num_slices=num_slices,
             max_frames=frames,
-            **({} if max_pixels is None else {"max_pixels": max_pixels}),
         )
+        if max_pixels is not None:
+            opts = dataclasses.replace(opts, max_pixels=max_pixels)
         reader_options = {"video": {"fps": pp.fps, "max_frames": min(pp.max_frames, self.manifest.limits.max_frames)}}
         return opts, reader_options
 

@@ -70,9 +70,9 @@ def select_merge_sizes(modals: Sequence[str], policy: str = "hf") -> list[int]:
     m=2, else m=1. "original": one m for the request, 2 if any input is video/3-D (the caller-side rule of
     the original notebooks, which process one modality per request).
     """
-    for m in modals:
-        if m not in VISUAL_MODALS:
-            raise ValueError(f"modal {m!r}; expected one of {VISUAL_MODALS}")
+    for modal in modals:
+        if modal not in VISUAL_MODALS:
+            raise ValueError(f"modal {modal!r}; expected one of {VISUAL_MODALS}")
     if policy not in ("hf", "original"):
         raise ValueError(f"merge policy {policy!r}; expected 'hf' or 'original'")
     m = VIDEO_MERGE_SIZE if any(x in ("video", "3d") for x in modals) else IMAGE_MERGE_SIZE

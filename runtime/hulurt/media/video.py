@@ -124,8 +124,8 @@ def _decode_av(p: Path, pick: Sampler) -> tuple[NDArray[np.uint8], NDArray[np.fl
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
                 rgb = frame.to_ndarray(format="rgb24")
-                for j in np.flatnonzero(idx == i):
-                    out[int(j)] = rgb
+                for k in np.flatnonzero(idx == i):
+                    out[int(k)] = rgb
             if i >= int(idx[-1]):
                 break
     got = [f for f in out if f is not None]
