@@ -238,20 +238,27 @@ def preset(size: str) -> HuluConfig:
         raise ConfigError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}") from None
 
 
-def slice_layers(cfg: HuluConfig, layers: int | None) -> HuluConfig:
+def slice_layers(cfg: HuluConfig, layers: int | None, vision_layers: int | None = None) -> HuluConfig:
     """The shallow slice of `cfg` that `build --layers N` exports and `init-checkpoint --layers N` writes.
 
     One rule everywhere: N must be in 1..decoder.layers; the decoder keeps its first N layers and the vision
     encoder its first min(N, vision.layers) (the vision tower of every size has 27 layers, decoders 28-64).
-    Widths are unchanged. None returns cfg as it is.
+    `vision_layers` (build --vision-layers) sets the tower's depth on its own, e.g. a 4-layer decoder slice with
+    the full 27-layer tower. Widths are unchanged. None, None returns cfg as it is.
     """
+    if vision_layers is not None:
+        if (isinstance(vision_layers, bool) or not isinstance(vision_layers, int)
+                or not 1 <= vision_layers <= cfg.vision.layers):
+            raise ConfigError(f"--vision-layers {vision_layers}: expected 1..{cfg.vision.layers} for {cfg.name}")
+        cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, layers=vision_layers))
     if layers is None:
         return cfg
     if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= cfg.decoder.layers:
         raise ConfigError(f"--layers {layers}: expected 1..{cfg.decoder.layers} for {cfg.name}")
+    vis = cfg.vision.layers if vision_layers is not None else min(layers, cfg.vision.layers)
     return cfg.replace(
         decoder=dataclasses.replace(cfg.decoder, layers=layers),
-        vision=dataclasses.replace(cfg.vision, layers=min(layers, cfg.vision.layers)),
+        vision=dataclasses.replace(cfg.vision, layers=vis),
     )
 
 

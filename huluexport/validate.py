@@ -175,11 +175,14 @@ class BundleRunner:
         specs = m.specs()
         self.sessions: dict[str, CheckedSession] = {}
         for name in ("vision", "embed", "decoder"):
+            # a bundle with only the gqa-static form: its decoder_gqa serves the Generator (verify drives that
+            # form through hulurt.static_decode, _gqa_pass)
+            piece = name if name in m.pieces or name != "decoder" else "decoder_gqa"
             try:
-                inner = open_session(m.piece_path(name), opts)
+                inner = open_session(m.piece_path(piece), opts)
             except BackendError as exc:
                 raise ManifestError(str(exc)) from None
-            self.sessions[name] = CheckedSession(inner, specs[name], m.dim_ranges)
+            self.sessions[name] = CheckedSession(inner, specs[piece], m.dim_ranges)
         self.gen = Generator(self.sessions, facts_of(m))  # type: ignore[arg-type]  # CheckedSession is a Session
 
     @property
@@ -197,6 +200,27 @@ class BundleRunner:
 
     def embed(self, ids: np.ndarray, visual: np.ndarray) -> np.ndarray:
         return self.gen.embed(ids.reshape(-1).astype(np.int64), visual)
+
+
+def _gqa_decoder(m: rt.Manifest, capacity: int) -> Any:
+    """hulurt's StaticDecoder over the bundle's decoder_gqa + embed graphs on onnxruntime CPU (docs/gpu.md)."""
+    from hulurt.static_decode import StaticDecoder
+
+    opts = BackendOptions(provider="cpu", threads=2)
+    dec, emb = open_session(m.piece_path("decoder_gqa"), opts), open_session(m.piece_path("embed"), opts)
+    return StaticDecoder(dec, emb, m.dims, capacity)
+
+
+def _gqa_pass(static: Any, embeds: np.ndarray, tokens: list[int]) -> tuple[np.ndarray, list[int]]:
+    """Prefill `embeds`, then one step per reference token (teacher-forced): logits rows and the argmaxes."""
+    static.begin(embeds.shape[1] + len(tokens))
+    tok, row = static.prefill(embeds, want_logits=True)
+    rows, toks = [row], [tok]
+    for t in tokens:
+        tok, row = static.step(t, want_logits=True)
+        rows.append(row)
+        toks.append(tok)
+    return np.concatenate(rows), toks
 
 
 def case_patches(case: VisionCase, patch_dim: int, seed: int) -> np.ndarray:
@@ -304,8 +328,11 @@ def verify(
     tol = {
         p: get(p, m.pieces[p].precision + ("-qdq" if m.pieces[p].compute.get("quant_format") == "qdq" else ""),
                backend)
-        for p in ("vision", "embed", "decoder")
+        for p in ("vision", "embed", "decoder", "decoder_gqa")
+        if p in m.pieces
     }
+    need = max(r.inputs_embeds.shape[1] for r in prompts.values()) + steps
+    gqa = _gqa_decoder(m, need) if "decoder_gqa" in m.pieces else None
     rows: list[Row] = []
     bundle_rows, ref_rows = [], []
     for case, _vis, patches, want, keep in vision:  # compared before any compaction
@@ -324,6 +351,17 @@ def verify(
         rows.append(compare("embed", pname, "inputs_embeds", emb, ref.inputs_embeds, tol["embed"]))
         # end to end: the bundle's own visual rows feed its embed and decoder
         emb = runner.embed(ref.input_ids, np.concatenate(bundle_rows) if ref.has_visual else none)
+        if gqa is not None:  # the gqa-static form (decoder_gqa.onnx) on the same embeddings, same steps
+            got_rows, got_tok = _gqa_pass(gqa, emb, ref.tokens[:steps])
+            rows.append(compare("decoder_gqa", f"{pname} prefill", "logits", got_rows[:1], ref.prefill_logits,
+                                tol["decoder_gqa"], logits=True))
+            if steps:
+                rows.append(compare("decoder_gqa", f"{pname} decode x{steps}", "logits", got_rows[1:],
+                                    ref.step_logits, tol["decoder_gqa"], logits=True))
+            tokens_ref[f"{pname} gqa-static"], tokens_bundle[f"{pname} gqa-static"] = ref.tokens, got_tok
+        if "decoder" not in m.pieces:
+            say(pname)
+            continue
         cache = runner.gen.new_cache(emb.shape[1] + steps)
         logits = runner.gen.decode(emb, 0, cache)
         rows.append(

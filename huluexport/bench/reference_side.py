@@ -6,6 +6,8 @@ by the same clock as the runtime's (hulurt.clock)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from huluexport.bench.config import BenchConfig
@@ -15,19 +17,48 @@ from huluexport.bench.schema import STAGES
 
 
 def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "float32") -> PreparedSide:
+    """The reference on `cfg.extra["reference_device"]`: "cpu" (default), or "cuda", in fp16 there unless
+    `reference_dtype` says otherwise: PyTorch eager fp16 on the same GPU, the baseline of a GPU bundle."""
     import torch
     from hulurt.clock import StageClock
 
+    from huluexport.errors import ConfigError
     from huluexport.export.bundle_reference import reference_for_bundle
     from huluexport.plan import weight_bytes
     from huluexport.reference.model import VisualInput
+
+    device = str(cfg.extra.get("reference_device") or "cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--reference-device cuda: this PyTorch sees no CUDA device")
+        dtype = str(cfg.extra.get("reference_dtype") or "float16")
+    elif device != "cpu":
+        raise ConfigError(f"--reference-device {device!r}: expected cpu or cuda")
+    dev = torch.device(device)
+
+    def sync() -> None:  # stage clocks read the host clock: wait for the queued device work first
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    class SyncClock(StageClock):
+        """hulurt's stage clock, synchronising the device before each stage's end is read."""
+
+        @contextmanager
+        def __call__(self, stage: str) -> Iterator[None]:
+            with StageClock.__call__(self, stage):
+                try:
+                    yield
+                finally:
+                    sync()
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rss_before = MemorySampler()._rss()
     t0 = time.perf_counter()
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     mcfg, model = reference_for_bundle(m, cfg.checkpoint, torch_dtype)
+    model = model.to(dev)
+    sync()
     load_s = time.perf_counter() - t0
     rss_after = MemorySampler()._rss()
     inputs = open_model(cfg, m, sessions=False)  # hulurt's input code only; no graph is opened
@@ -36,7 +67,7 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
     @torch.inference_mode()
     def once() -> RunRecord:
         model = holder["model"]
-        clock = StageClock()
+        clock = SyncClock()
         start = time.perf_counter()
         with clock("preprocess"):
             mi = inputs.media_inputs(cfg.prompt, media, token_reduction=False)
@@ -71,12 +102,13 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
             tuple(out),
         )
 
-    prec = "fp32" if dtype == "float32" else "bf16"
+    prec = {"float32": "fp32", "float16": "fp16"}.get(dtype, "bf16")
     wb = weight_bytes(mcfg, prec)
     return PreparedSide(
         name="reference",
-        description=f"huluexport.reference PyTorch {torch.__version__} ({dtype}, "
-        f"{torch.get_num_threads()} threads), same process",
+        description=f"huluexport.reference PyTorch {torch.__version__} eager ({dtype}, "
+        + (torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads")
+        + "), same process",
         load_s=load_s,
         once=once,
         weights_read_per_token_bytes=wb.read_per_decoded_token,

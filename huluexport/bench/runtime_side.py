@@ -63,7 +63,10 @@ def open_model(cfg: BenchConfig, m: Any, *, sessions: bool = True) -> Any:
     provider = cfg.extra.get("provider", "auto")
     if not sessions:
         return Model(m, BackendOptions(provider=provider, threads=cfg.threads or 0), tokenizer=tok)
-    return load(cfg.bundle, provider=provider, threads=cfg.threads or 0, verify_hashes=False, tokenizer=tok)
+    # the decoder form hulurt.load chooses for the provider (gqa-static on CUDA), unless --decoder-form forces one
+    return load(cfg.bundle, provider=provider, threads=cfg.threads or 0, verify_hashes=False, tokenizer=tok,
+                decoder_form=cfg.extra.get("decoder_form"),
+                cuda_graph=False if cfg.extra.get("no_cuda_graph") else None)
 
 
 def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
@@ -99,13 +102,15 @@ def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
             tuple(g.token_ids),
         )
 
-    pb = {name: piece_weight_bytes(m.piece_path(name)) for name in ("embed", "decoder") if name in m.pieces}
+    dec_piece = model.decoder_piece  # "decoder" or "decoder_gqa": the graph whose weights a step reads
+    pb = {"embed": piece_weight_bytes(m.piece_path("embed")), "decoder": piece_weight_bytes(m.piece_path(dec_piece))}
     act = np.dtype(m.dims.act_dtype).itemsize
     embed_row = pb.get("embed", 0) // max(m.dims.vocab, 1)  # decoding gathers one row of the table
     prov = model.provider
     return PreparedSide(
         name="runtime",
-        description=f"hulurt.load + Model.run on onnxruntime ({prov}), {m.dims.act_dtype}",
+        description=f"hulurt.load + Model.run on onnxruntime ({prov}), {m.dims.act_dtype}, {dec_piece}"
+        + (", CUDA graph" if model.uses_cuda_graph else ""),
         load_s=load_s,
         once=once,
         weights_read_per_token_bytes=pb.get("decoder", 0) + embed_row,

@@ -169,6 +169,20 @@ def plan_cmd(
     help=HELP["bench_target"],
 )
 @click.option("--compare-reference", is_flag=True, help=HELP["compare_reference"])
+@click.option(
+    "--reference-device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Where the PyTorch reference runs: cpu (fp32), or cuda (fp16 eager, the GPU baseline).",
+)
+@click.option(
+    "--decoder-form",
+    type=click.Choice(["v1-concat", "gqa-static"]),
+    default=None,
+    help="Force the runtime's decoder form (default: as hulurt.load chooses: gqa-static on CUDA when present).",
+)
+@click.option("--no-cuda-graph", is_flag=True, help="gqa-static on CUDA without CUDA graph capture.")
 @click.option("--sequential", is_flag=True, help=HELP["sequential"])
 @click.option(
     "--checkpoint",
@@ -193,6 +207,9 @@ def bench_cmd(
     provider: str,
     target: str,
     compare_reference: bool,
+    reference_device: str,
+    decoder_form: str | None,
+    no_cuda_graph: bool,
     sequential: bool,
     checkpoint: Path | None,
     json_out: Path | None,
@@ -215,7 +232,13 @@ def bench_cmd(
         compare_reference=compare_reference,
         checkpoint=checkpoint,
         target=target,
-        extra={"sequential": sequential, "provider": provider},
+        extra={
+            "sequential": sequential,
+            "provider": provider,
+            "reference_device": reference_device,
+            "decoder_form": decoder_form,
+            "no_cuda_graph": no_cuda_graph,
+        },
     )
     report = B.run_bench(cfg)
     from rich.console import Console

@@ -18,11 +18,17 @@ HELP = {
     "random_weights": "No checkpoint: deterministic random weights (for size/memory tests and CI).",
     "seed": "Seed of --random-weights.",
     "layers": "Build a shallow slice: the first N decoder and vision layers (full width).",
+    "vision_layers": "Vision tower depth on its own (default: as --layers, capped at the tower's depth), e.g. "
+    "--layers 4 --vision-layers 27 for a decoder slice with the full tower.",
     "precision": "fp32, or fp16 with LayerNorm/RMSNorm, softmax and RoPE kept in fp32.",
     "target": "Device (huluexport/devices.py): dynamic dim ranges (TensorRT profiles, runtime limits).",
     "overwrite": "Replace an existing bundle at --out: only a huluexport bundle (never the input, a directory holding "
     "it, a file, a link or a directory of other files); the old one is removed only after the new one is complete.",
     "dump_dir": "Write each piece's graph (no weights) after every pass into this directory.",
+    "decoder_form": "Decoder form(s) to export, repeatable: v1-concat (decoder.onnx, every backend incl. TensorRT) "
+    "and/or gqa-static (decoder_gqa.onnx: com.microsoft::GroupQueryAttention over in-place KV buffers, fixed "
+    "decode-step shapes for CUDA graphs; onnxruntime CPU/CUDA). hulurt runs gqa-static on the CUDA EP, v1 "
+    "elsewhere (docs/gpu.md).",
     "trt_check": "After the build, parse and build every graph with TensorRT (tensorrt-rtx).",
     "inspect": "Print a bundle's manifest readably: pieces and their I/O, dims and ranges, tokens, files, versions.",
     "no_hash": "Skip the sha256 check of the files (sizes are still checked).",
@@ -64,6 +70,7 @@ def register(group: click.Group) -> None:
 @click.option("--random-weights", is_flag=True, help=HELP["random_weights"])
 @click.option("--seed", type=int, default=0, show_default=True, help=HELP["seed"])
 @click.option("--layers", type=click.IntRange(min=1), help=HELP["layers"])
+@click.option("--vision-layers", type=click.IntRange(min=1), help=HELP["vision_layers"])
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16"]),
@@ -76,6 +83,15 @@ def register(group: click.Group) -> None:
 )
 @click.option("--overwrite", is_flag=True, help=HELP["overwrite"])
 @click.option("--dump-dir", type=click.Path(path_type=Path, file_okay=False), help=HELP["dump_dir"])
+@click.option(
+    "--decoder-form",
+    "decoder_forms",
+    type=click.Choice(["v1-concat", "gqa-static"]),
+    multiple=True,
+    default=("v1-concat",),
+    show_default=True,
+    help=HELP["decoder_form"],
+)
 @click.option("--trt-check", is_flag=True, help=HELP["trt_check"])
 def build_cmd(
     checkpoint: Path | None,
@@ -84,10 +100,12 @@ def build_cmd(
     random_weights: bool,
     seed: int,
     layers: int | None,
+    vision_layers: int | None,
     precision: str,
     target: str,
     overwrite: bool,
     dump_dir: Path | None,
+    decoder_forms: tuple[str, ...],
     trt_check: bool,
 ) -> None:
     import logging
@@ -103,10 +121,12 @@ def build_cmd(
         random_weights=random_weights,
         seed=seed,
         layers=layers,
+        vision_layers=vision_layers,
         precision=precision,
         target=target,
         overwrite=overwrite,
         dump_dir=dump_dir,
+        decoder_forms=tuple(dict.fromkeys(decoder_forms)),
     )
     path = build(opts)
     click.echo(f"bundle: {path}")

@@ -38,15 +38,15 @@ def reference_for_bundle(
                 "pass --checkpoint DIR"
             )
         full = from_checkpoint(ck)
-        spec = WeightSpec("checkpoint", str(ck), 0, layers)
+        spec = WeightSpec("checkpoint", str(ck), 0, layers, w.get("vision_layers"))
     elif w.get("kind") == "random":
         full = preset(cfg.name)
-        spec = WeightSpec("random", None, int(w.get("seed", 0)), layers)
+        spec = WeightSpec("random", None, int(w.get("seed", 0)), layers, w.get("vision_layers"))
     else:
         raise ConfigError(
             f"{m.path}: model.weights does not say where the weights came from; pass --checkpoint DIR"
         )
-    sliced = slice_layers(full, layers)
+    sliced = slice_layers(full, layers, spec.vision_layers)
     if sliced.decoder != cfg.decoder or sliced.vision != cfg.vision:
         raise ConfigError(
             f"{ck if checkpoint is not None else m.path}: checkpoint architecture differs from the "

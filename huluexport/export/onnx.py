@@ -35,10 +35,14 @@ _QUIET = _NoTorchvisionNotice()
 
 OPSET = 20
 # Sizes of the tracing sample: every dynamic dim >= 2 (torch.export specialises 0 and 1), all different.
-SAMPLE_SIZES = {"n_frames": 2, "n_groups": 3, "merge_group": 4, "seq_len": 5, "n_visual": 2, "past_len": 3}
+SAMPLE_SIZES = {
+    "n_frames": 2, "n_groups": 3, "merge_group": 4, "seq_len": 5, "n_visual": 2, "past_len": 3, "kv_capacity": 16,
+}
 # Lower bounds of the exported dims (0 allowed where the contract allows empty tensors).
 DIM_MIN = {"n_visual": 0, "past_len": 0}
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bool": torch.bool}
+_TORCH_DTYPES = {
+    "float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool,
+}
 
 
 def sample_inputs(spec: PieceSpec, device: torch.device | str = "cpu", image_token_id: int = 0) -> tuple:
@@ -47,8 +51,8 @@ def sample_inputs(spec: PieceSpec, device: torch.device | str = "cpu", image_tok
     for ts in spec.inputs:
         shape = shape_of(ts, SAMPLE_SIZES)
         dt = _TORCH_DTYPES[ts.dtype]
-        if dt == torch.int64:
-            t = torch.randint(0, 8, shape, generator=gen)
+        if dt in (torch.int64, torch.int32):
+            t = torch.randint(0, 8, shape, generator=gen).to(dt)
             if ts.name == "input_ids":  # as many image ids as visual rows, so the sample is self-consistent
                 t[0, : SAMPLE_SIZES["n_visual"]] = image_token_id
         else:
@@ -83,8 +87,11 @@ def dynamic_shapes(spec: PieceSpec, arg_names: list[str]) -> dict:
     return ds
 
 
-def export_graph(module: nn.Module, spec: PieceSpec, image_token_id: int = 0) -> ir.Model:
-    """Trace `module` (whose forward is the contract of `spec`) into an onnx_ir model (weights as traced)."""
+def export_graph(
+    module: nn.Module, spec: PieceSpec, image_token_id: int = 0, translations: dict | None = None
+) -> ir.Model:
+    """Trace `module` (whose forward is the contract of `spec`) into an onnx_ir model (weights as traced).
+    `translations`: torch custom op -> onnxscript function (export/gqa.py's GroupQueryAttention)."""
     device = next(iter(module.parameters())).device
     args = sample_inputs(spec, device, image_token_id)
     arg_names = ["past" if n.startswith("past_key_values.") else n for n in (t.name for t in spec.inputs)]
@@ -103,6 +110,7 @@ def export_graph(module: nn.Module, spec: PieceSpec, image_token_id: int = 0) ->
                 input_names=[t.name for t in spec.inputs],
                 output_names=[t.name for t in spec.outputs],
                 opset_version=OPSET,
+                custom_translation_table=translations,
                 dynamo=True,
                 optimize=False,
                 verbose=False,

@@ -25,6 +25,7 @@ PIECE_PREFIX: dict[str, tuple[tuple[str, str], ...]] = {
     "embed": (("embed_tokens.", "decoder.embed_tokens."),),
     "decoder": (("layers.", "decoder.layers."), ("norm.", "decoder.norm."), ("lm_head.", "decoder.lm_head.")),
 }
+PIECE_PREFIX["decoder_gqa"] = PIECE_PREFIX["decoder"]  # the GPU decoder form (export/gqa.py): same weights
 TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -115,14 +116,21 @@ class DecoderPiece(nn.Module):
         return (self.lm_head(h).float(), *presents)
 
 
-def make_pieces(model: HuluMed) -> dict[str, nn.Module]:
-    """The three pieces sharing the model's modules (no copies)."""
+def make_pieces(model: HuluMed, decoder_forms: tuple[str, ...] = ("v1-concat",)) -> dict[str, nn.Module]:
+    """The pieces sharing the model's modules (no copies): vision, embed and one decoder per form
+    (hulurt.contract.DECODER_FORMS: "v1-concat" -> decoder, "gqa-static" -> decoder_gqa)."""
     cfg: HuluConfig = model.cfg
-    return {
+    out: dict[str, nn.Module] = {
         "vision": VisionPiece(model.vision_encoder, model.mm_projector).eval(),
         "embed": EmbedPiece(model.decoder.embed_tokens, cfg.tokens.image).eval(),
-        "decoder": DecoderPiece(model.decoder).eval(),
     }
+    if "v1-concat" in decoder_forms:
+        out["decoder"] = DecoderPiece(model.decoder).eval()
+    if "gqa-static" in decoder_forms:
+        from huluexport.export.gqa import DecoderGQAPiece
+
+        out["decoder_gqa"] = DecoderGQAPiece(model.decoder).eval()
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 import onnx_ir as ir
 import torch
 from hulurt import manifest as rt
+from hulurt.contract import DECODER_FORMS
 from hulurt.contract import pieces as contract_pieces
 
 from huluexport.checkpoint import EMBED, LM_HEAD, from_checkpoint, parameter_shapes, plan, root_of, side_file
@@ -72,10 +73,14 @@ class BuildOptions:
     random_weights: bool = False
     seed: int = 0
     layers: int | None = None  # shallow slice: the first N decoder and vision layers
+    vision_layers: int | None = None  # vision depth on its own (default: as --layers, capped at the tower's)
     precision: str = "fp32"
     target: str = "generic"
     overwrite: bool = False
     dump_dir: Path | None = None  # graphs (no weights) after every pass
+    # decoder forms to export (hulurt.contract.DECODER_FORMS): "v1-concat" (decoder.onnx, every backend) and/or
+    # "gqa-static" (decoder_gqa.onnx: in-place KV buffers, CUDA-graph friendly; onnxruntime CPU/CUDA only)
+    decoder_forms: tuple[str, ...] = ("v1-concat",)
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class WeightSpec:
     checkpoint: str | None = None
     seed: int = 0
     layers: int | None = None
+    vision_layers: int | None = None  # None: min(layers, the tower's) as slice_layers does
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,6 +117,12 @@ def check_size(cfg: HuluConfig, size: str, where: Path, sliced: bool) -> None:
 
 
 def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
+    bad = [f for f in opts.decoder_forms if f not in DECODER_FORMS]
+    if bad or not opts.decoder_forms:
+        raise ConfigError(
+            f"--decoder-form {','.join(opts.decoder_forms) or '(none)'}: expected one or more of "
+            f"{', '.join(DECODER_FORMS)}"
+        )
     if opts.precision not in rt.PRECISIONS:
         raise ConfigError(f"--precision {opts.precision!r}: expected one of {', '.join(rt.PRECISIONS)}")
     if opts.checkpoint is not None and opts.random_weights:
@@ -119,12 +131,14 @@ def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
         full = from_checkpoint(opts.checkpoint)
         if opts.size is not None:
             check_size(full, opts.size, Path(opts.checkpoint), sliced=opts.layers is not None)
-        return full, WeightSpec("checkpoint", str(Path(opts.checkpoint).resolve()), 0, opts.layers)
+        return full, WeightSpec(
+            "checkpoint", str(Path(opts.checkpoint).resolve()), 0, opts.layers, opts.vision_layers
+        )
     if not opts.random_weights:
         raise ConfigError("give --checkpoint DIR, or --size SIZE --random-weights")
     if opts.size is None:
         raise ConfigError("--random-weights needs --size (e.g. --size 7b)")
-    return preset(opts.size), WeightSpec("random", None, opts.seed, opts.layers)
+    return preset(opts.size), WeightSpec("random", None, opts.seed, opts.layers, opts.vision_layers)
 
 
 def weight_source(full_cfg: HuluConfig, spec: WeightSpec) -> Callable[[str], torch.Tensor]:
@@ -233,7 +247,10 @@ def export_piece(
     dump_dir: Path | None = None,
 ) -> rt.PieceEntry:
     spec = contract_pieces(to_dims(cfg, rt.ACT_DTYPE[precision]))[name]
-    model = onnx_export.export_graph(module, spec, image_token_id=cfg.tokens.image)
+    translations = None
+    if name == "decoder_gqa":
+        from huluexport.export.gqa import TRANSLATIONS as translations
+    model = onnx_export.export_graph(module, spec, image_token_id=cfg.tokens.image, translations=translations)
     _dump(model, dump_dir, f"{name}.0-exported")
     phases: list[tuple[str, Callable[[ir.Model], ir.Model]]] = [
         ("name_dims", lambda m: name_dims.run(m, spec)),
@@ -278,7 +295,7 @@ def build(opts: BuildOptions) -> Path:
     full_cfg, wspec = resolve(opts)
     target = get_target(opts.target)
     source = weight_source(full_cfg, wspec)  # checks every name and shape before any export work
-    cfg = slice_layers(full_cfg, opts.layers)
+    cfg = slice_layers(full_cfg, opts.layers, opts.vision_layers)
     log.info(
         "build: %s (%s, %d decoder layers), %s weights, %s, target %s",
         cfg.name,
@@ -295,7 +312,7 @@ def build(opts: BuildOptions) -> Path:
         with torch.device("meta"):
             model = HuluMed(cfg)
         entries = {}
-        for name, module in P.make_pieces(model).items():
+        for name, module in P.make_pieces(model, opts.decoder_forms).items():
             module = P.to_precision(module, opts.precision, copy_first=False)
             entries[name] = export_piece(name, module, cfg, opts.precision, source, tmp, opts.dump_dir)
         del model

@@ -3,11 +3,11 @@ verified unless told not to), opens the pieces lazily with the chosen backend, a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -70,10 +70,13 @@ class Model:
     def __init__(
         self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None, tokenizer: Any = None,
         *, vision_batch: int | None = None, prefill_chunk: int | None = None,
+        decoder_form: str | None = None, cuda_graph: bool | None = None,
     ) -> None:
         """tokenizer: an object with `encode(text)` and `decode(ids, skip_special_tokens)` used instead of the
         bundle's own (None = the bundle's tokenizer.json, which bundles built with random weights lack).
-        vision_batch / prefill_chunk: see hulurt.load."""
+        vision_batch / prefill_chunk: see hulurt.load. decoder_form: "v1-concat" | "gqa-static" to force one
+        (None = by provider, docs/gpu.md); cuda_graph: False turns the CUDA graph of the gqa-static decode step
+        off (None = on where it applies)."""
         from hulurt.prompt import check_template, load_chat_template
         from hulurt.tokenizer import Tokenizer
 
@@ -100,19 +103,60 @@ class Model:
             if reason is not None:
                 raise ValueError(f"{name} {reason}")
         self._generator: Generator | None = None
+        self._decoder_form = decoder_form  # None: by provider (hulurt.static_decode.select_decoder)
+        self._cuda_graph = cuda_graph  # None: on for the gqa-static form on the CUDA EP
+        self._decoder_piece: str | None = None
+        self._keep_mask_fn: Any = None  # hulurt.device_reduce on the CUDA provider (decided on first use)
+        self._keep_mask_checked = False
 
     # ---- sessions (opened on first use: a text-only request never loads the vision graph) --------------
 
+    @property
+    def decoder_piece(self) -> str:
+        """The decoder piece this Model runs: "decoder" (v1-concat) or "decoder_gqa" (gqa-static)."""
+        if self._decoder_piece is None:
+            from hulurt.static_decode import select_decoder
+
+            provider = self.options.provider
+            if provider == "auto":
+                from hulurt.backends.ort import resolve_provider
+
+                provider = resolve_provider("auto")
+            self._decoder_piece = select_decoder(provider, set(self.manifest.pieces), self._decoder_form)
+        return self._decoder_piece
+
+    @property
+    def uses_cuda_graph(self) -> bool:
+        return self.decoder_piece == "decoder_gqa" and self._cuda_graph is not False and self.session(
+            "decoder").provider == "cuda"
+
+    @property
+    def keep_mask_fn(self) -> Any:
+        """The token-reduction mask on the GPU (hulurt.device_reduce) when the decoder runs on the CUDA provider
+        and the kernel library loads; None (numpy) otherwise."""
+        if not self._keep_mask_checked:
+            self._keep_mask_checked = True
+            if self.session("decoder").provider == "cuda":
+                from hulurt.device_reduce import device_reducer
+
+                self._keep_mask_fn = device_reducer(self.options.device_id)
+        return self._keep_mask_fn
+
     def session(self, piece: str) -> Session:
+        """Session of `piece`; "decoder" is whichever decoder form `decoder_piece` chose."""
         if piece not in self._sessions:
             t = time.perf_counter()
-            sess = open_session(self.manifest.piece_path(piece), self.options)
+            real = self.decoder_piece if piece == "decoder" else piece
+            options = self.options
+            if real == "decoder_gqa" and self._cuda_graph is not False and options.provider in ("auto", "cuda"):
+                options = replace(options, cuda_graph=True)  # used by the CUDA EP only
+            sess = open_session(self.manifest.piece_path(real), options)
             declared = getattr(sess, "declared_io", None)
             if declared is not None:  # the manifest's dims must be the graph's own (before anything is sized)
                 inputs, outputs = declared()
-                check_graph_io(self.manifest, piece, inputs, outputs, where=self.manifest.pieces[piece].file)
+                check_graph_io(self.manifest, real, inputs, outputs, where=self.manifest.pieces[real].file)
             self._sessions[piece] = sess
-            log.info("loaded %s in %.0f ms", piece, (time.perf_counter() - t) * 1e3)
+            log.info("loaded %s in %.0f ms", real, (time.perf_counter() - t) * 1e3)
         return self._sessions[piece]
 
     @property
@@ -128,7 +172,11 @@ class Model:
         if visual:
             sessions["vision"] = self.session("vision")
         if self._generator is None or set(self._generator.sessions) != set(sessions):
-            self._generator = Generator(sessions, self.facts, self._kv_strategy, **self._split)
+            old = self._generator
+            self._generator = Generator(sessions, self.facts, self._kv_strategy, cuda_graph=self.uses_cuda_graph,
+                                        **self._split)
+            if old is not None and old._static is not None:  # the KV buffers (and a captured graph) carry over
+                self._generator._static = old._static
         return self._generator
 
     # ---- requests --------------------------------------------------------------------------------------
@@ -262,9 +310,10 @@ class Model:
             series=series,
             num_slices=num_slices,
             max_frames=frames,
+            keep_mask_fn=self.keep_mask_fn,
         )
         if max_pixels is not None:
-            opts = dataclasses.replace(opts, max_pixels=max_pixels)
+            opts = replace(opts, max_pixels=max_pixels)
         reader_options = {"video": {"fps": pp.fps, "max_frames": min(pp.max_frames, self.manifest.limits.max_frames)}}
         return opts, reader_options
 
@@ -423,6 +472,8 @@ def load(
     kv_strategy: str | None = None,
     trt_cache: PathLike | None = None,
     tokenizer: Any = None,
+    decoder_form: str | None = None,
+    cuda_graph: bool | None = None,
     vision_batch: int | None = None,
     prefill_chunk: int | None = None,
 ) -> Model:
@@ -436,9 +487,10 @@ def load(
     manifest = load_manifest(bundle, verify_hashes=verify_hashes)
     options = BackendOptions(provider=provider, threads=threads,
                              trt_cache_dir=None if trt_cache is None else os.fspath(trt_cache))
-    model = Model(manifest, options, kv_strategy, tokenizer, vision_batch=vision_batch, prefill_chunk=prefill_chunk)
+    model = Model(manifest, options, kv_strategy, tokenizer, vision_batch=vision_batch, prefill_chunk=prefill_chunk,
+                  decoder_form=decoder_form, cuda_graph=cuda_graph)
     for piece in ("embed", "decoder", "vision"):  # open now: load time is not part of a request's latency
-        if piece in manifest.pieces:
+        if piece == "decoder" or piece in manifest.pieces:
             model.session(piece)
     log.info("bundle %s checked in %.0f ms (hashes %s)", bundle, (time.perf_counter() - t) * 1e3,
              "verified" if verify_hashes else "skipped")

@@ -18,6 +18,14 @@ Pieces (one visual input per vision call; all its frames share one grid):
     decoder  inputs_embeds [1, seq_len, hidden], position_ids [1, seq_len] int64,
              past_key_values.{i}.key/value [1, kv_heads, past_len, head_dim]
           -> logits [1, vocab] float32 (last position only), present.{i}.key/value [1, kv_heads, total_len, head_dim]
+    decoder_gqa  (the GPU decoder form "gqa-static", DECODER_FORMS; optional, `huluexport build --decoder-form`)
+             inputs_embeds [1, seq_len, hidden], position_ids [1, seq_len] int64, seqlens_k [1] int32 (= T - 1,
+             T = tokens in the cache after this call), total_sequence_length [] int32 (an upper bound of T),
+             past_key_values.{i}.key/value [1, kv_heads, kv_capacity, head_dim] (buffers of fixed capacity)
+          -> logits [1, vocab] float32, next_token [1] int64 (argmax of logits),
+             present.{i}.key/value [1, kv_heads, kv_capacity, head_dim] (the past buffers with rows [T-seq_len, T)
+             written; bind the same memory as past and present to write in place: com.microsoft::
+             GroupQueryAttention's shared buffer, see docs/gpu.md)
     token_reduce (optional graph; standard ONNX ops or the custom op below)
              pixel_patches [n_frames, n_groups, merge_group, patch_dim] float32 -> keep_mask [n_frames, n_groups] bool
 """
@@ -89,6 +97,12 @@ TOKEN_REDUCE = OpSpec(
 
 OPS: dict[str, OpSpec] = {"token_reduce": TOKEN_REDUCE}
 
+# Decoder forms a bundle may carry (manifest `pieces`), by name -> piece. "v1-concat": the graph concatenates
+# past and new rows and returns a longer present (any backend, TensorRT included). "gqa-static": KV buffers of
+# fixed capacity written in place by com.microsoft::GroupQueryAttention (onnxruntime CPU and CUDA; the form a
+# CUDA graph can replay). The runtime picks by provider: hulurt.backends.select_decoder.
+DECODER_FORMS: dict[str, str] = {"v1-concat": "decoder", "gqa-static": "decoder_gqa"}
+
 
 @dataclass(frozen=True)
 class Dims:
@@ -142,12 +156,28 @@ def pieces(d: Dims) -> dict[str, PieceSpec]:
         ),
         outputs=(TensorSpec("logits", "float32", (1, d.vocab)), *kv_out),
     )
+    buf = tuple(TensorSpec(n, a, (1, d.kv_heads, "kv_capacity", d.head_dim)) for n in past)
+    decoder_gqa = PieceSpec(
+        "decoder_gqa",
+        inputs=(
+            TensorSpec("inputs_embeds", a, (1, "seq_len", d.hidden)),
+            TensorSpec("position_ids", "int64", (1, "seq_len")),
+            TensorSpec("seqlens_k", "int32", (1,)),
+            TensorSpec("total_sequence_length", "int32", ()),
+            *buf,
+        ),
+        outputs=(
+            TensorSpec("logits", "float32", (1, d.vocab)),
+            TensorSpec("next_token", "int64", (1,)),
+            *(TensorSpec(n, a, (1, d.kv_heads, "kv_capacity", d.head_dim)) for n in present),
+        ),
+    )
     token_reduce = PieceSpec(
         "token_reduce",
         inputs=(patches,),
         outputs=(TensorSpec("keep_mask", "bool", ("n_frames", "n_groups")),),
     )
-    return {p.name: p for p in (vision, embed, decoder, token_reduce)}
+    return {p.name: p for p in (vision, embed, decoder, decoder_gqa, token_reduce)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,6 +186,7 @@ def pieces(d: Dims) -> dict[str, PieceSpec]:
 
 DYNAMIC_DIMS = (
     "n_frames", "n_groups", "merge_group", "n_patches", "seq_len", "n_visual", "past_len", "total_len",
+    "kv_capacity",
 )
 # Relations between named dims that every feed must satisfy (name -> (kind, operand names)).
 DERIVED_DIMS: dict[str, tuple[str, tuple[str, str]]] = {
@@ -202,6 +233,7 @@ def dim_ranges(
         "n_visual": rng(0, opt_groups, max_context),
         "past_len": rng(0, opt_context, max_context - 1),
         "total_len": rng(1, opt_context, max_context),
+        "kv_capacity": rng(1, max_context, max_context),
     }
 
 

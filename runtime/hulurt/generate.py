@@ -185,6 +185,8 @@ class Generator:
         facts: BundleFacts,
         kv_strategy: str | None = None,
         *,
+        kv_capacity: int | None = None,
+        cuda_graph: bool = False,
         vision_batch: int | None = None,
         prefill_chunk: int | None = None,
     ) -> None:
@@ -199,6 +201,14 @@ class Generator:
         self._act = np.dtype(d.act_dtype)
         dec = sessions["decoder"]
         on_device = isinstance(dec, DeviceSession) and dec.on_device
+        # the "gqa-static" form (piece decoder_gqa, hulurt.static_decode): KV buffers of fixed capacity written in
+        # place, allocated once per Model at the bundle's max context unless told otherwise
+        self._static: Any = None
+        self._static_args = (kv_capacity or facts.max_context, cuda_graph)
+        if "seqlens_k" in dec.input_names():
+            if kv_strategy not in (None, "static"):
+                raise ContractError(f"KV strategy {kv_strategy!r} does not apply to the gqa-static decoder form")
+            kv_strategy = "static"
         # CPU default "buffer": allocated once, rows written in place ("chain" measures the same within noise,
         # benchmarks/results/runtime.md)
         self.kv_strategy = kv_strategy or ("device" if on_device else "buffer")
@@ -343,6 +353,16 @@ class Generator:
         cache.update(outs, seq)
         return cast(NDArray[np.float32], outs["logits"])
 
+    def static_decoder(self) -> Any:
+        """The StaticDecoder of the gqa-static form (created on first use, kept across requests)."""
+        if self._static is None:
+            from hulurt.static_decode import StaticDecoder
+
+            capacity, graph = self._static_args
+            self._static = StaticDecoder(self.sessions["decoder"], self.sessions["embed"], self.facts.dims,
+                                         capacity, cuda_graph=graph)
+        return self._static
+
     # ---- a request -------------------------------------------------------------------------------
 
     def resolve_max_new_tokens(self, prompt_tokens: int, max_new_tokens: int | None) -> int:
@@ -410,8 +430,21 @@ class Generator:
     ) -> Iterator[str]:
         ids = prompt.input_ids.astype(np.int64)
         n_prompt = int(ids.shape[0])
-        cache = self.new_cache(n_prompt + max_new_tokens)
+        static = None
+        cache: KVCache | None = None
+        if self.kv_strategy == "static":
+            static = self.static_decoder()
+            static.begin(n_prompt + max_new_tokens)
+        else:
+            cache = self.new_cache(n_prompt + max_new_tokens)
         clock = StageClock()
+        # plain greedy takes the graph's own argmax (only the token leaves the device); else logits come back
+        cfg = sampler.config
+        need_logits = not (cfg.greedy and cfg.repetition_penalty == 1.0)
+
+        def choose(result: tuple[int, Any], seen_ids: NDArray[np.int64]) -> int:
+            tok, row = result
+            return tok if row is None else sampler(row, seen_ids)
 
         t0 = time.perf_counter()
         visual = None
@@ -421,14 +454,28 @@ class Generator:
                 batches = [self.vision_batch_for(v) for v in prompt.visuals]
                 visual = self.visual_rows(prompt.visuals, batches)  # [n_visual, hidden]
         t1 = time.perf_counter()
-        with clock("embed"):
-            embeds = self.embed(ids, visual)  # [1, L, hidden]
-        with clock("prefill"):
-            logits = self.decode(embeds, 0, cache)
-            seen = np.empty(n_prompt + max_new_tokens, dtype=np.int64)  # prompt + generated ids, for the penalty
-            seen[:n_prompt] = ids
-            n_seen = n_prompt
-            token = sampler(logits, seen[:n_seen])
+        seen = np.empty(n_prompt + max_new_tokens, dtype=np.int64)  # prompt + generated ids, for the penalty
+        seen[:n_prompt] = ids
+        n_seen = n_prompt
+        if static is not None:  # chunk by chunk; each chunk's embeddings stay on the decoder's device
+            vis = self._no_visual if visual is None else np.ascontiguousarray(visual, dtype=self._act)
+            step = self.prefill_chunk_for(n_prompt) if n_prompt > 1 else 1
+            self.last_prefill_chunk = step
+            before = np.concatenate([[0], np.cumsum(ids == self.facts.image_token_id)])  # visual rows before i
+            result: tuple[int, Any] = (0, None)
+            for a, b in schedule.chunks(n_prompt, step):
+                with clock("embed"):
+                    chunk = static.embed_prompt(ids[a:b], vis[before[a] : before[b]])
+                with clock("prefill"):
+                    result = static.prefill(chunk, need_logits and b == n_prompt)
+            with clock("prefill"):
+                token = choose(result, seen[:n_seen])
+        else:
+            assert cache is not None
+            with clock("embed"):
+                embeds = self.embed(ids, visual)  # [1, L, hidden]
+            with clock("prefill"):
+                token = sampler(self.decode(embeds, 0, cache), seen[:n_seen])
         t2 = time.perf_counter()
         t_first = t2
         stream = StreamDecoder(tokenizer)  # type: ignore[arg-type]  # any object with decode(ids, skip)
@@ -450,9 +497,13 @@ class Generator:
                 break
             seen[n_seen] = token
             n_seen += 1
+            steps += 1
+            if static is not None:
+                token = choose(static.step(token, need_logits), seen[:n_seen])
+                continue
+            assert cache is not None
             step_embeds = self.embed(np.array([token], dtype=np.int64))  # [1, 1, hidden]
             logits = self.decode(step_embeds, cache.length, cache)
-            steps += 1
             token = sampler(logits, seen[:n_seen])
         tail = stream.flush()
         if tail:

@@ -60,6 +60,9 @@ class InputOptions:
     add_system_prompt: bool = False
     system_prompt: str | None = None
     add_generation_prompt: bool = True
+    # keep mask of one input (tokens [T, nb, D], threshold, min_kept, mode) -> [T, nb] bool; None = numpy
+    # (hulurt.reduction.keep_mask); the CUDA path passes hulurt.device_reduce's kernel version (bit-identical)
+    keep_mask_fn: Any = None
     threads: int | None = None  # resize thread pool size; None = one per CPU core
     # volumes and DICOM (hulurt.media readers; reader_options of build_inputs override these)
     window: WindowSpec = None  # CT preset name, (center, width) or "center,width"; None: the file's VOI/min-max
@@ -211,7 +214,7 @@ def build_inputs(
         if options.compression and model_modal == "video" and t > 1:
             # (T, n_groups, m*m, 588) -> (T, n_groups, m*m*588): one merged token's raw pixels per row
             with clock("reduction"):
-                keep = reduction.keep_mask(
+                keep = (options.keep_mask_fn or reduction.keep_mask)(
                     vp.patches.reshape(t, nb, -1), options.threshold, options.min_kept, options.compression_mode
                 )
         else:

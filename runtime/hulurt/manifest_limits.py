@@ -155,7 +155,7 @@ def check_values(fail: Fail, m: Any) -> None:
 
 # ONNX element types as onnxruntime's NodeArg.type spells them -> numpy dtype names (hulurt.contract's dtypes)
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-             "tensor(bool)": "bool"}
+             "tensor(int32)": "int32", "tensor(bool)": "bool"}
 # Distinct probe values: pieces(_PROBE) has the same tensors as pieces(dims) with each static size replaced by
 # a number that says which dims field it came from, so a mismatch can name the field.
 _PROBE = Dims(hidden=1_000_003, vocab=1_000_033, layers=1, kv_heads=1_000_037, head_dim=1_000_039,

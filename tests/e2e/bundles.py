@@ -51,16 +51,18 @@ def checkpoint(kind: str, compression: bool = True) -> Path:
     return _cached(f"ckpt-{kind}-{int(compression)}", lambda out: _write_checkpoint(kind, compression, out))
 
 
-def bundle(kind: str, compression: bool = True) -> Path:
-    """A tiny fp32 bundle of `kind` ("qwen2" | "qwen3"), built from checkpoint(kind)."""
+def bundle(kind: str, compression: bool = True, gqa: bool = False) -> Path:
+    """A tiny fp32 bundle of `kind` ("qwen2" | "qwen3"), built from checkpoint(kind); `gqa`: with both decoder
+    forms (decoder.onnx and the gqa-static decoder_gqa.onnx)."""
     ck = checkpoint(kind, compression)
+    forms = ("v1-concat", "gqa-static") if gqa else ("v1-concat",)
 
     def make(out: Path) -> None:
         from huluexport.export.pipeline import BuildOptions, build
 
-        build(BuildOptions(out=out, checkpoint=ck, precision="fp32"))
+        build(BuildOptions(out=out, checkpoint=ck, precision="fp32", decoder_forms=forms))
 
-    return _cached(f"bundle-{kind}-{int(compression)}", make)
+    return _cached(f"bundle-{'gqa-' if gqa else ''}{kind}-{int(compression)}", make)  # globs must not overlap
 
 
 def _write_checkpoint(kind: str, compression: bool, out: Path) -> None:

@@ -10,6 +10,7 @@ from huluexport.export.pipeline import BuildOptions, build
 from huluexport.checkpoint.fixtures import write_checkpoint
 
 _BUNDLES: dict[tuple[str, str], Path] = {}
+_GQA_BUNDLES: dict[tuple[str, str], Path] = {}
 
 
 @pytest.fixture(scope="session")
@@ -33,5 +34,21 @@ def bundle_factory(tmp_path_factory: pytest.TempPathFactory, ckpt_qwen2: Path, c
             out = tmp_path_factory.mktemp("bundles") / f"{flavor}-{precision}"
             _BUNDLES[key] = build(BuildOptions(out=out, checkpoint=ckpts[flavor], precision=precision, target="tiny"))
         return _BUNDLES[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def gqa_bundle_factory(tmp_path_factory: pytest.TempPathFactory, ckpt_qwen2: Path, ckpt_qwen3: Path):
+    """bundle(flavor, precision) -> path of a bundle with only the gqa-static decoder form (decoder_gqa)."""
+    ckpts = {"qwen2": ckpt_qwen2, "qwen3": ckpt_qwen3}
+
+    def get(flavor: str, precision: str) -> Path:
+        key = (flavor, precision)
+        if key not in _GQA_BUNDLES:
+            out = tmp_path_factory.mktemp("bundles") / f"{flavor}-{precision}-gqa"
+            _GQA_BUNDLES[key] = build(BuildOptions(out=out, checkpoint=ckpts[flavor], precision=precision,
+                                                   target="tiny", decoder_forms=("gqa-static",)))
+        return _GQA_BUNDLES[key]
 
     return get

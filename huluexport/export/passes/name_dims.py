@@ -15,6 +15,7 @@ _DTYPES = {
     "float32": ir.DataType.FLOAT,
     "float16": ir.DataType.FLOAT16,
     "int64": ir.DataType.INT64,
+    "int32": ir.DataType.INT32,
     "bool": ir.DataType.BOOL,
 }
 

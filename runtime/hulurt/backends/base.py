@@ -69,6 +69,7 @@ class BackendOptions:
     # onnxruntime TensorRT EP: engine + timing caches in this directory, profiles from the manifest (backends/ort.py)
     trt_cache_dir: str | None = None
     engines_dir: str | None = None  # trt-native: engine directory (default: BUNDLE/engines/ matching this TensorRT)
+    cuda_graph: bool = False  # CUDA EP: enable_cuda_graph (hulurt.static_decode captures the decode step)
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:

@@ -72,7 +72,10 @@ def trt_options(path: Path | None, options: BackendOptions) -> dict[str, Any]:
 
 def provider_list(name: str, options: BackendOptions, path: Path | None = None) -> list[Any]:
     """The onnxruntime providers argument: the chosen one first, CPU last as the fallback for unsupported nodes."""
-    cuda = ("CUDAExecutionProvider", {"device_id": options.device_id})
+    cuda_opts: dict[str, Any] = {"device_id": options.device_id}
+    if options.cuda_graph:  # only sessions whose bound inputs/outputs keep fixed addresses (static_decode)
+        cuda_opts["enable_cuda_graph"] = "1"
+    cuda = ("CUDAExecutionProvider", cuda_opts)
     if name == "cpu":
         return ["CPUExecutionProvider"]
     if name == "cuda":
@@ -125,6 +128,11 @@ class OrtSession:
     def device_type(self) -> str:
         """Where IO-bound outputs live: "cuda" on GPU providers, else "cpu" (the same code path, testable here)."""
         return "cuda" if self.on_device else "cpu"
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime.InferenceSession (hulurt.static_decode binds its buffers to it once)."""
+        return self._sess
 
     def input_names(self) -> list[str]:
         return list(self._inputs)

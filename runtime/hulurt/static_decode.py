@@ -1,0 +1,201 @@
+"""The "gqa-static" decoder form at run time: which decoder piece a provider gets, and the decode loop's
+device side for `decoder_gqa` (contract in hulurt.contract; the export side is huluexport/export/gqa.py).
+
+`StaticDecoder` owns, for the life of a Model (not per request):
+- one K and one V buffer per layer, [1, kv_heads, capacity, head_dim], allocated once on the session's device
+  and bound as both `past_key_values.*` and `present.*`: GroupQueryAttention writes the new rows in place;
+- fixed one-token input buffers (token id, inputs_embeds, position_ids, seqlens_k) and output buffers (logits,
+  next_token), bound once to one IOBinding per session, so a decode step only updates a few bytes in place and
+  replays. With `cuda_graph=True` (CUDA EP option enable_cuda_graph) onnxruntime captures the decode step of the
+  decoder once (graph id 1) and replays it; the prefill runs uncaptured (graph id -1).
+Only the chosen token comes back to the host when the sampler is plain greedy (the graph's `next_token`
+output, argmax on the device); otherwise the logits row is copied for the host sampler.
+
+The same code runs on the CPU provider (buffers are numpy arrays bound without copies), which is how CI tests
+it; docs/gpu.md has the GPU side and the measurement script.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hulurt.contract import DECODER_FORMS, Dims, kv_names
+from hulurt.errors import ContextLengthError, ContractError
+
+log = logging.getLogger(__name__)
+
+FORMS = tuple(DECODER_FORMS)  # "v1-concat", "gqa-static"
+GRAPH_DECODE = "1"  # gpu_graph_id of the captured decode step
+GRAPH_NONE = "-1"  # runs that must not be captured (prefill: its shapes change)
+
+
+def select_decoder(provider: str, pieces: set[str] | frozenset[str], force: str | None = None) -> str:
+    """The decoder piece for a resolved provider: "decoder_gqa" on the CUDA EP when the bundle has it (fixed
+    shapes and addresses, CUDA graphs), "decoder" (v1) for TensorRT (it cannot build GroupQueryAttention) and
+    for the CPU provider, where v1 is the measured default; either form when the bundle has only one.
+    `force` ("v1-concat" | "gqa-static") overrides, e.g. for tests and benchmarks."""
+    if force is not None:
+        if force not in DECODER_FORMS:
+            raise ContractError(f"decoder form {force!r} is unknown; expected one of {', '.join(DECODER_FORMS)}")
+        piece = DECODER_FORMS[force]
+        if piece not in pieces:
+            raise ContractError(
+                f"decoder form {force!r} was asked for but this bundle has no {piece!r} piece (it has "
+                f"{sorted(p for p in pieces if p.startswith('decoder'))}); rebuild with "
+                f"`huluexport build --decoder-form {force}`"
+            )
+        return piece
+    have = [p for p in (DECODER_FORMS["gqa-static"], DECODER_FORMS["v1-concat"]) if p in pieces]
+    if not have:
+        raise ContractError(f"a bundle needs a decoder piece ({', '.join(DECODER_FORMS.values())}); it has {sorted(pieces)}")
+    if provider == "cuda":
+        return have[0]
+    return DECODER_FORMS["v1-concat"] if DECODER_FORMS["v1-concat"] in pieces else have[0]
+
+
+def _ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
+
+
+class StaticDecoder:
+    """Decode with `decoder_gqa` over KV buffers of fixed capacity (see the module doc)."""
+
+    def __init__(self, decoder: Any, embed: Any, dims: Dims, capacity: int, cuda_graph: bool = False) -> None:
+        if capacity < 1:
+            raise ContextLengthError(f"KV capacity must be >= 1; got {capacity}")
+        ort = _ort()
+        self.decoder, self.embed = decoder, embed
+        self.dims = dims
+        self.capacity = capacity
+        self.cuda_graph = cuda_graph
+        self.device = getattr(decoder, "device_type", "cpu")
+        self.device_id = getattr(getattr(decoder, "options", None), "device_id", 0)
+        self.length = 0
+        act = np.dtype(dims.act_dtype)
+        self._host: list[NDArray[Any]] = []  # numpy arrays behind CPU OrtValues (kept alive)
+        self.past_names, self.present_names = kv_names(dims.layers)
+        shape = (1, dims.kv_heads, capacity, dims.head_dim)
+        self.kv = [self._buffer(shape, act) for _ in self.past_names]
+        # one-token step buffers, fixed addresses
+        self.tok = self._buffer((1, 1), np.dtype(np.int64))
+        self.step_embeds = self._buffer((1, 1, dims.hidden), act)
+        self.step_pos = self._buffer((1, 1), np.dtype(np.int64))
+        self.seqlens = self._buffer((1,), np.dtype(np.int32))
+        self.no_visual = self._buffer((0, dims.hidden), act)
+        self.logits = self._buffer((1, dims.vocab), np.dtype(np.float32))
+        self.next_token = self._buffer((1,), np.dtype(np.int64))
+        # total_sequence_length is read on the host by the CUDA kernel (a CPU input): fixed at the capacity for
+        # the decode step, so the captured graph stays valid for every length (seqlens_k carries the length)
+        self._total_step = np.array(capacity, dtype=np.int32)
+        self._embed_binding = self._bind_embed_step()
+        self._step_binding = self._bind_decoder(self.step_embeds, self.step_pos, self._total_step)
+        self._run_step = ort.RunOptions()
+        self._run_once = ort.RunOptions()
+        if cuda_graph:
+            self._run_step.add_run_config_entry("gpu_graph_id", GRAPH_DECODE)
+            self._run_once.add_run_config_entry("gpu_graph_id", GRAPH_NONE)
+        self.steps = 0
+        log.info("static KV: %d layers x 2 buffers [1, %d, %d, %d] %s on %s (%.1f MB), cuda graph %s",
+                 dims.layers, dims.kv_heads, capacity, dims.head_dim, act.name, self.device,
+                 self.nbytes / 1e6, "on" if cuda_graph else "off")
+
+    # ---- buffers ----------------------------------------------------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.dims.layers * self.dims.kv_heads * self.capacity * self.dims.head_dim * np.dtype(
+            self.dims.act_dtype).itemsize
+
+    def _buffer(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
+        ort = _ort()
+        if self.device == "cpu":
+            arr = np.zeros(shape, dtype=dtype)
+            self._host.append(arr)
+            return ort.OrtValue.ortvalue_from_numpy(arr)  # shares the numpy memory
+        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device, self.device_id)
+
+    def _upload(self, value: NDArray[Any]) -> Any:
+        return _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device, self.device_id)
+
+    def _bind_embed_step(self) -> Any:
+        b = self.embed.session.io_binding()
+        b.bind_ortvalue_input("input_ids", self.tok)
+        b.bind_ortvalue_input("visual_embeds", self.no_visual)
+        b.bind_ortvalue_output("inputs_embeds", self.step_embeds)
+        return b
+
+    def _bind_decoder(self, embeds: Any, pos: Any, total: NDArray[np.int32], outputs: tuple[Any, Any] | None = None) -> Any:
+        b = self.decoder.session.io_binding()
+        b.bind_ortvalue_input("inputs_embeds", embeds)
+        b.bind_ortvalue_input("position_ids", pos)
+        b.bind_ortvalue_input("seqlens_k", self.seqlens)
+        b.bind_cpu_input("total_sequence_length", total)
+        for past, present, buf in zip(self.past_names, self.present_names, self.kv):
+            b.bind_ortvalue_input(past, buf)
+            b.bind_ortvalue_output(present, buf)  # the same memory: written in place
+        logits, token = outputs or (self.logits, self.next_token)
+        b.bind_ortvalue_output("logits", logits)
+        b.bind_ortvalue_output("next_token", token)
+        return b
+
+    # ---- a request ---------------------------------------------------------------------------------------
+
+    def begin(self, need: int) -> None:
+        """Start a request that will hold up to `need` tokens (rows past the length are never read)."""
+        if need > self.capacity:
+            raise ContextLengthError(
+                f"the request needs {need} KV rows but the static cache holds {self.capacity}; lower "
+                "--max-new-tokens or shorten the prompt"
+            )
+        self.length = 0
+
+    def embed_prompt(self, ids: NDArray[np.int64], visual: NDArray[Any]) -> Any:
+        """The embed graph for the prompt ids [L] and visual rows [n_visual, hidden] (host), its output
+        [1, L, hidden] left on the device as an OrtValue for `prefill`."""
+        b = self.embed.session.io_binding()
+        b.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64).reshape(1, -1))
+        b.bind_cpu_input("visual_embeds", visual)
+        b.bind_output("inputs_embeds", self.device, self.device_id)
+        self.embed.session.run_with_iobinding(b)
+        return b.get_outputs()[0]
+
+    def prefill(self, embeds: NDArray[Any] | Any, want_logits: bool) -> tuple[int, NDArray[np.float32] | None]:
+        """Feed `embeds` [1, L, hidden] (numpy, or an OrtValue on the device) after the cached rows."""
+        ort = _ort()
+        shape = embeds.shape() if callable(getattr(embeds, "shape", None)) else embeds.shape
+        seq = int(shape[1])
+        total = self.length + seq
+        if total > self.capacity:
+            raise ContextLengthError(f"KV cache holds {self.length} tokens and {seq} more were fed; its capacity is {self.capacity}")
+        emb = embeds if isinstance(embeds, ort.OrtValue) else self._upload(np.asarray(embeds))
+        pos = self._upload(np.arange(self.length, total, dtype=np.int64).reshape(1, seq))
+        self.seqlens.update_inplace(np.array([total - 1], dtype=np.int32))
+        b = self._bind_decoder(emb, pos, np.array(total, dtype=np.int32))
+        self.decoder.session.run_with_iobinding(b, self._run_once)
+        self.length = total
+        return self._result(want_logits)
+
+    def step(self, token: int, want_logits: bool) -> tuple[int, NDArray[np.float32] | None]:
+        """One decode step for `token` at position `length`: embed and decoder on fixed buffers."""
+        if self.length + 1 > self.capacity:
+            raise ContextLengthError(f"KV cache is full ({self.capacity} tokens)")
+        self.tok.update_inplace(np.array([[token]], dtype=np.int64))
+        self.step_pos.update_inplace(np.array([[self.length]], dtype=np.int64))
+        self.seqlens.update_inplace(np.array([self.length], dtype=np.int32))
+        if not self.cuda_graph:  # without a graph the kernel may as well see the exact length
+            self._step_binding.bind_cpu_input("total_sequence_length", np.array(self.length + 1, dtype=np.int32))
+        self.embed.session.run_with_iobinding(self._embed_binding)
+        self.decoder.session.run_with_iobinding(self._step_binding, self._run_step)
+        self.length += 1
+        self.steps += 1
+        return self._result(want_logits)
+
+    def _result(self, want_logits: bool) -> tuple[int, NDArray[np.float32] | None]:
+        token = int(self.next_token.numpy()[0])  # 8 bytes device -> host
+        return token, (np.array(self.logits.numpy(), copy=True) if want_logits else None)  # CPU: a view otherwise

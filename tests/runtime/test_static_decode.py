@@ -1,0 +1,177 @@
+"""The gqa-static decoder form in hulurt on onnxruntime CPU: which form each provider gets, the static KV buffers
+written in place across requests, device argmax vs host sampling, and the same tokens as the v1 form."""
+
+from __future__ import annotations
+
+import hulurt
+import numpy as np
+import pytest
+from e2e.bundles import bundle
+from hulurt.errors import ContextLengthError, ContractError
+from hulurt.static_decode import select_decoder
+
+BOTH = frozenset({"vision", "embed", "decoder", "decoder_gqa"})
+
+
+@pytest.mark.parametrize(
+    "provider, pieces, force, want",
+    [
+        ("cuda", BOTH, None, "decoder_gqa"),  # GPU: the form a CUDA graph can replay
+        ("tensorrt", BOTH, None, "decoder"),  # TensorRT cannot build GroupQueryAttention
+        ("cpu", BOTH, None, "decoder"),  # CPU: v1 stays the default
+        ("trt-native", BOTH, None, "decoder"),
+        ("cuda", frozenset({"embed", "decoder"}), None, "decoder"),  # an older bundle: v1 everywhere
+        ("cpu", frozenset({"embed", "decoder_gqa"}), None, "decoder_gqa"),  # gqa-only bundle runs on CPU too
+        ("cpu", BOTH, "gqa-static", "decoder_gqa"),  # forced (tests, benchmarks)
+        ("cuda", BOTH, "v1-concat", "decoder"),
+    ],
+)
+def test_select_decoder(provider: str, pieces: frozenset[str], force: str | None, want: str) -> None:
+    assert select_decoder(provider, pieces, force) == want
+
+
+def test_select_decoder_refuses_what_the_bundle_lacks() -> None:
+    with pytest.raises(ContractError, match=r"no 'decoder_gqa' piece.*--decoder-form gqa-static"):
+        select_decoder("cuda", frozenset({"embed", "decoder"}), "gqa-static")
+    with pytest.raises(ContractError, match="unknown"):
+        select_decoder("cuda", BOTH, "gqa")
+    with pytest.raises(ContractError, match="needs a decoder piece"):
+        select_decoder("cpu", frozenset({"embed"}))
+
+
+@pytest.fixture(scope="module")
+def gqa_bundle():
+    return bundle("qwen2", gqa=True)
+
+
+def test_cpu_auto_keeps_v1_and_forced_gqa_gives_the_same_tokens(gqa_bundle) -> None:
+    auto = hulurt.load(gqa_bundle, provider="auto", threads=1, verify_hashes=False)
+    assert auto.decoder_piece == "decoder" and not auto.uses_cuda_graph  # no GPU provider here
+    gqa = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static")
+    assert gqa.decoder_piece == "decoder_gqa" and "seqlens_k" in gqa.session("decoder").input_names()
+    for prompt, n in (("Describe the heart.", 16), ("Is the liver normal?", 9)):  # 2 requests, 1 set of buffers
+        want = auto.generate(prompt, max_new_tokens=n, stop_ids=())
+        got = gqa.generate(prompt, max_new_tokens=n, stop_ids=())
+        assert got.token_ids == want.token_ids and len(set(got.token_ids)) > 1
+        assert got.text == want.text and got.timings.decode_steps == n - 1
+    g = gqa._gen(False)
+    assert g.kv_strategy == "static" and g.static_decoder().capacity == gqa.facts.max_context
+    assert g.static_decoder().length == gqa.prepare("Is the liver normal?").input_ids.size + 9 - 1
+
+
+def test_static_buffers_are_written_in_place(gqa_bundle) -> None:
+    model = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static")
+    static = model._gen(False).static_decoder()
+    before = [buf.data_ptr() for buf in static.kv]
+    host = static._host[: len(static.kv)]  # the numpy arrays behind the CPU OrtValues
+    out = model.generate("Describe the heart.", max_new_tokens=6, stop_ids=())
+    assert [buf.data_ptr() for buf in static.kv] == before  # never reallocated
+    n = static.length
+    assert n == model.prepare("Describe the heart.").input_ids.size + 5
+    for arr in host:  # rows [0, n) written by the op itself, in our memory; the rest untouched zeros
+        assert np.abs(arr[:, :, :n]).max() > 0 and not arr[:, :, n:].any()
+    assert len(out.token_ids) == 6
+
+
+def test_sampling_takes_the_logits_path_and_repeats_with_a_seed(gqa_bundle) -> None:
+    from hulurt.sampling import SamplingConfig
+
+    v1 = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False)
+    gqa = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static")
+    s = SamplingConfig(greedy=False, temperature=1.5, top_k=50, seed=7)
+    a = v1.generate("What is shown?", max_new_tokens=12, sampling=s, stop_ids=())
+    b = gqa.generate("What is shown?", max_new_tokens=12, sampling=s, stop_ids=())
+    assert a.token_ids == b.token_ids  # same logits (fp32, within 1e-4) -> same seeded draws
+    pen = SamplingConfig(greedy=True, repetition_penalty=1.3)  # greedy but penalised: host argmax of logits
+    a = v1.generate("What is shown?", max_new_tokens=12, sampling=pen, stop_ids=())
+    b = gqa.generate("What is shown?", max_new_tokens=12, sampling=pen, stop_ids=())
+    assert a.token_ids == b.token_ids
+
+
+def test_static_capacity_is_checked(gqa_bundle) -> None:
+    from hulurt.static_decode import StaticDecoder
+
+    model = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static")
+    small = StaticDecoder(model.session("decoder"), model.session("embed"), model.facts.dims, capacity=8)
+    with pytest.raises(ContextLengthError, match="holds 8"):
+        small.begin(9)
+    small.begin(8)
+    small.prefill(np.zeros((1, 8, model.facts.dims.hidden), np.float32), want_logits=False)
+    with pytest.raises(ContextLengthError, match="full"):
+        small.step(1, want_logits=False)
+    with pytest.raises(ContractError, match="does not apply"):
+        hulurt.load(gqa_bundle, provider="cpu", verify_hashes=False, decoder_form="gqa-static",
+                    kv_strategy="chain").generate("x", max_new_tokens=2)
+
+
+def test_cpu_requests_keep_the_numpy_reduction(gqa_bundle) -> None:
+    """Off the CUDA provider no device reducer is chosen (the numpy mask runs); asked for anyway, it refuses
+    cleanly where onnxruntime has no CUDA provider, so the numpy path stays the fallback."""
+    from hulurt.device_reduce import device_reducer
+
+    model = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False)
+    assert model.keep_mask_fn is None
+    assert device_reducer() is None  # this machine: CPU onnxruntime, no kernel library
+
+
+def test_keep_mask_fn_is_what_build_inputs_calls() -> None:
+    """InputOptions.keep_mask_fn replaces the numpy mask; with the numpy function itself the inputs are equal."""
+    from hulurt import reduction
+    from hulurt.inputs import InputOptions, build_inputs
+    from hulurt.media import Media
+
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(0, 256, size=(1, 56, 56, 3), dtype=np.uint8), 4, axis=0)
+    frames[2:, :28] = rng.integers(0, 256, size=(2, 28, 56, 3), dtype=np.uint8)  # half the picture changes
+    calls = []
+
+    def recorded(tokens, threshold, min_kept, mode):
+        calls.append(tokens.shape)
+        return reduction.keep_mask(tokens, threshold, min_kept, mode)
+
+    class Tok:
+        def encode(self, text):
+            return [ord(c) % 200 for c in text]
+
+    def build(fn):
+        opts = InputOptions(compression=True, keep_mask_fn=fn)
+        return build_inputs([Media(frames, "video", "synthetic")], "What moves?", Tok(), 250, opts, None)
+
+    a, b = build(None), build(recorded)
+    assert len(calls) == 1 and calls[0][0] == 4
+    assert np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.keep_mask, b.keep_mask)
+    assert 0 < a.keep_mask.sum() < a.keep_mask.size  # the mask really drops some tokens
+
+
+def test_image_request_through_the_static_path(gqa_bundle, tmp_path) -> None:
+    """Visual rows reach the gqa-static prefill through the embed graph's device-side output: same tokens."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    png = tmp_path / "scan.png"
+    Image.fromarray(rng.integers(0, 256, size=(70, 98, 3), dtype=np.uint8)).save(png)
+    v1 = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False)
+    gqa = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static")
+    a = v1.generate("What is shown?", images=[png], max_new_tokens=10, stop_ids=())
+    b = gqa.generate("What is shown?", images=[png], max_new_tokens=10, stop_ids=())
+    assert b.timings.visual_tokens_after > 0 and b.timings.prompt_tokens > b.timings.visual_tokens_after
+    assert a.token_ids == b.token_ids
+
+
+def test_chunked_static_prefill_gives_the_same_tokens(gqa_bundle, tmp_path) -> None:
+    """prefill_chunk splits the gqa-static prefill too (each chunk's visual rows embedded with it): same tokens
+    as one call, with chunks of 1, 5 and 64 that cut through the image's rows."""
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    png = tmp_path / "scan.png"
+    Image.fromarray(rng.integers(0, 256, size=(56, 84, 3), dtype=np.uint8)).save(png)
+    whole = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static",
+                        prefill_chunk=10_000)
+    want = whole.generate("What is shown?", images=[png], max_new_tokens=8, stop_ids=())
+    for chunk in (1, 5, 64):
+        m = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static",
+                        prefill_chunk=chunk)
+        got = m.generate("What is shown?", images=[png], max_new_tokens=8, stop_ids=())
+        assert got.token_ids == want.token_ids, chunk
+        assert got.timings.prefill_chunk == min(chunk, got.timings.prompt_tokens)
