@@ -1,4 +1,5 @@
-"""`huluexport build`, `inspect`, `verify`, `trt-check`, `quantize`: parse arguments, build a typed config, call one function."""
+"""`huluexport build`, `inspect`, `verify`, `trt-check`, `quantize`: parse arguments, build a typed config, call
+one function."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ HELP = {
     "no_hash": "Skip the sha256 check of the files (sizes are still checked).",
     "verify": "Run BUNDLE on onnxruntime and the PyTorch reference side by side; one row per output. Exits non-zero "
     "when any tolerance of huluexport/tolerances.py is exceeded.",
-    "verify_checkpoint": "Checkpoint to compare against (default: the one recorded in the manifest, or its random seed).",
+    "verify_checkpoint": "Checkpoint to compare against (default: the one recorded in the manifest, or its random "
+    "seed).",
     "steps": "Greedy decode steps compared after the prefill.",
     "trt": "Parse and build every graph of BUNDLE with TensorRT (tensorrt-rtx builds on the CPU), with optimization "
     "profiles from the bundle's dim ranges.",
