@@ -1,7 +1,7 @@
 """Qwen2.5 / Qwen3 decoder fed inputs_embeds, with a purely functional KV cache (traceable by torch.export).
 
 Variants are config flags: qkv_bias (Qwen2.5), qk_norm + explicit head_dim (Qwen3), tied or stored lm_head.
-Numerics follow ARCHITECTURE.md 8.1 (transformers' Qwen2/Qwen3 modeling: RMSNorm casts back before the weight,
+Numerics follow docs/model.md §8.1 (transformers' Qwen2/Qwen3 modeling: RMSNorm casts back before the weight,
 RoPE cos/sin cast to the activation dtype). Names equal the checkpoint's minus `model.` (lm_head stays).
 """
 

@@ -1,7 +1,7 @@
 """The generation loop: visual inputs -> vision graph -> kept rows (token reduction) -> embed graph ->
 decoder prefill -> decode loop with a KV cache, streaming text as it is decoded. Boring, visible code.
 
-The loop follows the reference model's `generate` (huluexport/reference/model.py) and ARCHITECTURE.md 5.3,
+The loop follows the reference model's `generate` (huluexport/reference/model.py) and docs/model.md §5.3,
 6.3 and 8.2: one `<image>` id per kept visual row, replaced in order; positions 0..L-1 over the compacted
 prompt, then L, L+1, ... for generated tokens.
 """

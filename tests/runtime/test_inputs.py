@@ -50,7 +50,7 @@ def test_single_image(tok, png):
         == "<|im_start|>user\n<image>\nDescribe this image in detail.<|im_end|>\n<|im_start|>assistant\n"
     )
     (v,) = r.visuals
-    # PIL swap: a 150 (W) x 200 (H) file is planned as if H=150, W=200 (ARCHITECTURE.md 3.4)
+    # PIL swap: a 150 (W) x 200 (H) file is planned as if H=150, W=200 (docs/model.md §3.4)
     assert v.grid_thw == (1, 11, 14) and v.merge_size == 1 and v.modal == "image"
     assert v.patches.shape == (1, 154, 1, 588) and v.patches.dtype == np.float32 and v.patches.std() > 1e-2
     assert r.input_ids.shape[0] == 1 and r.input_ids.dtype == np.int64

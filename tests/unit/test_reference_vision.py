@@ -1,4 +1,4 @@
-"""Vision reference: per-frame separability, merge == bilinear, patch embed == conv (ARCH 9.2, 11.3)."""
+"""Vision reference: per-frame separability, merge == bilinear, patch embed == conv (docs/model.md §9.2, §11)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def load_image(
 
     RGBA/LA/P drop alpha the way upstream's `convert("RGB")` does. 16-bit and 32-bit gray are min-max scaled to
     uint8 (Pillow's own conversion would clip at 255). `pil_size_swap` defaults to upstream's behaviour for
-    image files (ARCHITECTURE.md 3.4); pass False to resize with the true aspect ratio.
+    image files (docs/model.md §3.4); pass False to resize with the true aspect ratio.
     """
     p = Path(path)
     _check_file(p)

@@ -50,7 +50,7 @@ def sample_frames_hf(
     start_time: float | None = None,
     end_time: float | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """The HF processor's rule (processing_hulumed.py load_video, ARCHITECTURE.md 3.7), in our own words:
+    """The HF processor's rule (processing_hulumed.py load_video, docs/model.md §3.7), in our own words:
     output times t_k = start + k / fps over the clip (ffmpeg's fps filter, round=down picks the frame shown at
     t_k), timestamps t_k; if more than `max_frames`, keep linspace(0, K-1, max_frames) of those samples.
     Frame choice can differ from ffmpeg's by one source frame at exact ties; timestamps agree.
@@ -146,7 +146,7 @@ def load_video(
     end_time: float | None = None,
     profile: str = "hf",
 ) -> Media:
-    """A video file -> Media of modal "video" with timestamps (ARCHITECTURE.md 3.7); decord, else PyAV.
+    """A video file -> Media of modal "video" with timestamps (docs/model.md §3.7); decord, else PyAV.
 
     fps: frames sampled per second (None = every frame); max_frames: cap by uniform subsampling;
     start_time/end_time (seconds) trim the clip first; profile "hf" (timestamps k / fps, the HF processor)
