@@ -177,7 +177,11 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     cfg = config_from_dict({k: v for k, v in mf.model.items() if k != "weights"})
-    w = mf.model["weights"]
+    w = dict(mf.model["weights"])
+    if w["kind"] == "checkpoint":  # the manifest records no local path: find the checkpoint again
+        from huluexport.checkpoint.hub import recorded_checkpoint
+
+        w["checkpoint"] = str(recorded_checkpoint(w, mf.path))
     full_cfg = preset(args.size) if w["kind"] == "random" else cfg
     source = weight_source(full_cfg, WeightSpec(**w))
     rows: dict[str, dict] = {}

@@ -87,6 +87,8 @@ def locate(
         raise ConfigError(f"--checkpoint {text}: is a file; expected a checkpoint folder or a Hub repo id")
     if not is_repo_id(text):
         raise ConfigError(f"--checkpoint {text}: no such folder, and not a Hub repo id (org/name)")
+    if cache_dir is None and os.environ.get("HF_HUB_CACHE"):  # read per call, not at import time
+        cache_dir = os.environ["HF_HUB_CACHE"]
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     path = _snapshot(text, revision, cache, offline_mode(offline))
     commit = path.name if _COMMIT.fullmatch(path.name) else ""
@@ -102,6 +104,7 @@ def _snapshot(repo_id: str, revision: str | None, cache: Path | None, offline: b
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
+        IncompleteSnapshotError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -109,20 +112,24 @@ def _snapshot(repo_id: str, revision: str | None, cache: Path | None, offline: b
 
     hint = download_hint(repo_id, revision, cache)
     rev = revision or "main"
-    args: dict[str, Any] = {"revision": revision, "cache_dir": cache, "allow_patterns": list(DOWNLOAD_PATTERNS)}
+    args: dict[str, Any] = {
+        "revision": revision,
+        "cache_dir": cache,
+        "allow_patterns": list(DOWNLOAD_PATTERNS),
+    }
     try:  # the local cache first: no network call at all when the revision is there
         return Path(snapshot_download(repo_id, local_files_only=True, **args))
+    except IncompleteSnapshotError:  # an interrupted download: the cached listing shows missing files
+        if offline:
+            raise ConfigError(
+                f"--checkpoint {repo_id}: the cached copy of revision {rev} is incomplete and offline mode is "
+                f"on; complete it with: {hint}"
+            ) from None
     except LocalEntryNotFoundError:
         if offline:
             raise ConfigError(
                 f"--checkpoint {repo_id}: revision {rev} is not in the Hugging Face cache and offline mode is "
                 f"on; download it first with: {hint}"
-            ) from None
-    except Exception as exc:  # e.g. a snapshot whose cached listing shows missing files
-        if offline:
-            raise ConfigError(
-                f"--checkpoint {repo_id}: the cached revision {rev} is unusable ({_first_line(exc)}); "
-                f"complete it with: {hint}"
             ) from None
     log.info("%s: not cached; downloading %s", repo_id, ", ".join(DOWNLOAD_PATTERNS))
     try:
@@ -169,15 +176,29 @@ def recorded(located: Located, hashes: dict[str, str]) -> dict[str, Any]:
     return {"source": dict(located.source), "files": hashes}
 
 
-def locate_recorded(
-    weights: dict[str, Any], bundle: Path, *, cache_dir: str | Path | None = None
-) -> Located:
+def recorded_checkpoint(weights: dict[str, Any], bundle: Path, override: str | Path | None = None) -> Path:
+    """The checkpoint directory to rebuild a bundle's reference from: `override` (--checkpoint, a folder or a
+    repo id), else the manifest's record (a Hub repo at its commit, from the cache), else, for bundles written
+    before the record existed, the absolute path they stored if it is a folder here."""
+    if override is not None:
+        return locate(override).path
+    old = weights.get("checkpoint")
+    if not weights.get("source") and isinstance(old, str) and Path(old).is_dir():
+        return Path(old)
+    return locate_recorded(weights, bundle).path
+
+
+def locate_recorded(weights: dict[str, Any], bundle: Path, *, cache_dir: str | Path | None = None) -> Located:
     """The checkpoint a bundle was built from, found again from its manifest record (verify, bench)."""
     source = weights.get("source") or {}
     if isinstance(source, dict) and isinstance(source.get("repo_id"), str):
         revision = source.get("revision")
-        return locate(source["repo_id"], revision=revision if isinstance(revision, str) else None,
-                      cache_dir=cache_dir, offline=True)
+        return locate(
+            source["repo_id"],
+            revision=revision if isinstance(revision, str) else None,
+            cache_dir=cache_dir,
+            offline=True,
+        )
     name = source.get("folder") if isinstance(source, dict) else None
     raise ConfigError(
         f"{bundle}: the bundle was built from the local folder {name or '(unrecorded)'!s}, which the manifest "

@@ -43,7 +43,8 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
             raise CheckpointError(
-                f"{path}: {what} is {size} bytes; expected at most {MAX_JSON_BYTES} for a JSON file", file=path
+                f"{path}: {what} is {size} bytes; expected at most {MAX_JSON_BYTES} for a JSON file",
+                file=path,
             )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

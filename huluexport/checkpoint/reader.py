@@ -49,7 +49,13 @@ def read_config_json(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any]]:
 def check_config_json(path: Path, raw: dict[str, Any]) -> None:
     """Type, range and consistency of every config.json key the export uses (no weights needed)."""
     src = Values(path, raw, quiet=True)  # from_checkpoint logs the defaults it then uses
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "max_position_embeddings"):
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "vocab_size",
+        "max_position_embeddings",
+    ):
         src.int(key)
     heads = src.require_int("num_attention_heads")
     kv = src.int("num_key_value_heads")
@@ -140,7 +146,9 @@ def from_checkpoint(ckpt_dir: str | Path) -> HuluConfig:
     if head_dim is None:
         rows = shape_of("model.layers.0.self_attn.q_proj.weight")[0]
         if rows % heads or (rows // heads) % 2:
-            raise src.fail("num_attention_heads", f"a divisor of q_proj's {rows} rows (no head_dim given)", heads)
+            raise src.fail(
+                "num_attention_heads", f"a divisor of q_proj's {rows} rows (no head_dim given)", heads
+            )
         head_dim = rows // heads
         log.info("%s: no head_dim; using q_proj rows / num_attention_heads = %d", cfg_path, head_dim)
     rope = src.section("rope_parameters")
@@ -355,7 +363,11 @@ def _preprocess(d: Path) -> PreprocessConfig:
     src = Values(path, read_json(path, "preprocessor_config.json"))
     base = PreprocessConfig()
     values: dict[str, Any] = {}
-    for field_name, key in (("patch", "patch_size"), ("min_tokens", "min_tokens"), ("max_tokens", "max_tokens")):
+    for field_name, key in (
+        ("patch", "patch_size"),
+        ("min_tokens", "min_tokens"),
+        ("max_tokens", "max_tokens"),
+    ):
         v = src.int(key)
         if v is None:
             log.info("%s: no %s; using %r", path, key, getattr(base, field_name))

@@ -54,16 +54,16 @@ def file_tensors(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def _safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as f:
             out = {}
-            for name in f.keys():
+            for name in list(f.keys()):
                 sl = f.get_slice(name)
                 out[name] = (tuple(int(s) for s in sl.get_shape()), str(sl.get_dtype()))
             return out
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+    except (SafetensorError, OSError, ValueError) as exc:  # a corrupt or lying header, an unreadable file
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})", file=path) from None
 
 
@@ -123,7 +123,9 @@ class _HeaderUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not part of a state dict")
 
     def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in _STORAGES.values()):
+        if not (
+            isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in _STORAGES.values()
+        ):
             raise pickle.UnpicklingError("unknown persistent id")
         return _Storage(pid[1], int(pid[4]))
 
@@ -134,7 +136,8 @@ def _bin_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
             pkl = [i for i in z.infolist() if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
             if len(pkl) != 1:
                 raise CheckpointError(
-                    f"{path}: not a torch.save zip archive (expected one data.pkl, found {len(pkl)})", file=path
+                    f"{path}: not a torch.save zip archive (expected one data.pkl, found {len(pkl)})",
+                    file=path,
                 )
             if pkl[0].file_size > MAX_PICKLE_BYTES:
                 raise CheckpointError(
@@ -148,9 +151,11 @@ def _bin_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
         raise CheckpointError(
             f"{path}: not a readable PyTorch weight file (expected a torch.save zip archive)", file=path
         ) from None
-    except Exception as exc:  # UnpicklingError, EOFError, ... of a corrupt or hostile data.pkl
+    except Exception as exc:  # noqa: BLE001 - a hostile data.pkl can make the opcodes raise any error type
         raise CheckpointError(f"{path}: not a readable PyTorch state dict ({exc})", file=path) from None
-    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, _Tensor) for k, v in sd.items()):
+    if not isinstance(sd, dict) or not all(
+        isinstance(k, str) and isinstance(v, _Tensor) for k, v in sd.items()
+    ):
         raise CheckpointError(f"{path}: expected a state dict of named tensors", file=path)
     return {k: (v.shape, v.dtype) for k, v in sd.items()}
 

@@ -40,7 +40,9 @@ MAX_PROJECTOR_DEPTH = 16  # mlpNx_gelu; every released checkpoint uses mlp2x_gel
 class Values:
     """Lookups in one JSON object (`raw`, at `prefix` inside `path`) that check type and range and log defaults."""
 
-    def __init__(self, path: Path | str, raw: dict[str, Any], prefix: str = "", *, quiet: bool = False) -> None:
+    def __init__(
+        self, path: Path | str, raw: dict[str, Any], prefix: str = "", *, quiet: bool = False
+    ) -> None:
         self.path, self.raw, self.prefix, self.quiet = path, raw, prefix, quiet
 
     def _default(self, key: str, default: Any, why: str) -> None:
@@ -86,7 +88,12 @@ class Values:
         if value is None:
             self._default(key, default, why)
             return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise self.fail(key, "a finite number > 0", value)
         return float(value)
 

@@ -13,7 +13,13 @@ from huluexport.devices import NAMES as TARGET_NAMES
 HELP = {
     "build": "Export a checkpoint (or random weights of a preset size) to a bundle directory: vision/embed/decoder "
     "ONNX graphs + external weights, tokenizer and templates, manifest.json.",
-    "checkpoint": "Hulu-Med checkpoint directory (HF-version or original layout).",
+    "checkpoint": "Hulu-Med checkpoint: a directory (HF-version or original layout), or a Hugging Face Hub repo id "
+    "such as ZJU-AI4H/Hulu-Med-7B, taken from the local Hugging Face cache when it is there and downloaded into "
+    "it otherwise. The manifest records the repo id and commit (or the folder's name) and every file's sha256.",
+    "revision": "Hub revision (branch, tag or commit) of --checkpoint ORG/NAME (default: main).",
+    "cache_dir": "Hugging Face cache directory (default: huggingface_hub's, i.e. HF_HUB_CACHE or ~/.cache/huggingface/hub).",
+    "offline": "Never contact the Hub: use the cached copy or fail naming the command that downloads it "
+    "(HF_HUB_OFFLINE=1 does the same).",
     "out": "Bundle directory to create (written to a temporary sibling and moved into place when complete).",
     "size": "Preset size. With --checkpoint: the checkpoint must match it; with --random-weights: the model to build.",
     "random_weights": "No checkpoint: deterministic random weights (for size/memory tests and CI).",
@@ -35,8 +41,9 @@ HELP = {
     "no_hash": "Skip the sha256 check of the files (sizes are still checked).",
     "verify": "Run BUNDLE on onnxruntime and the PyTorch reference side by side; one row per output. Exits non-zero "
     "when any tolerance of huluexport/tolerances.py is exceeded.",
-    "verify_checkpoint": "Checkpoint to compare against (default: the one recorded in the manifest, or its random "
-    "seed).",
+    "verify_checkpoint": "Checkpoint (directory or Hub repo id) to compare against. Default: the Hub repo and "
+    "commit recorded in the manifest (from the local cache), or its random seed; a bundle built from a local "
+    "folder needs this option, since the manifest records only the folder's name.",
     "steps": "Greedy decode steps compared after the prefill.",
     "trt": "Parse and build every graph of BUNDLE with TensorRT (tensorrt-rtx builds on the CPU), with optimization "
     "profiles from the bundle's dim ranges.",
@@ -66,7 +73,10 @@ def register(group: click.Group) -> None:
 
 
 @click.command("build", help=HELP["build"])
-@click.option("--checkpoint", type=click.Path(path_type=Path, file_okay=False), help=HELP["checkpoint"])
+@click.option("--checkpoint", metavar="DIR|ORG/NAME", help=HELP["checkpoint"])
+@click.option("--revision", help=HELP["revision"])
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help=HELP["cache_dir"])
+@click.option("--offline", is_flag=True, default=None, help=HELP["offline"])
 @click.option("--out", type=click.Path(path_type=Path), required=True, help=HELP["out"])
 @click.option("--size", type=click.Choice(list(SIZES)), help=HELP["size"])
 @click.option("--random-weights", is_flag=True, help=HELP["random_weights"])
@@ -96,7 +106,10 @@ def register(group: click.Group) -> None:
 )
 @click.option("--trt-check", is_flag=True, help=HELP["trt_check"])
 def build_cmd(
-    checkpoint: Path | None,
+    checkpoint: str | None,
+    revision: str | None,
+    cache_dir: Path | None,
+    offline: bool | None,
     out: Path,
     size: str | None,
     random_weights: bool,
@@ -119,6 +132,9 @@ def build_cmd(
     opts = BuildOptions(
         out=out,
         checkpoint=checkpoint,
+        revision=revision,
+        cache_dir=cache_dir,
+        offline=offline or None,
         size=size,
         random_weights=random_weights,
         seed=seed,
@@ -151,12 +167,10 @@ def inspect_cmd(bundle: Path, no_hash: bool) -> None:
 
 @click.command("verify", help=HELP["verify"])
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option(
-    "--checkpoint", type=click.Path(path_type=Path, file_okay=False), help=HELP["verify_checkpoint"]
-)
+@click.option("--checkpoint", metavar="DIR|ORG/NAME", help=HELP["verify_checkpoint"])
 @click.option("--steps", type=click.IntRange(min=0), default=16, show_default=True, help=HELP["steps"])
 @click.option("--no-hash", is_flag=True, help=HELP["no_hash"])
-def verify_cmd(bundle: Path, checkpoint: Path | None, steps: int, no_hash: bool) -> None:
+def verify_cmd(bundle: Path, checkpoint: str | None, steps: int, no_hash: bool) -> None:
     from huluexport.errors import ParityError
     from huluexport.validate import verify
 

@@ -1,5 +1,5 @@
 """The PyTorch reference model a bundle was built from, rebuilt from its manifest's weight record (the
-checkpoint it names or `--checkpoint`, or the random seed; the same layer slice). `huluexport verify` and
+Hub checkpoint it names or `--checkpoint`, or the random seed; the same layer slice). `huluexport verify` and
 `huluexport bench --compare-reference` both compare the bundle against this model."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 from hulurt import manifest as rt
 
 from huluexport.checkpoint import from_checkpoint
+from huluexport.checkpoint.hub import recorded_checkpoint
 from huluexport.config import HuluConfig, preset, slice_layers, to_dims
 from huluexport.errors import ConfigError, ManifestError
 from huluexport.export.pipeline import WeightSpec, config_from_dict, reference_model, weight_source
@@ -31,12 +32,7 @@ def reference_for_bundle(
         raise ManifestError(f"{m.path}: field 'model.weights': expected an object, found {type(w).__name__}")
     layers = w.get("layers")
     if checkpoint is not None or w.get("kind") == "checkpoint":
-        ck = Path(checkpoint if checkpoint is not None else w["checkpoint"])
-        if not ck.is_dir():
-            raise ConfigError(
-                f"{m.path}: the bundle was built from checkpoint {ck}, which is not a directory here; "
-                "pass --checkpoint DIR"
-            )
+        ck = recorded_checkpoint(w, m.path, checkpoint)  # --checkpoint, or the Hub repo and commit recorded
         full = from_checkpoint(ck)
         spec = WeightSpec("checkpoint", str(ck), 0, layers, w.get("vision_layers"))
     elif w.get("kind") == "random":

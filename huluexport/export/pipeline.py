@@ -8,7 +8,6 @@ The bundle is written into a hidden sibling directory and moved into place only 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import time
@@ -24,6 +23,7 @@ from hulurt.contract import DECODER_FORMS
 from hulurt.contract import pieces as contract_pieces
 
 from huluexport.checkpoint import EMBED, LM_HEAD, from_checkpoint, parameter_shapes, plan, root_of, side_file
+from huluexport.checkpoint.hub import file_hashes, locate
 from huluexport.checkpoint.random_weights import random_tensor
 from huluexport.config import (
     DecoderConfig,
@@ -68,7 +68,10 @@ _SIZE_FIELDS = {
 @dataclass(frozen=True)
 class BuildOptions:
     out: Path
-    checkpoint: Path | None = None
+    checkpoint: str | Path | None = None  # a folder, or a Hugging Face Hub repo id (org/name)
+    revision: str | None = None  # Hub revision (branch, tag or commit) of a repo id
+    cache_dir: Path | None = None  # Hugging Face cache (default: huggingface_hub's, HF_HUB_CACHE)
+    offline: bool | None = None  # None: HF_HUB_OFFLINE decides
     size: str | None = None  # preset; with a checkpoint it must match, with random weights it is required
     random_weights: bool = False
     seed: int = 0
@@ -88,10 +91,24 @@ class WeightSpec:
     """Where a bundle's weights came from (recorded in the manifest so `verify` can rebuild the reference)."""
 
     kind: str  # "checkpoint" | "random"
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # the local directory read by this process (never written to the manifest)
     seed: int = 0
     layers: int | None = None
     vision_layers: int | None = None  # None: min(layers, the tower's) as slice_layers does
+    source: dict[str, str] | None = None  # {"repo_id", "revision"} or {"folder": name}
+    files: dict[str, str] | None = None  # checkpoint file -> sha256
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's `model.weights`: where the weights came from, with no path of this machine."""
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "seed": self.seed,
+            "layers": self.layers,
+            "vision_layers": self.vision_layers,
+        }
+        if self.kind == "checkpoint":
+            out.update(source=self.source, files=self.files)
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,12 +145,16 @@ def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
     if opts.checkpoint is not None and opts.random_weights:
         raise ConfigError("--checkpoint and --random-weights exclude each other")
     if opts.checkpoint is not None:
-        full = from_checkpoint(opts.checkpoint)
+        found = locate(opts.checkpoint, revision=opts.revision, cache_dir=opts.cache_dir, offline=opts.offline)
+        full = from_checkpoint(found.path)  # config.json checked before anything else is read
         if opts.size is not None:
-            check_size(full, opts.size, Path(opts.checkpoint), sliced=opts.layers is not None)
+            check_size(full, opts.size, found.path, sliced=opts.layers is not None)
+        hashes = file_hashes(found.path)
         return full, WeightSpec(
-            "checkpoint", str(Path(opts.checkpoint).resolve()), 0, opts.layers, opts.vision_layers
+            "checkpoint", str(found.path), 0, opts.layers, opts.vision_layers, found.source, hashes
         )
+    if opts.revision is not None:
+        raise ConfigError("--revision applies to --checkpoint ORG/NAME (a Hub repo id)")
     if not opts.random_weights:
         raise ConfigError("give --checkpoint DIR, or --size SIZE --random-weights")
     if opts.size is None:
@@ -290,9 +311,12 @@ def export_piece(
 def build(opts: BuildOptions) -> Path:
     """Run every phase; return the bundle directory. Nothing is written at `opts.out` until the end."""
     t_start = time.perf_counter()
-    inputs = [opts.checkpoint] if opts.checkpoint is not None else []
+    inputs = [opts.checkpoint] if opts.checkpoint is not None and Path(opts.checkpoint).is_dir() else []
     check_out(opts.out, inputs, overwrite=opts.overwrite)  # the --out rules, before any work
     full_cfg, wspec = resolve(opts)
+    if wspec.checkpoint is not None and not inputs:  # a Hub repo id: its cache snapshot is the input
+        inputs = [wspec.checkpoint]
+        check_out(opts.out, inputs, overwrite=opts.overwrite)
     target = get_target(opts.target)
     source = weight_source(full_cfg, wspec)  # checks every name and shape before any export work
     cfg = slice_layers(full_cfg, opts.layers, opts.vision_layers)
@@ -320,7 +344,7 @@ def build(opts: BuildOptions) -> Path:
         manifest = build_manifest(
             root=tmp, cfg=cfg, precision=opts.precision, target=target, pieces=entries, tokenizer=tok
         )
-        manifest["model"]["weights"] = dataclasses.asdict(wspec)
+        manifest["model"]["weights"] = wspec.record()
         write_manifest(tmp, manifest)
     log.info("build: %s done in %.1f s", out, time.perf_counter() - t_start)
     return out

@@ -17,7 +17,7 @@ from huluexport.errors import ExportError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineResult", "check_bundle", "profile_shapes"]
+__all__ = ["EngineResult", "build_engine", "check_bundle", "profile_shapes"]
 
 
 @dataclass(frozen=True)
@@ -57,3 +57,25 @@ def check_bundle(
         return results
     except HuluRuntimeError as exc:
         raise ExportError(str(exc)) from None
+
+
+def build_engine(onnx_path: Path, spec, ranges, trt, plan_out: Path | None = None) -> EngineResult:
+    """One graph that is not a bundle piece (e.g. the token-reduction graph): parse and build it strongly typed
+    with the profile of `spec` under `ranges`, through the same builder as hulurt.engines; keep it at plan_out."""
+    import dataclasses
+    import types
+
+    from hulurt.engines.build import BuildOptions, BuildPlan, PiecePlan
+
+    pp = PiecePlan(spec.name, Path(onnx_path), f"{spec.name}.plan", profile_shapes(spec, ranges), "", ())
+    opts = BuildOptions(bundle=Path(onnx_path).parent)
+    plan = BuildPlan(trt.__name__, trt.__version__, "portable", (), True, Path(onnx_path).parent, None, (),
+                     (pp,), opts, types.SimpleNamespace())  # type: ignore[arg-type]
+    try:
+        engine, _, seconds = build_piece(trt, dataclasses.replace(plan), pp, b"")
+    except HuluRuntimeError as exc:
+        raise ExportError(str(exc)) from None
+    if plan_out is not None:
+        plan_out.parent.mkdir(parents=True, exist_ok=True)
+        plan_out.write_bytes(engine)
+    return EngineResult(spec.name, plan.module, plan.version, seconds, engine.nbytes, plan_out)

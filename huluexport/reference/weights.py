@@ -33,7 +33,7 @@ def load_bin(path: Path) -> dict[str, torch.Tensor]:
     """A torch.save state dict, memory-mapped, tensors only (weights_only: no code from the file runs)."""
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # pickle/zip errors of a corrupt file
+    except Exception as exc:  # noqa: BLE001 - torch.load raises pickle, zip and its own errors on a corrupt file
         raise CheckpointError(f"{path}: not a readable PyTorch weight file ({exc})", file=path) from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: expected a state dict; found {type(sd).__name__}", file=path)

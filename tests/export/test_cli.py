@@ -35,9 +35,12 @@ def test_build_rejects_size_mismatch(ckpt_qwen2: Path, tmp_path: Path, capsys) -
     assert not (tmp_path / "b").exists()
 
 
-def test_verify_passes_then_fails_on_wrong_weights(bundle_factory, tmp_path: Path, capsys) -> None:
+def test_verify_passes_then_fails_on_wrong_weights(
+    bundle_factory, ckpt_qwen2: Path, tmp_path: Path, capsys
+) -> None:
     good = bundle_factory("qwen2", "fp32")
-    code, out, _ = _run(capsys, "verify", str(good), "--steps", "4")
+    # the manifest records the folder's name only (no local path): verify is told where the checkpoint is
+    code, out, _ = _run(capsys, "verify", str(good), "--checkpoint", str(ckpt_qwen2), "--steps", "4")
     assert code == 0 and "PASS" in out
 
     # a consistent bundle (hashes updated) whose vision weights are wrong: only the parity check can catch it
@@ -50,6 +53,6 @@ def test_verify_passes_then_fails_on_wrong_weights(bundle_factory, tmp_path: Pat
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["files"]["vision.onnx.data"]["sha256"] = sha256_file(data)
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    code, out, err = _run(capsys, "verify", str(bad), "--steps", "4")
+    code, out, err = _run(capsys, "verify", str(bad), "--checkpoint", str(ckpt_qwen2), "--steps", "4")
     assert code == 1
     assert "FAIL max abs > 0.0001" in out and "beyond tolerance" in err and "vision/image 4x6/visual_embeds" in err

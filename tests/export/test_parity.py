@@ -11,8 +11,9 @@ from huluexport.validate import verify
 
 
 @pytest.mark.parametrize("flavor, precision", [("qwen2", "fp32"), ("qwen3", "fp32"), ("qwen2", "fp16")])
-def test_bundle_matches_reference(bundle_factory, flavor: str, precision: str) -> None:
-    report = verify(bundle_factory(flavor, precision), steps=16)
+def test_bundle_matches_reference(bundle_factory, ckpt_qwen2, ckpt_qwen3, flavor: str, precision: str) -> None:
+    ckpt = {"qwen2": ckpt_qwen2, "qwen3": ckpt_qwen3}[flavor]
+    report = verify(bundle_factory(flavor, precision), ckpt, steps=16)
     print(report.table())
     assert report.ok, report.table()
 

@@ -129,8 +129,8 @@ def test_runtime_generates_from_the_quantized_bundle(src: Path, quantized) -> No
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_verify_within_the_quantized_tolerances(quantized, bits: int) -> None:
-    report = verify(quantized(bits), steps=8, verify_hashes=False)
+def test_verify_within_the_quantized_tolerances(quantized, ckpt_qwen2: Path, bits: int) -> None:
+    report = verify(quantized(bits), ckpt_qwen2, steps=8, verify_hashes=False)
     dec = [r for r in report.rows if r.piece == "decoder"]
     assert dec and all(r.tolerance.reason for r in dec)
     assert all(r.tolerance is dec[0].tolerance for r in dec)
@@ -199,13 +199,13 @@ def test_manifest_still_rejects_unknown_precisions(quantized, tmp_path: Path) ->
         load_manifest(_edit(q, tmp_path / "nw", no_weights), verify_hashes=False)
 
 
-def test_fp16_bundle_quantizes_with_fp16_scales(bundle_factory, tmp_path: Path) -> None:
+def test_fp16_bundle_quantizes_with_fp16_scales(bundle_factory, ckpt_qwen2: Path, tmp_path: Path) -> None:
     q = quantize_bundle(bundle_factory("qwen2", "fp16"), tmp_path / "fp16-int4", bits=4)
     m = load_manifest(q, verify_hashes=True)
     assert m.precision == "fp16" and m.pieces["decoder"].precision == "int4"
     scales = [t for t in _decoder(q).graph.initializer if t.name.endswith("_scales")]
     assert scales and {t.data_type for t in scales} == {onnx.TensorProto.FLOAT16}
-    report = verify(q, steps=4, verify_hashes=False)
+    report = verify(q, ckpt_qwen2, steps=4, verify_hashes=False)
     dec = [r for r in report.rows if r.piece == "decoder"]
     # the int4 entry of huluexport/tolerances.py holds with fp16 activations too
     assert dec and report.ok, report.table()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -11,31 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hubcache import COMMIT, REPO, make_hub_cache
 
 from huluexport.checkpoint import from_checkpoint
 from huluexport.checkpoint.hub import file_hashes, locate, locate_recorded
 from huluexport.errors import CheckpointError, ConfigError
-
-REPO = "ZJU-AI4H/Hulu-Med-Tiny"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def make_hub_cache(src: Path, cache: Path, repo: str = REPO, commit: str = COMMIT) -> Path:
-    """Copy checkpoint `src` into `cache` the way huggingface_hub stores a download: content-addressed blobs,
-    a snapshot folder of relative links to them, and refs/main naming the commit. Returns the snapshot."""
-    repo_dir = cache / ("models--" + repo.replace("/", "--"))
-    snap = repo_dir / "snapshots" / commit
-    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs").mkdir(exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(commit)
-    for f in sorted(p for p in src.rglob("*") if p.is_file()):
-        rel = f.relative_to(src)
-        blob = hashlib.sha256(f.read_bytes()).hexdigest()
-        shutil.copyfile(f, repo_dir / "blobs" / blob)
-        link = snap / rel
-        link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(repo_dir / "blobs" / blob, link.parent), link)
-    return snap
 
 
 @pytest.fixture
@@ -88,7 +67,9 @@ def test_a_link_out_of_the_repository_cache_is_still_refused(cache: Path, tmp_pa
     shutil.copyfile(snap / "model-00002-of-00003.safetensors", outside)
     (snap / "model-00002-of-00003.safetensors").unlink()
     os.symlink(outside, snap / "model-00002-of-00003.safetensors")
-    with pytest.raises(CheckpointError, match="outside the checkpoint directory .*models--ZJU-AI4H--Hulu-Med-Tiny"):
+    with pytest.raises(
+        CheckpointError, match="outside the checkpoint directory .*models--ZJU-AI4H--Hulu-Med-Tiny"
+    ):
         from_checkpoint(locate(REPO, cache_dir=cache).path)
 
 
@@ -99,8 +80,13 @@ def test_folder_record_cannot_be_located_without_checkpoint() -> None:
 
 def test_no_network_and_no_cache_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Online mode, but the Hub endpoint refuses connections: one line with the download command."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2",
-           "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HUB_ETAG_TIMEOUT": "2",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
     script = (
         "import sys\n"
         "from huluexport.checkpoint.hub import locate\n"
@@ -110,8 +96,14 @@ def test_no_network_and_no_cache_is_one_line(tmp_path: Path, monkeypatch: pytest
         "except HuluError as exc:\n"
         "    print(exc)\n"
     )
-    r = subprocess.run([sys.executable, "-c", script, REPO, str(tmp_path / "empty")], capture_output=True,
-                       text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", script, REPO, str(tmp_path / "empty")],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip()
     assert "\n" not in line and line.startswith(f"--checkpoint {REPO}: not in the Hugging Face cache"), line
