@@ -9,6 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SUFFIXES = {".py", ".md", ".cu", ".cuh", ".cpp", ".h", ".txt", ".toml", ".cfg", ".sh"}
 SKIP = {".git", ".venv", "artifacts", "build", "__pycache__"}
+# the design notes' names, spelled in pieces so that this file does not match itself
+OUTSIDE = re.compile("|".join(["ARCHITECT" + "URE", r"\bARC" + r"H\b", r"\.\./sha" + "red", "STY" + r"LE\.md"]))
 
 
 def _sources() -> list[Path]:
@@ -28,13 +30,10 @@ def _sections() -> set[str]:
 
 
 def test_no_citation_of_files_outside_the_repository() -> None:
-    me = Path(__file__).resolve()
     bad = []
     for p in _sources():
-        if p.resolve() == me:
-            continue
         for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
-            if re.search(r"ARCHITECTURE|\bARCH\b|\.\./shared|STYLE\.md", line):
+            if OUTSIDE.search(line):
                 bad.append(f"{p.relative_to(ROOT)}:{n}: {line.strip()[:80]}")
     assert bad == []
 
