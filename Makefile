@@ -46,8 +46,12 @@ demo: $(STAMP)
 kernels:
 	$(MAKE) -C kernels
 
+# Static checks, configured in pyproject.toml: ruff (style, pyflakes, bugbear, import order), import-linter
+# (layers and forbidden imports), mypy (runtime/hulurt). Any finding fails.
 lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # TensorRT compatibility of the exported graphs (tensorrt-rtx parses and builds engines on the CPU).
 trt-check: $(STAMP)

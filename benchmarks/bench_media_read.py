@@ -158,12 +158,13 @@ def main() -> int:
                  f"`{' '.join(sys.argv)}`", "",
                  "| case | reader | read s | preprocess s | frames kept | peak RSS above start MB | "
                  "tracemalloc peak MB | note |", "|---|---|---|---|---|---|---|---|"]
+        def cell(r: dict, k: str) -> str:
+            v = r.get(k)
+            return f"{v:.2f}" if isinstance(v, float) else ("" if v is None else str(v))
+
         for r in rows:
-            def f(k: str) -> str:
-                v = r.get(k)
-                return f"{v:.2f}" if isinstance(v, float) else ("" if v is None else str(v))
-            lines.append(f"| {r['case']} | {r['reader']} | {f('read_s')} | {f('preprocess_s')} | {f('frames')} | "
-                         f"{f('rss_above_start_mb')} | {f('tracemalloc_peak_mb')} | {r.get('error', '')} |")
+            c = [cell(r, k) for k in ("read_s", "preprocess_s", "frames", "rss_above_start_mb", "tracemalloc_peak_mb")]
+            lines.append(f"| {r['case']} | {r['reader']} | {' | '.join(c)} | {r.get('error', '')} |")
         args.out.write_text("\n".join(lines) + "\n")
         args.out.with_suffix(".json").write_text(json.dumps({"machine": head, "rows": rows}, indent=1) + "\n")
     return 0

@@ -18,11 +18,11 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from hulurt import preprocess as pp
 
 RESULTS = Path(__file__).parent / "results"
@@ -109,12 +109,12 @@ def run(repeats: int) -> dict[str, object]:
         del ours, theirs
         r = _measure(
             {
-                "transformers": lambda: proc(images=rgb_list, return_tensors="np"),
-                "hulurt": lambda: pp.preprocess_frames(frames, size, m),
-                "hulurt_1thread": lambda: pp.preprocess_frames(frames, size, m, threads=1),
-                "hulurt_rgb_input_1thread": lambda: pp.preprocess_frames(rgb, size, m, threads=1),
+                "transformers": partial(proc, images=rgb_list, return_tensors="np"),
+                "hulurt": partial(pp.preprocess_frames, frames, size, m),
+                "hulurt_1thread": partial(pp.preprocess_frames, frames, size, m, threads=1),
+                "hulurt_rgb_input_1thread": partial(pp.preprocess_frames, rgb, size, m, threads=1),
                 # the floor both sides share: Pillow's bicubic resize of the RGB frames, one thread
-                "pillow_rgb_resize_1thread": lambda: pp.resize_frames(rgb, size, threads=1),
+                "pillow_rgb_resize_1thread": partial(pp.resize_frames, rgb, size, threads=1),
             },
             repeats,
         )

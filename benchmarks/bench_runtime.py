@@ -254,7 +254,8 @@ def main() -> int:
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    (args.out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "tokens_equal": same, "machine": env}, indent=1))
+    doc = {"rows": rows, "tokens_equal": same, "machine": env}
+    (args.out.with_suffix(".json")).write_text(json.dumps(doc, indent=1))
     print("\n".join(lines))
     return 0
 

@@ -105,8 +105,9 @@ def main() -> int:
             e = run["engines"][piece]
             md.append(f"| {name} | {piece} | {run['files_bytes'][piece] / 1e6:.1f} | "
                       f"{run['planned_bytes'][piece] / 1e6:.1f} | {e['bytes'] / 1e6:.1f} | {e['build_s']:.1f} |")
-        md.append(f"| {name} | **all** | {run['files_bytes']['total'] / 1e6:.1f} | {run['planned_bytes']['total'] / 1e6:.1f}"
-                  f" | {sum(e['bytes'] for e in run['engines'].values()) / 1e6:.1f} | {run['wall_s']} (process) |")
+        md.append(f"| {name} | **all** | {run['files_bytes']['total'] / 1e6:.1f} | "
+                  f"{run['planned_bytes']['total'] / 1e6:.1f} | "
+                  f"{sum(e['bytes'] for e in run['engines'].values()) / 1e6:.1f} | {run['wall_s']} (process) |")
     md += ["", "Planner (`huluexport plan` weight model) vs the bundle's ONNX files: "
            + ", ".join(f"{n} {r['planned_vs_files'] * 100:+.2f} %" for n, r in res["runs"].items()) + ".",
            "Peak RSS of the engine builds: " + ", ".join(f"{n} {r['peak_rss_bytes'] / 1e9:.2f} GB"

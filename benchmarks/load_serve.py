@@ -291,8 +291,9 @@ some requests get 429 on purpose; the client waits the server's Retry-After and 
 |---|---|---|---|
 {rows}
 
-Latency is client-side, send to last byte, and includes the time queued behind the other clients. The bundle is the tests' tiny random-weight model: the numbers measure the server and the runtime's
-plumbing on this CPU, not a real model's speed.
+Latency is client-side, send to last byte, and includes the time queued behind the other clients. The bundle is
+the tests' tiny random-weight model: the numbers measure the server and the runtime's plumbing on this CPU, not
+a real model's speed.
 """
 
 

@@ -1,6 +1,6 @@
 """The Hulu-Med model family as frozen dataclasses, the preset table of sizes, and operations on them.
 
-Numbers come from ARCHITECTURE.md section 1 (each with its source there). A size is a row in SIZES;
+Numbers come from docs/model.md §1 (each with its source there). A size is a row in SIZES;
 there is no class per size. This module is the data model only: reading a checkpoint directory into a
 HuluConfig is huluexport.checkpoint.from_checkpoint.
 """
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """SigLIP-style NaViT encoder (ARCHITECTURE.md 1.2). Identical for all released sizes."""
+    """SigLIP-style NaViT encoder (docs/model.md §1.2). Identical for all released sizes."""
 
     hidden: int = 1152
     intermediate: int = 4304
@@ -50,7 +50,7 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class ProjectorConfig:
-    """`mlpNx_gelu`: N Linear layers with exact (erf) GELU between them (ARCHITECTURE.md 1.3)."""
+    """`mlpNx_gelu`: N Linear layers with exact (erf) GELU between them (docs/model.md §1.3)."""
 
     depth: int = 2
 
@@ -64,7 +64,7 @@ class ProjectorConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Qwen2.5 (qkv bias) or Qwen3 (q_norm/k_norm, explicit head_dim) decoder (ARCHITECTURE.md 1.1, 8)."""
+    """Qwen2.5 (qkv bias) or Qwen3 (q_norm/k_norm, explicit head_dim) decoder (docs/model.md §1.1, §8)."""
 
     hidden: int
     intermediate: int
@@ -97,13 +97,13 @@ class DecoderConfig:
         return self.vocab * h + self.layers * per_layer + h + (self.vocab * h if stored else 0)
 
     def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
-        """K and V for every layer (ARCHITECTURE.md 8.3): 2 * layers * kv_heads * head_dim * bytes."""
+        """K and V for every layer (docs/model.md §8.3): 2 * layers * kv_heads * head_dim * bytes."""
         return 2 * self.layers * self.kv_heads * self.head_dim * bytes_per_value
 
 
 @dataclass(frozen=True)
 class ReductionConfig:
-    """Inter-frame pixel-difference token pruning (ARCHITECTURE.md 6.2), `use_token_compression`."""
+    """Inter-frame pixel-difference token pruning (docs/model.md §6.2), `use_token_compression`."""
 
     enabled: bool = True  # upstream HF default when the key is absent
     threshold: float = 0.1  # on normalised pixels in [-1, 1]
@@ -124,7 +124,7 @@ class TokenConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """preprocessor_config.json values (ARCHITECTURE.md 3.1) and processor defaults."""
+    """preprocessor_config.json values (docs/model.md §3.1) and processor defaults."""
 
     patch: int = 14
     min_tokens: int = 16
@@ -160,7 +160,7 @@ class HuluConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Presets (ARCHITECTURE.md 1.1 and 11.1)
+# Presets (docs/model.md §1.1 and §11)
 # --------------------------------------------------------------------------------------------------
 
 _QWEN2_TOKENS = TokenConfig(image=151665)  # Qwen2.5-based 7B / 32B

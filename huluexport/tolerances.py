@@ -88,7 +88,7 @@ _TABLE: dict[tuple[str, str, str], Tolerance] = {
     ("vision", "fp32", "transformers"): Tolerance(
         max_abs=1e-5, reason="same math in fp32; matmul patch embed vs conv, batched vs packed attention"
     ),
-    # equivalences inside the reference (docs/model.md §9.2, §11.3): tests/unit
+    # equivalences inside the reference (docs/model.md §9.2, §11): tests/unit
     ("merge", "fp32", "bilinear"): Tolerance(
         max_abs=2.5e-7, reason="2x2 mean vs bilinear(align_corners=False): same weights, other summation order; "
         "<= 1 ulp of partial sums below 2 for inputs in [-1, 1] (measured 1.2e-7)"

@@ -83,7 +83,8 @@ class Report:
         return all(r.ok for r in self.rows)
 
     def table(self) -> str:
-        head = f"{'piece':8} {'case':22} {'output':16} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'top1':>7}  result"
+        head = (f"{'piece':8} {'case':22} {'output':16} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'top1':>7}"
+                "  result")
         lines = [
             f"verify {self.bundle} ({self.precision}, onnxruntime CPU vs PyTorch reference fp32)",
             head,

@@ -12,9 +12,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 
 def _default_volume() -> Path:

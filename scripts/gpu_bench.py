@@ -61,7 +61,8 @@ def _huluexport(args: list[str], log: Path, timeout: int) -> int:
         f.write(f"\n$ huluexport {' '.join(args)}\n")
         f.flush()
         try:
-            return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), timeout=timeout, check=False).returncode
+            return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), timeout=timeout,
+                                  check=False).returncode
         except subprocess.TimeoutExpired:
             f.write(f"TIMEOUT after {timeout} s\n")
             return 124
@@ -93,7 +94,8 @@ def build(work: Path) -> int:
     code = "from e2e.bundles import bundle; print(bundle('qwen2', gqa=True)); print(bundle('qwen3', gqa=True))"
     env = _env() | {"HULU_TEST_BUNDLES": str(work / "test-bundles")}
     with open(log, "a") as f:
-        rc = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
+        rc = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT, env=env,
+                            check=False).returncode
         f.write(f"BUILT tiny rc={rc}\nBUILD DONE status={status | rc}\n")
     return status | rc
 
@@ -267,7 +269,8 @@ def extrapolate(r2: dict[str, Any], r4: dict[str, Any], side: str, bw: float) ->
     emb_row = r4["bundle"]["piece_weight_bytes"]["embed"] / r4["bundle"]["dims"]["vocab"]
     layer_bytes = (w4 - w2) / 2
     w28 = w2 + (FULL_LAYERS - 2) * layer_bytes + emb_row
-    kv = r4["sides"][side]["roofline"]["kv_bytes_per_token_at_mean_context"] / r4["bundle"]["dims"]["layers"] * FULL_LAYERS
+    kv_per_layer = r4["sides"][side]["roofline"]["kv_bytes_per_token_at_mean_context"] / r4["bundle"]["dims"]["layers"]
+    kv = kv_per_layer * FULL_LAYERS
     bytes28 = w28 + kv
     bound_s = bytes28 / bw
     return {
@@ -325,13 +328,15 @@ def report(result: dict[str, Any], out: Path) -> None:
                 f"fraction of the bandwidth bound reached = {e['bound_ms']:.3f} / {e['t28_ms']:.3f} = "
                 f"**{100 * e['fraction_of_bound']:.1f} %** (target >= 85 % for the runtime)."), ""]
         if "runtime" in ext and "reference" in ext:
-            lines.append(f"Runtime over PyTorch eager fp16, 28 layers: {ext['runtime']['tok_s_28'] / ext['reference']['tok_s_28']:.2f}x.")
+            ratio = ext["runtime"]["tok_s_28"] / ext["reference"]["tok_s_28"]
+            lines.append(f"Runtime over PyTorch eager fp16, 28 layers: {ratio:.2f}x.")
     for name in ("ct160_b4", "video60_b4"):
         rep = B.get(name)
         if rep:
             lines += ["", f"TTFT split, {name}: " + "; ".join(
                 f"{side} vision {(_med(rep, side, 'vision') or 0) * 1e3:.0f} ms + prefill "
-                f"{(_med(rep, side, 'prefill') or 0) * 1e3:.0f} ms of TTFT {(_med(rep, side, 'ttft') or 0) * 1e3:.0f} ms"
+                f"{(_med(rep, side, 'prefill') or 0) * 1e3:.0f} ms of TTFT "
+                f"{(_med(rep, side, 'ttft') or 0) * 1e3:.0f} ms"
                 for side in rep["sides"])]
     if "ct160_b2" in B and "ct160_b4" in B:
         p2, p4 = _med(B["ct160_b2"], "runtime", "prefill"), _med(B["ct160_b4"], "runtime", "prefill")

@@ -150,7 +150,7 @@ ORIGINAL_VISION_DIR = "siglip-navit"
 
 
 def chat_template() -> str:
-    """The fixture's chat_template.json: the runtime's built-in Hulu-Med template (ARCHITECTURE.md 7.2)."""
+    """The fixture's chat_template.json: the runtime's built-in Hulu-Med template (docs/model.md §7.2)."""
     from hulurt.prompt import BUILTIN_CHAT_TEMPLATE
 
     return BUILTIN_CHAT_TEMPLATE

@@ -1,4 +1,5 @@
-"""`huluexport build`, `inspect`, `verify`, `trt-check`, `quantize`: parse arguments, build a typed config, call one function."""
+"""`huluexport build`, `inspect`, `verify`, `trt-check`, `quantize`: parse arguments, build a typed config, call
+one function."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ HELP = {
     "such as ZJU-AI4H/Hulu-Med-7B, taken from the local Hugging Face cache when it is there and downloaded into "
     "it otherwise. The manifest records the repo id and commit (or the folder's name) and every file's sha256.",
     "revision": "Hub revision (branch, tag or commit) of --checkpoint ORG/NAME (default: main).",
-    "cache_dir": "Hugging Face cache directory (default: huggingface_hub's, i.e. HF_HUB_CACHE or ~/.cache/huggingface/hub).",
+    "cache_dir": "Hugging Face cache directory (default: huggingface_hub's, i.e. HF_HUB_CACHE or "
+    "~/.cache/huggingface/hub).",
     "offline": "Never contact the Hub: use the cached copy or fail naming the command that downloads it "
     "(HF_HUB_OFFLINE=1 does the same).",
     "out": "Bundle directory to create (written to a temporary sibling and moved into place when complete).",

@@ -96,10 +96,10 @@ TRANSLATIONS = {torch.ops.hulu.gqa.default: _gqa_onnx}
 def gqa_attention(a: Attention, x, cos, sin, seqlens_k, total_len, past_k, past_v):
     """The reference Attention `a` (its weights, Qwen3 q/k norm and RoPE) with the cache write and the
     attention done by `hulu::gqa`. A function, not a module, so parameter names stay `layers.{i}.self_attn.*`."""
-    b, l, _ = x.shape
+    b, seq, _ = x.shape
     d = a.head_dim
-    q = a.q_proj(x).view(b, l, a.heads, d)
-    k = a.k_proj(x).view(b, l, a.kv_heads, d)
+    q = a.q_proj(x).view(b, seq, a.heads, d)
+    k = a.k_proj(x).view(b, seq, a.kv_heads, d)
     v = a.v_proj(x)  # (B, L, nkv*d): GQA takes BSH
     if a.qk_norm:
         q, k = a.q_norm(q), a.k_norm(k)
@@ -112,7 +112,7 @@ def gqa_attention(a: Attention, x, cos, sin, seqlens_k, total_len, past_k, past_
         q = q * c + rotate_half(q) * s
         k = k * c + rotate_half(k) * s
     out, pk, pv = torch.ops.hulu.gqa(
-        q.reshape(b, l, a.heads * d), k.reshape(b, l, a.kv_heads * d), v, past_k, past_v,
+        q.reshape(b, seq, a.heads * d), k.reshape(b, seq, a.kv_heads * d), v, past_k, past_v,
         seqlens_k, total_len, a.heads, a.kv_heads,
     )
     return a.o_proj(out), pk, pv

@@ -40,7 +40,7 @@ def reference_name(piece: str, name: str) -> str:
 class VisionPiece(nn.Module):
     """pixel_patches [T, G, g, 588] + rope_cos/sin [G*g, dv] -> visual_embeds [T, G, H].
 
-    g = merge_group = m*m (1: images, merge is the identity; 4: video/3-D, 2x2 mean, ARCHITECTURE 4.6).
+    g = merge_group = m*m (1: images, merge is the identity; 4: video/3-D, 2x2 mean, docs/model.md §4.6).
     """
 
     def __init__(self, vision_encoder: VisionEncoder, mm_projector: Projector) -> None:
@@ -61,7 +61,7 @@ class VisionPiece(nn.Module):
 class EmbedPiece(nn.Module):
     """input_ids [1, L] + visual_embeds [n_visual, H] -> inputs_embeds [1, L, H].
 
-    Rows at image-token positions are replaced, in order, by the visual rows (ARCHITECTURE 5.3). Sketch:
+    Rows at image-token positions are replaced, in order, by the visual rows (docs/model.md §5.3). Sketch:
 
         ids --Equal(image)--> is_img --CumSum-1--> slot ---------------------------.
         visual_embeds --Concat(zero row)--> table [n_visual+1, H] --Gather(slot or n_visual)--> vis_rows

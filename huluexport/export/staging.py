@@ -10,8 +10,9 @@ One place for the rules every command that writes a bundle follows:
     # --out removes such stale stagings (ours only: name pattern + our marker + no live process holding it).
 
 --overwrite replaces only a bundle: a directory whose manifest.json hulurt.manifest can read as a huluexport
-bundle, holding nothing but the files that manifest lists (or an empty directory). Never the input, a directory that contains the input,
-a plain file, a symbolic link, or a directory of other files. Refusals are ConfigError naming --out (exit 2).
+bundle, holding nothing but the files that manifest lists (or an empty directory). Never the input, a directory
+that contains the input, a plain file, a symbolic link, or a directory of other files. Refusals are ConfigError
+naming --out (exit 2).
 """
 
 from __future__ import annotations

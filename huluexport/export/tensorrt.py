@@ -37,8 +37,8 @@ def check_bundle(
     prefer: str | None = None,
 ) -> list[EngineResult]:
     """The compatibility check: every graph of the bundle parses and builds with profiles from its dim ranges
-    (with `tensorrt` where installed, else tensorrt-rtx, which builds on a CPU). With `engines_dir` the engines and their engines.json are kept
-    there (replacing an engine directory written before)."""
+    (with `tensorrt` where installed, else tensorrt-rtx, which builds on a CPU). With `engines_dir` the engines
+    and their engines.json are kept there (replacing an engine directory written before)."""
     try:
         trt = load_trt(prefer)
         opts = BuildOptions(bundle=Path(bundle), out=engines_dir, pieces=tuple(pieces), module=prefer,

@@ -28,8 +28,9 @@ QUANT_POLICY = (
     "(embed_tokens, q/k/v/o, gate/up/down, lm_head) are quantized (int8: one fp16 scale per output row; "
     "fp8: one fp32 scale per matrix). int4 = `huluexport quantize --format qdq` of an fp16 bundle: q/k/v/o, "
     f"gate/up/down and lm_head as int4 with one fp16 scale per {INT4_GROUP} inputs, no zero points; "
-    "embed_tokens stays fp16. The vision tower, the projector and all norms/biases stay fp16. int4 is weight-only (fp16 math); int8 and fp8 use the chip's "
-    "int8/fp8 tensor cores where it has them, else fp16 math. KV cache fp16."
+    "embed_tokens stays fp16. The vision tower, the projector and all norms/biases stay fp16. "
+    "int4 is weight-only (fp16 math); int8 and fp8 use the chip's int8/fp8 tensor cores where it has them, "
+    "else fp16 math. KV cache fp16."
 )
 
 
@@ -109,7 +110,8 @@ def weight_bytes(cfg: HuluConfig, precision: str, int4_group: int = INT4_GROUP) 
         precision=precision,
         vision=int(vp * WEIGHT_BYTES[side]),
         projector=int(pp * WEIGHT_BYTES[side]),
-        decoder_matrices=emb + sum(_matrix_bytes(r, c, precision, int4_group) for n, r, c in mats if n != "embed_tokens"),
+        decoder_matrices=emb
+        + sum(_matrix_bytes(r, c, precision, int4_group) for n, r, c in mats if n != "embed_tokens"),
         decoder_other=int(other * WEIGHT_BYTES[side]),
         embed_tokens=emb,
         embed_row=math.ceil(emb / cfg.decoder.vocab),

@@ -1,7 +1,7 @@
 """Qwen2.5 / Qwen3 decoder fed inputs_embeds, with a purely functional KV cache (traceable by torch.export).
 
 Variants are config flags: qkv_bias (Qwen2.5), qk_norm + explicit head_dim (Qwen3), tied or stored lm_head.
-Numerics follow ARCHITECTURE.md 8.1 (transformers' Qwen2/Qwen3 modeling: RMSNorm casts back before the weight,
+Numerics follow docs/model.md §8.1 (transformers' Qwen2/Qwen3 modeling: RMSNorm casts back before the weight,
 RoPE cos/sin cast to the activation dtype). Names equal the checkpoint's minus `model.` (lm_head stays).
 """
 
@@ -64,11 +64,11 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, past: KV | None
     ) -> tuple[torch.Tensor, KV]:
-        b, l, _ = x.shape
+        b, seq, _ = x.shape
         d = self.head_dim
-        q = self.q_proj(x).view(b, l, self.heads, d)  # (B, L, nh*d) -> (B, L, nh, d)
-        k = self.k_proj(x).view(b, l, self.kv_heads, d)
-        v = self.v_proj(x).view(b, l, self.kv_heads, d)
+        q = self.q_proj(x).view(b, seq, self.heads, d)  # (B, L, nh*d) -> (B, L, nh, d)
+        k = self.k_proj(x).view(b, seq, self.kv_heads, d)
+        v = self.v_proj(x).view(b, seq, self.kv_heads, d)
         if self.qk_norm:  # Qwen3: per-head RMSNorm before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, L, n, d) -> (B, n, L, d)
@@ -90,7 +90,7 @@ class Attention(nn.Module):
         scores = torch.matmul(q, kr.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, nh, L, T)
         probs = torch.softmax(scores.float() + mask, dim=-1).to(q.dtype)
         out = torch.matmul(probs, vr)  # (B, nh, L, d)
-        out = out.transpose(1, 2).reshape(b, l, self.heads * d)  # (B, nh, L, d) -> (B, L, nh*d)
+        out = out.transpose(1, 2).reshape(b, seq, self.heads * d)  # (B, nh, L, d) -> (B, L, nh*d)
         return self.o_proj(out), present
 
 

@@ -1,6 +1,6 @@
 """HuluMed: vision tower + projector + decoder, the multimodal merge with token reduction, and generate.
 
-The merge follows ARCHITECTURE.md 5.3 / 6.2 / 6.3 (ZJUI-AI4H/Hulu-Med src/hulumed/model/hulumed_arch.py
+The merge follows docs/model.md §5.3 / §6.2 / §6.3 (ZJUI-AI4H/Hulu-Med src/hulumed/model/hulumed_arch.py
 prepare_inputs_labels_for_multimodal, in our own words); the keep mask comes from hulurt.reduction.
 """
 
@@ -125,7 +125,7 @@ class HuluMed(nn.Module):
         return self.vision_tower(grouped, torch.tensor(cos, device=dev), torch.tensor(sin, device=dev))
 
     def keep_mask(self, vis: VisualInput) -> np.ndarray:
-        """[T, nb] keep mask (ARCHITECTURE 6.2): only video inputs with T > 1 and compression enabled."""
+        """[T, nb] keep mask (docs/model.md §6.2): only video inputs with T > 1 and compression enabled."""
         t, nb = vis.frames, vis.tokens_per_frame
         r = self.cfg.reduction
         if not r.enabled or vis.modal != "video" or t < 2:
@@ -143,7 +143,7 @@ class HuluMed(nn.Module):
         visuals: list[VisualInput] = (),
         clock: StageClock | None = None,
     ) -> PreparedInputs:
-        """Embed ids, drop reduced image positions, scatter visual rows in order (ARCHITECTURE 5.3, 6.3).
+        """Embed ids, drop reduced image positions, scatter visual rows in order (docs/model.md §5.3, §6.3).
         clock: the vision tower is timed as "vision", the keep masks as "reduction" (hulurt.clock)."""
         clock = clock or StageClock()
         # batch 1 only, as upstream asserts

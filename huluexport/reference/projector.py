@@ -1,4 +1,4 @@
-"""The `mlpNx_gelu` projector: N Linear layers with exact (erf) GELU between them (ARCHITECTURE.md 1.3, 5.1).
+"""The `mlpNx_gelu` projector: N Linear layers with exact (erf) GELU between them (docs/model.md §1.3, §5.1).
 
 Names equal the checkpoint's minus `model.mm_projector.`: readout.0, readout.2, ...
 (odd indices are the GELUs).

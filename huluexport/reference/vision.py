@@ -2,7 +2,7 @@
 
 Export-shaped: a batch of frames of one grid [T, n, 588] with host RoPE tables [n, dv] (hulurt.rope).
 Ported in our own words from ZJUI-AI4H/Hulu-Med src/hulumed/model/hulumed_encoder/modeling_hulumed_encoder.py
-(ARCHITECTURE.md 4). Parameter names equal the checkpoint's minus `model.vision_encoder.`.
+(docs/model.md §4). Parameter names equal the checkpoint's minus `model.vision_encoder.`.
 """
 
 from __future__ import annotations
@@ -59,14 +59,14 @@ class VisionAttention(nn.Module):
         q = self.q_proj(x).view(t, n, self.heads, self.head_dim)  # (T, n, C) -> (T, n, nh, dv)
         k = self.k_proj(x).view(t, n, self.heads, self.head_dim)
         v = self.v_proj(x).view(t, n, self.heads, self.head_dim)
-        # RoPE in fp32 (ARCHITECTURE 4.4 step 3), cast back to the working dtype
+        # RoPE in fp32 (docs/model.md §4.4), cast back to the working dtype
         cos32 = cos.float()[None, :, None, :]  # (n, dv) -> (1, n, 1, dv)
         sin32 = sin.float()[None, :, None, :]
         q32, k32 = q.float(), k.float()
         q = (q32 * cos32 + rotate_half(q32) * sin32).to(x.dtype)
         k = (k32 * cos32 + rotate_half(k32) * sin32).to(x.dtype)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (T, n, nh, dv) -> (T, nh, n, dv)
-        # dense attention inside each frame (batch dim = frames): the block-diagonal mask of ARCHITECTURE 4.3
+        # dense attention inside each frame (batch dim = frames): the block-diagonal mask of docs/model.md §4.3
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))  # (T, nh, n, n)
         probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
         out = torch.matmul(probs, v)  # (T, nh, n, dv)
@@ -81,7 +81,7 @@ class VisionMLP(nn.Module):
         self.fc2 = nn.Linear(cfg.intermediate, cfg.hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_pytorch_tanh (ARCHITECTURE 10.11)
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_pytorch_tanh (docs/model.md §10, trap 11)
 
 
 class VisionLayer(nn.Module):
@@ -123,7 +123,7 @@ class VisionEncoder(nn.Module):
 def merge_groups(hidden: torch.Tensor) -> torch.Tensor:
     """[T, n_groups, merge_group, C] -> [T, n_groups, C]: mean of each merge group in fp32, rounded once.
 
-    For m = 2 this is bilinear(align_corners=False) downsampling by 2 (ARCHITECTURE 4.6, 9.2): the 2x2 block
+    For m = 2 this is bilinear(align_corners=False) downsampling by 2 (docs/model.md §4.6, §9.2): the 2x2 block
     of a merged token is contiguous in the token order. For m = 1 (merge_group 1) it is the identity.
     """
     return hidden.float().mean(dim=2).to(hidden.dtype)

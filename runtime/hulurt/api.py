@@ -83,12 +83,14 @@ class Model:
         self.manifest = manifest
         self.options = options
         tok_rel = manifest.tokenizer.tokenizer
-        if tokenizer is None and tok_rel is None:
-            raise UnsupportedInputError(
-                manifest.path, "this bundle has no tokenizer (bundles built with --random-weights carry none), so "
-                "it cannot answer text prompts; build one from a checkpoint: huluexport build --checkpoint DIR"
-            )
-        self.tokenizer = Tokenizer.from_file(manifest.root / tok_rel) if tokenizer is None else tokenizer
+        if tokenizer is None:
+            if tok_rel is None:
+                raise UnsupportedInputError(
+                    manifest.path, "this bundle has no tokenizer (bundles built with --random-weights carry none), "
+                    "so it cannot answer text prompts; build one from a checkpoint: huluexport build --checkpoint DIR"
+                )
+            tokenizer = Tokenizer.from_file(manifest.root / tok_rel)
+        self.tokenizer = tokenizer
         tpl = manifest.file_path(manifest.tokenizer.chat_template)
         self.chat_template = load_chat_template(tpl)
         check_template(self.chat_template, tpl)  # a template that cannot render fails the load, not a request
@@ -151,7 +153,8 @@ class Model:
             sess = open_session(self.manifest.piece_path(real), options)
             declared = getattr(sess, "declared_io", None)
             if declared is not None:  # the manifest's dims must be the graph's own (before anything is sized)
-                check_graph_io(self.manifest, real, *declared(), where=self.manifest.pieces[real].file)
+                inputs, outputs = declared()
+                check_graph_io(self.manifest, real, inputs, outputs, where=self.manifest.pieces[real].file)
             self._sessions[piece] = sess
             log.info("loaded %s in %.0f ms", real, (time.perf_counter() - t) * 1e3)
         return self._sessions[piece]
@@ -307,9 +310,10 @@ class Model:
             series=series,
             num_slices=num_slices,
             max_frames=frames,
-            **({} if max_pixels is None else {"max_pixels": max_pixels}),
             keep_mask_fn=self.keep_mask_fn,
         )
+        if max_pixels is not None:
+            opts = replace(opts, max_pixels=max_pixels)
         reader_options = {"video": {"fps": pp.fps, "max_frames": min(pp.max_frames, self.manifest.limits.max_frames)}}
         return opts, reader_options
 

@@ -91,7 +91,7 @@ TOKEN_REDUCE = OpSpec(
         "kept; a frame with fewer than `min_tokens` kept tokens gets its first `min_tokens` tokens kept. "
         "With bf16=1 the pixels, the difference, the mean and the upstream x255/255 steps are rounded to "
         "bfloat16 as upstream does. Source: ZJUI-AI4H/Hulu-Med src/hulumed/model/hulumed_arch.py "
-        "_get_compression_mask / _compress_visual_tokens (ARCHITECTURE.md 6.2)."
+        "_get_compression_mask / _compress_visual_tokens (docs/model.md §6.2)."
     ),
 )
 

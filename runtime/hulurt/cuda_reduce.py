@@ -126,7 +126,8 @@ def device_array(obj: Any, name: str, typestrs: tuple[str, ...], *, writable: bo
     except (AttributeError, TypeError, RuntimeError) as e:
         raise ContractError(
             f"{name}: expected a CUDA device array exposing __cuda_array_interface__ (a torch CUDA tensor, a CuPy "
-            f"array); got {type(obj).__name__} ({e}). For bfloat16 tensors pass a 2-byte view (torch: .view(torch.int16))."
+            f"array); got {type(obj).__name__} ({e}). "
+            "For bfloat16 tensors pass a 2-byte view (torch: .view(torch.int16))."
         ) from e
     shape = tuple(int(s) for s in iface["shape"])
     typestr = str(iface["typestr"])

@@ -1,7 +1,7 @@
 """The generation loop: visual inputs -> vision graph -> kept rows (token reduction) -> embed graph ->
 decoder prefill -> decode loop with a KV cache, streaming text as it is decoded. Boring, visible code.
 
-The loop follows the reference model's `generate` (huluexport/reference/model.py) and ARCHITECTURE.md 5.3,
+The loop follows the reference model's `generate` (huluexport/reference/model.py) and docs/model.md §5.3,
 6.3 and 8.2: one `<image>` id per kept visual row, replaced in order; positions 0..L-1 over the compacted
 prompt, then L, L+1, ... for generated tokens.
 """
@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -348,10 +348,10 @@ class Generator:
             assert isinstance(dec, DeviceSession)
             host, dev = dec.run_bound(feeds, tuple(cache.present_names))
             cache.update(dev, seq)
-            return host["logits"]
+            return cast(NDArray[np.float32], host["logits"])  # float32 by the contract, checked at load
         outs = dec.run(feeds)
         cache.update(outs, seq)
-        return outs["logits"]
+        return cast(NDArray[np.float32], outs["logits"])
 
     def static_decoder(self) -> Any:
         """The StaticDecoder of the gqa-static form (created on first use, kept across requests)."""

@@ -1,5 +1,5 @@
 """One function from "files + question" to model inputs; the runtime and the reference path both call it, so
-both see identical patches, grids, keep masks and token ids (ARCHITECTURE.md 3, 5.2, 6, 7).
+both see identical patches, grids, keep masks and token ids (docs/model.md §3, §5.2, §6, §7).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Encoder(Protocol):
 
 @dataclass(frozen=True)
 class InputOptions:
-    """How files become inputs. Defaults follow the HF-version processor (ARCHITECTURE.md 3, 6.4, 7.2)."""
+    """How files become inputs. Defaults follow the HF-version processor (docs/model.md §3, §6.4, §7.2)."""
 
     merge_policy: str = (
         "hf"  # "hf": any video/3-D input -> m=2 for all inputs; "original": same rule, per request
@@ -131,7 +131,7 @@ class ModelInputs:
 
     @property
     def keep_mask(self) -> NDArray[np.bool_]:
-        """Flat keep mask over all merged tokens, inputs in order (ARCHITECTURE.md 6.2 step 6)."""
+        """Flat keep mask over all merged tokens, inputs in order (docs/model.md §6.2)."""
         if not self.visuals:
             return np.zeros(0, dtype=bool)
         return np.concatenate([v.keep.reshape(-1) for v in self.visuals])
@@ -160,7 +160,7 @@ def _read(item: MediaLike, options: InputOptions, reader_options: Mapping[str, M
 
 
 def content_item(media: Media, video_timestamps: bool = True) -> dict[str, Any]:
-    """The chat-template content item of one visual input (ARCHITECTURE.md 7.2)."""
+    """The chat-template content item of one visual input (docs/model.md §7.2)."""
     if media.modal == "image" and media.n_frames == 1:
         return {"type": "image"}
     item: dict[str, Any] = {"type": "video", "num_frames": media.n_frames}

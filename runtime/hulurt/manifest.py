@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -193,10 +194,10 @@ class _Reader:
             raise self.fail(field, f"expected a finite number, found {value}")
         return value
 
-    def dataclass_of(self, cls: type, value: Any, field: str, optional: set[str] = frozenset()) -> Any:
+    def dataclass_of(self, cls: type, value: Any, field: str, optional: Collection[str] = frozenset()) -> Any:
         names = {f.name for f in fields(cls)}
         d = self.obj(value, field, names, names - set(optional))
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for f in fields(cls):
             v = d.get(f.name)
             t = str(f.type)

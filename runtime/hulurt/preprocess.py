@@ -1,5 +1,5 @@
 """Pixels -> model input: merge-size selection, the request-wide resize rule, Pillow bicubic, 0.5/0.5
-normalisation and merge-grouped patchify (ARCHITECTURE.md 3.1-3.5). numpy core; Pillow imported lazily.
+normalisation and merge-grouped patchify (docs/model.md §3.1-3.5). numpy core; Pillow imported lazily.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ VISUAL_MODALS = ("image", "video", "3d")
 
 
 def _norm_lut() -> NDArray[np.float32]:
-    """u8 -> normalised float32, with upstream's exact arithmetic (ARCHITECTURE.md 3.1).
+    """u8 -> normalised float32, with upstream's exact arithmetic (docs/model.md §3.1).
 
     transformers' BaseImageProcessor (called by image_processing_hulumed.py) rescales in float64 and casts to
     float32, then normalises (x - 0.5) / 0.5 in float32. A 256-entry table reproduces that bit for bit.
@@ -64,15 +64,15 @@ class VisualPatches:
 
 
 def select_merge_sizes(modals: Sequence[str], policy: str = "hf") -> list[int]:
-    """merge size per visual input (ARCHITECTURE.md 3.2).
+    """merge size per visual input (docs/model.md §3.2).
 
     "hf": the HF processor's conversation path -- if any input is video/3-D, every input (images too) uses
     m=2, else m=1. "original": one m for the request, 2 if any input is video/3-D (the caller-side rule of
     the original notebooks, which process one modality per request).
     """
-    for m in modals:
-        if m not in VISUAL_MODALS:
-            raise ValueError(f"modal {m!r}; expected one of {VISUAL_MODALS}")
+    for modal in modals:
+        if modal not in VISUAL_MODALS:
+            raise ValueError(f"modal {modal!r}; expected one of {VISUAL_MODALS}")
     if policy not in ("hf", "original"):
         raise ValueError(f"merge policy {policy!r}; expected 'hf' or 'original'")
     m = VIDEO_MERGE_SIZE if any(x in ("video", "3d") for x in modals) else IMAGE_MERGE_SIZE
@@ -87,7 +87,7 @@ def target_size(
     min_tokens: int = MIN_TOKENS,
     max_tokens: int = MAX_TOKENS,
 ) -> tuple[int, int]:
-    """(h, w) for one input under the request-wide budget (ARCHITECTURE.md 3.3, "simple batched resize").
+    """(h, w) for one input under the request-wide budget (docs/model.md §3.3, "simple batched resize").
 
     Ported in our own words from ZJUI-AI4H/Hulu-Med image_processing_hulumed.py: Python round (half to even),
     then a floor rescale when over budget, then a ceil rescale when under the minimum (both checks run).
@@ -120,7 +120,7 @@ def plan_sizes(
     """Resize targets for every visual input of one request (N = all frames of all inputs).
 
     pil_size_swap[i] reproduces upstream reading a PIL image's (width, height) as (height, width)
-    (ARCHITECTURE.md 3.4): the rule then sees (W, H) and the frame is resized to that transposed target.
+    (docs/model.md §3.4): the rule then sees (W, H) and the frame is resized to that transposed target.
     """
     n = len(first_frame_hw)
     if not (len(frame_counts) == len(merge_sizes) == n):
@@ -209,7 +209,7 @@ def resize_frames(
 def patchify(frames: NDArray[np.uint8], merge_size: int) -> NDArray[np.float32]:
     """Resized uint8 frames [T, h, w, C] -> normalised, merge-grouped patches [T, n_groups, m*m, 588].
 
-    Order (ARCHITECTURE.md 3.5, image_processing_hulumed.py `_preprocess`): groups of m x m patches in raster
+    Order (docs/model.md §3.5, image_processing_hulumed.py `_preprocess`): groups of m x m patches in raster
     order of the merged grid; inside a group (mi, mj) row-major; each 588-vector is (c, py, px). A gray frame
     (C = 1) is replicated to the three channels, as Pillow's L -> RGB conversion does.
     """

@@ -1,5 +1,5 @@
 """Chat prompts: the built-in Hulu-Med template (or a checkpoint's chat_template.json) rendered with Jinja2, and
-expansion of each `<image>` placeholder into the right number of image token ids (ARCHITECTURE.md 7, 5.2).
+expansion of each `<image>` placeholder into the right number of image token ids (docs/model.md §7, §5.2).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 GENERATION_PROMPT = "<|im_start|>assistant\n"
 
-# The structure of ARCHITECTURE.md 7.2 (original processor.py DEFAULT_CHAT_TEMPLATE + the HF version's
+# The structure of docs/model.md §7.2 (original processor.py DEFAULT_CHAT_TEMPLATE + the HF version's
 # add_system_prompt branch), written by us. Every output goes through `{{- ... -}}` with explicit "\n", so the
 # result is the same with or without trim_blocks/lstrip_blocks. Image items take `timestamp` (HF) or `time`
 # (original); video/3-D items take `num_frames` and optional `timestamps`. The system text of the Hub checkpoints
-# is unknown (ARCHITECTURE.md 12.1): it is emitted only when the caller passes `system_prompt`.
+# is unknown (docs/model.md §12, question 1): it is emitted only when the caller passes `system_prompt`.
 BUILTIN_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if loop.first and add_system_prompt is defined and add_system_prompt and message['role'] != 'system'"
@@ -71,7 +71,7 @@ def load_chat_template(path: str | os.PathLike[str] | None) -> str:
     """The template string of a checkpoint/bundle: `chat_template.json` (key "chat_template") or a .jinja file.
 
     `path` may be the directory holding it. None, or a directory without one, gives BUILTIN_CHAT_TEMPLATE
-    (never tokenizer_config.json's Qwen template: it knows nothing of images, ARCHITECTURE.md 7.1).
+    (never tokenizer_config.json's Qwen template: it knows nothing of images, docs/model.md §7.1).
     """
     if path is None:
         return BUILTIN_CHAT_TEMPLATE
@@ -106,7 +106,8 @@ def render(
     image_token: str = IMAGE_TOKEN,
 ) -> str:
     """Render a conversation the way transformers' apply_chat_template does (Jinja2, trim_blocks,
-    lstrip_blocks, sandboxed, loopcontrols), with Hulu-Med's variables. The template is untrusted input: hulurt.template renders it with time, size and recursion limits."""
+    lstrip_blocks, sandboxed, loopcontrols), with Hulu-Med's variables. The template is untrusted input:
+    hulurt.template renders it with time, size and recursion limits."""
     from hulurt.template import render_template
 
     return render_template(template or BUILTIN_CHAT_TEMPLATE, {
@@ -184,7 +185,7 @@ def expand(
     """Token ids of `prompt` with its k-th `<image>` replaced by tokens_per_placeholder[k] image ids.
 
     The text between placeholders is encoded piece by piece and the image ids are inserted directly, which
-    equals encoding the expanded string whenever `<image>` is an added token (ARCHITECTURE.md 5.2).
+    equals encoding the expanded string whenever `<image>` is an added token (docs/model.md §5.2).
     """
     pieces = prompt.split(image_token)
     if len(pieces) - 1 != len(tokens_per_placeholder):

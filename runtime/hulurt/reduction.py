@@ -1,6 +1,6 @@
 """Token reduction (inter-frame pixel-difference pruning): the numpy oracle every other form is tested against.
 
-Rule (ARCHITECTURE.md 6.2; ported from ZJUI-AI4H/Hulu-Med src/hulumed/model/hulumed_arch.py
+Rule (docs/model.md §6.2; ported from ZJUI-AI4H/Hulu-Med src/hulumed/model/hulumed_arch.py
 `_get_compression_mask`, same in the HF-version modeling file): for one video/volume input viewed as
 [T, nb, D] (nb merged tokens per frame, D = m*m*588 raw normalised pixels of one merged token), a token
 of frame t >= 1 is kept iff mean_D |x[t] - x[t-1]| > threshold; frame 0 is kept whole; a frame with

@@ -1,8 +1,8 @@
 """Host table of the vision encoder's 2-D RoPE: cos/sin [n_patches, head_dim] float32 for one grid.
 
-ARCHITECTURE.md 4.2: rotary dim r = head_dim/2; omega_k = theta^(-2k/r), k < r/2; a patch at patch-grid
+docs/model.md §4.2: rotary dim r = head_dim/2; omega_k = theta^(-2k/r), k < r/2; a patch at patch-grid
 (y, x) gets angle [y*omega, x*omega] (r values), repeated twice over the head. Tokens are listed in the
-merge-grouped order of ARCHITECTURE.md 3.5, coordinates restart per frame (one table serves every frame).
+merge-grouped order of docs/model.md §3.5, coordinates restart per frame (one table serves every frame).
 Ported in our own words from ZJUI-AI4H/Hulu-Med src/hulumed/model/hulumed_encoder/modeling_hulumed_encoder.py
 (VisionRotaryEmbedding + rot_pos_emb).
 """

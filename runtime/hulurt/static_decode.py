@@ -51,7 +51,9 @@ def select_decoder(provider: str, pieces: set[str] | frozenset[str], force: str 
         return piece
     have = [p for p in (DECODER_FORMS["gqa-static"], DECODER_FORMS["v1-concat"]) if p in pieces]
     if not have:
-        raise ContractError(f"a bundle needs a decoder piece ({', '.join(DECODER_FORMS.values())}); it has {sorted(pieces)}")
+        raise ContractError(
+            f"a bundle needs a decoder piece ({', '.join(DECODER_FORMS.values())}); it has {sorted(pieces)}"
+        )
     if provider == "cuda":
         return have[0]
     return DECODER_FORMS["v1-concat"] if DECODER_FORMS["v1-concat"] in pieces else have[0]
@@ -130,7 +132,9 @@ class StaticDecoder:
         b.bind_ortvalue_output("inputs_embeds", self.step_embeds)
         return b
 
-    def _bind_decoder(self, embeds: Any, pos: Any, total: NDArray[np.int32], outputs: tuple[Any, Any] | None = None) -> Any:
+    def _bind_decoder(
+        self, embeds: Any, pos: Any, total: NDArray[np.int32], outputs: tuple[Any, Any] | None = None
+    ) -> Any:
         b = self.decoder.session.io_binding()
         b.bind_ortvalue_input("inputs_embeds", embeds)
         b.bind_ortvalue_input("position_ids", pos)
@@ -168,11 +172,14 @@ class StaticDecoder:
     def prefill(self, embeds: NDArray[Any] | Any, want_logits: bool) -> tuple[int, NDArray[np.float32] | None]:
         """Feed `embeds` [1, L, hidden] (numpy, or an OrtValue on the device) after the cached rows."""
         ort = _ort()
-        shape = embeds.shape() if callable(getattr(embeds, "shape", None)) else embeds.shape
+        shape_attr: Any = embeds.shape  # a method on an OrtValue, a tuple on a numpy array
+        shape = shape_attr() if callable(shape_attr) else shape_attr
         seq = int(shape[1])
         total = self.length + seq
         if total > self.capacity:
-            raise ContextLengthError(f"KV cache holds {self.length} tokens and {seq} more were fed; its capacity is {self.capacity}")
+            raise ContextLengthError(
+                f"KV cache holds {self.length} tokens and {seq} more were fed; its capacity is {self.capacity}"
+            )
         emb = embeds if isinstance(embeds, ort.OrtValue) else self._upload(np.asarray(embeds))
         pos = self._upload(np.arange(self.length, total, dtype=np.int64).reshape(1, seq))
         self.seqlens.update_inplace(np.array([total - 1], dtype=np.int32))

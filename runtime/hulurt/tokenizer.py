@@ -1,5 +1,5 @@
 """Tokenizer: the Rust `tokenizers` library (never transformers) for encoding, and streaming-safe decoding that
-holds back partial UTF-8, skips special tokens and can hide <think> spans (ARCHITECTURE.md 2.5, 7.4).
+holds back partial UTF-8, skips special tokens and can hide <think> spans (docs/model.md §2.5, §7.4).
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import pytest
 
 from huluexport import bench as B
 
-
 STAGE_MS = {"preprocess": 2, "vision": 6, "reduction": 1, "embed": 1, "prefill": 8}
 DECODE_MS = 3
 

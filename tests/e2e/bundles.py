@@ -1,6 +1,7 @@
 """Tiny bundles (and the tiny tokenizer) for the runtime's end-to-end and CLI tests: a random tiny checkpoint ->
-`huluexport build`, cached on disk under artifacts/test-bundles/ keyed by a hash of the exporter's sources (a build takes ~45 s
-on the 2-core CI machine, so one build serves every test process until the exporter changes)."""
+`huluexport build`, cached on disk under artifacts/test-bundles/ keyed by a hash of the exporter's sources (a
+build takes ~45 s on the 2-core CI machine, so one build serves every test process until the exporter
+changes)."""
 
 from __future__ import annotations
 

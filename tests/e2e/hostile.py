@@ -95,6 +95,8 @@ def one_error_line(r: subprocess.CompletedProcess[str], code: int = 2) -> str:
     return lines[0]
 
 
-def run_module(module: str, *args: object, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_module(
+    module: str, *args: object, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONIOENCODING": "utf-8"}, check=False)

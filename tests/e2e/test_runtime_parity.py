@@ -80,7 +80,7 @@ def pair(request: pytest.FixtureRequest):
 
 def reference_tokens(ref, model, question: str, files: dict, reduce: bool) -> tuple[list[int], int]:
     """The reference's greedy tokens and its kept visual tokens, from the same hulurt.inputs as the runtime
-    (un-reduced ids; the reference applies token reduction itself, ARCHITECTURE 6.2)."""
+    (un-reduced ids; the reference applies token reduction itself, docs/model.md §6.2)."""
     from huluexport.reference.model import VisualInput
 
     full = model.inputs(question, token_reduction=False, **files)

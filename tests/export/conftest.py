@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from huluexport.export.pipeline import BuildOptions, build
 from huluexport.checkpoint.fixtures import write_checkpoint
+from huluexport.export.pipeline import BuildOptions, build
 
 _BUNDLES: dict[tuple[str, str], Path] = {}
 _GQA_BUNDLES: dict[tuple[str, str], Path] = {}

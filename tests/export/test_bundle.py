@@ -151,8 +151,8 @@ def test_existing_output_needs_overwrite(ckpt_qwen2: Path, tmp_path: Path) -> No
 
 
 def test_random_weights_are_deterministic_and_sliced() -> None:
-    from huluexport.export.pipeline import resolve, slice_layers, weight_source
     from huluexport.devices import get_target
+    from huluexport.export.pipeline import resolve, slice_layers, weight_source
 
     cfg, w = resolve(BuildOptions(out=Path("unused"), size="7b", random_weights=True, layers=2, precision="fp16"))
     assert w.kind == "random" and w.layers == 2 and cfg.decoder.layers == 28  # the full config; sliced later

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from huluexport.tolerances import get
 
 from huluexport.checkpoint import checkpoint_name, from_checkpoint, plan
 from huluexport.config import DecoderConfig
 from huluexport.reference.weights import iter_tensors, load_model
+from huluexport.tolerances import get
 
 pytestmark = pytest.mark.hf
 
@@ -20,7 +20,7 @@ def _hf_decoder(d: Path) -> torch.nn.Module:
 
     cfg = from_checkpoint(d)
     dec: DecoderConfig = cfg.decoder
-    tied = plan(d, cfg).tie_lm_head  # ARCHITECTURE 1.4: a stored lm_head wins over the tie flag
+    tied = plan(d, cfg).tie_lm_head  # docs/model.md §1.4: a stored lm_head wins over the tie flag
     common = dict(
         vocab_size=dec.vocab,
         hidden_size=dec.hidden,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from hulurt.rope import vision_rope
-from huluexport.tolerances import get
 
 from huluexport.checkpoint import checkpoint_name, from_checkpoint
 from huluexport.reference.vision import merge
 from huluexport.reference.weights import iter_tensors, load_model
+from huluexport.tolerances import get
 
 pytestmark = pytest.mark.hf
 

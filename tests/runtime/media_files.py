@@ -9,10 +9,9 @@ import struct
 import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
-
-import nibabel as nib
 
 PYDICOM_DATA = Path(pydicom.__file__).parent / "data" / "test_files"
 MiB = 1 << 20

@@ -19,8 +19,8 @@ FORBIDDEN = ("torch", "transformers", "onnx", "onnxscript", "huluexport")
 
 def hulurt(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([sys.executable, "-m", "hulurt", *map(str, args)], check=False, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run([sys.executable, "-m", "hulurt", *map(str, args)], check=False, capture_output=True,
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,8 @@ def test_no_forbidden_module_is_imported(tiny: Path, png: Path) -> None:
     code = (
         "import runpy, sys\n"
         f"sys.argv = ['hulurt', {str(tiny)!r}, '--prompt', 'hi', '--image', {str(png)!r}, '--max-new-tokens', '3']\n"
-        "try:\n    runpy.run_module('hulurt', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "try:\n    runpy.run_module('hulurt', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
         f"print('LOADED', sorted(m for m in {FORBIDDEN!r} if m in sys.modules))\n"
         "print('HAS', 'onnxruntime' in sys.modules, 'tokenizers' in sys.modules)\n"
     )
@@ -147,13 +148,14 @@ def test_verbose_shows_the_traceback(tiny: Path) -> None:
 
 
 def test_huluexport_run_is_the_same_with_progress(tiny: Path, png: Path) -> None:
-    r = subprocess.run(check=False, args=[str(Path(sys.executable).parent / "huluexport"), "run", str(tiny), "--prompt", "What is it?",
+    huluexport = str(Path(sys.executable).parent / "huluexport")
+    r = subprocess.run(check=False, args=[huluexport, "run", str(tiny), "--prompt", "What is it?",
                         "--image", str(png), "--max-new-tokens", "5", "--skip-hash-check"],
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     assert "visual tokens" in r.stderr and "tok/s" in r.stderr
-    bad = subprocess.run(check=False, args=[str(Path(sys.executable).parent / "huluexport"), "run", str(tiny), "--prompt", "hi",
-                          "--volume", str(png)], capture_output=True, text=True, timeout=180)
+    bad = subprocess.run(check=False, args=[huluexport, "run", str(tiny), "--prompt", "hi", "--volume", str(png)],
+                         capture_output=True, text=True, timeout=180)
     assert bad.returncode == 2 and "--volume expects" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from e2e.bundles import bundle
-
 from hulurt.cli import main
 from media_files import deflate_bomb, series, zero_nii_gz  # tests/runtime
 

@@ -147,13 +147,15 @@ def test_staged_dir_is_all_or_nothing(tmp_path: Path) -> None:
     with staged_dir(final, marker="engines.json") as tmp:
         (tmp / "engines.json").write_text("{}")
     assert (final / "engines.json").is_file()
-    with pytest.raises(StagingError, match="already exists; pass --overwrite"), staged_dir(final, marker="engines.json"):
-        pass
+    with pytest.raises(StagingError, match="already exists; pass --overwrite"):
+        with staged_dir(final, marker="engines.json"):
+            pass
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "a.txt").write_text("mine")
-    with pytest.raises(StagingError, match="this tool wrote"), staged_dir(foreign, overwrite=True, marker="engines.json"):
-        pass
+    with pytest.raises(StagingError, match="this tool wrote"):
+        with staged_dir(foreign, overwrite=True, marker="engines.json"):
+            pass
     assert (foreign / "a.txt").read_text() == "mine"
 
 

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from hulurt import reduction
 from hulurt.errors import UnsupportedInputError
 from hulurt.inputs import InputOptions, build_inputs
 from hulurt.media import frames_to_media, image_from_array, load_media
 from hulurt.preprocess import plan_sizes
 from hulurt.tokenizer import Tokenizer
+from PIL import Image
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -51,7 +50,7 @@ def test_single_image(tok, png):
         == "<|im_start|>user\n<image>\nDescribe this image in detail.<|im_end|>\n<|im_start|>assistant\n"
     )
     (v,) = r.visuals
-    # PIL swap: a 150 (W) x 200 (H) file is planned as if H=150, W=200 (ARCHITECTURE.md 3.4)
+    # PIL swap: a 150 (W) x 200 (H) file is planned as if H=150, W=200 (docs/model.md §3.4)
     assert v.grid_thw == (1, 11, 14) and v.merge_size == 1 and v.modal == "image"
     assert v.patches.shape == (1, 154, 1, 588) and v.patches.dtype == np.float32 and v.patches.std() > 1e-2
     assert r.input_ids.shape[0] == 1 and r.input_ids.dtype == np.int64

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from e2e.bundles import bundle
-
 from hulurt.__main__ import main
 
 pydicom = pytest.importorskip("pydicom")

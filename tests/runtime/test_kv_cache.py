@@ -31,7 +31,8 @@ def test_buffer_and_chain_hold_the_same_rows() -> None:
         buf.update(prev, step)
         chain.update(prev, step)
         fb, fc = buf.feeds(), chain.feeds()
-        assert sorted(fb) == sorted(fc) == sorted(f"past_key_values.{i}.{k}" for i in range(2) for k in ("key", "value"))
+        names = sorted(f"past_key_values.{i}.{k}" for i in range(2) for k in ("key", "value"))
+        assert sorted(fb) == sorted(fc) == names
         for k in fb:
             np.testing.assert_array_equal(fb[k], fc[k])
             assert fb[k].shape == (1, 2, total, 3)

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from hulurt import media as md
 from hulurt.errors import UnsupportedInputError
+from PIL import Image
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")

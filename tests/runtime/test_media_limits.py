@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from hulurt import media as md
 from hulurt.errors import UnsupportedInputError
-
 from media_files import deflate_bomb, nifti_header, series, zero_nii_gz  # noqa: E402  (tests/runtime)
 
 pydicom = pytest.importorskip("pydicom")
@@ -178,7 +176,8 @@ def test_jpeg_lossless_12bit_and_2000_decode(name: str) -> None:
 
 
 def test_undecodable_dicom_is_one_line_without_pydicom_tracebacks(tmp_path: Path, capsys, caplog) -> None:
-    p = get_testdata_file("JPEG-lossy.dcm", download=False)  # a 12-bit JPEG with a misplaced marker: no installed codec takes it
+    # a 12-bit JPEG with a misplaced marker: no installed codec takes it
+    p = get_testdata_file("JPEG-lossy.dcm", download=False)
     with pytest.raises(md.CorruptInputError) as e:
         md.load_dicom(p)
     _one_line(e, p, "cannot decode DICOM pixel data")

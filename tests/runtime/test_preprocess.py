@@ -7,14 +7,13 @@ import math
 
 import numpy as np
 import pytest
+from hulurt import preprocess as pp
+from hulurt.errors import UnsupportedInputError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from hulurt import preprocess as pp
-from hulurt.errors import UnsupportedInputError
-
-# ARCHITECTURE.md 3.3 worked examples: (H, W), m, N frames in the request -> (h, w), grid, tokens/frame, total
+# docs/model.md §3.3 worked examples: (H, W), m, N frames in the request -> (h, w), grid, tokens/frame, total
 RESIZE_TABLE = [
     ((512, 512), 1, 1, (518, 518), (37, 37), 1369, 1369),
     ((224, 224), 1, 1, (224, 224), (16, 16), 256, 256),
@@ -123,7 +122,7 @@ def test_patchify_order(m):
         for pr in range(gh):
             for pc in range(gw):
                 bi, mi, bj, mj = pr // m, pr % m, pc // m, pc % m
-                row = ((ti * (gh // m) + bi) * (gw // m) + bj) * m * m + mi * m + mj  # ARCHITECTURE.md 3.5
+                row = ((ti * (gh // m) + bi) * (gw // m) + bj) * m * m + mi * m + mj  # docs/model.md §3.5
                 patch = frames[ti, pr * 14 : (pr + 1) * 14, pc * 14 : (pc + 1) * 14, :]  # (py, px, c)
                 np.testing.assert_array_equal(flat[row], lut[patch.transpose(2, 0, 1).reshape(-1)])
     if m == 1:  # plain raster order

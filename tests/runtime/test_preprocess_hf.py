@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from hulurt import preprocess as pp
 from hulurt.media import load_dicom, load_image, load_nifti, load_video
+from PIL import Image
 
 pytestmark = pytest.mark.hf
 VideoLlama3ImageProcessorPil = pytest.importorskip(

@@ -1,4 +1,4 @@
-"""hulurt.prompt: the template strings of ARCHITECTURE.md 7.2 byte for byte (Jinja2 and the plain-Python
+"""hulurt.prompt: the template strings of docs/model.md §7.2 byte for byte (Jinja2 and the plain-Python
 renderer), chat_template.json loading, and placeholder expansion (7.3, 5.2)."""
 
 from __future__ import annotations
@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pytest
-
 from hulurt import prompt as pr
 from hulurt.errors import UnsupportedInputError
 
-# (messages, kwargs, expected) -- the rendered examples of ARCHITECTURE.md 7.2, verbatim
+# (messages, kwargs, expected) -- the rendered examples of docs/model.md §7.2, verbatim
 CASES = [
     (
         [

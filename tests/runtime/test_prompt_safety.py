@@ -132,8 +132,8 @@ def test_hostile_templates_fail_in_one_line(name: str) -> None:
 
 
 def test_real_template_is_untouched_by_the_limits() -> None:
-    msgs = [{"role": "user", "content": [{"type": "video", "num_frames": 600, "timestamps": [float(k) for k in range(600)]},
-                                         {"type": "text", "text": "x" * 200_000}]}]
+    video = {"type": "video", "num_frames": 600, "timestamps": [float(k) for k in range(600)]}
+    msgs = [{"role": "user", "content": [video, {"type": "text", "text": "x" * 200_000}]}]
     out = render(msgs)
     assert out.count("<image>") == 600 and "Time 599.0s:" in out
 

@@ -4,11 +4,10 @@ survives multi-byte characters split across tokens, skip_special_tokens, and <th
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from hulurt.errors import UnsupportedInputError
 from hulurt.tokenizer import Tokenizer, strip_think
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.skipif(
 
 def run(*args: object) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([sys.executable, "-m", "hulurt", str(BUNDLE), *map(str, args)], check=False, capture_output=True,
-                          text=True, timeout=180, env=env)
+    return subprocess.run([sys.executable, "-m", "hulurt", str(BUNDLE), *map(str, args)], check=False,
+                          capture_output=True, text=True, timeout=180, env=env)
 
 
 def test_this_venv_has_no_exporter_stack() -> None:

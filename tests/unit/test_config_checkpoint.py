@@ -30,7 +30,7 @@ def _edit_config(d: Path, **changes: object) -> None:
 
 
 def test_7b_preset_matches_the_index_total_size() -> None:
-    # ARCHITECTURE 1.4: metadata.total_size of the 7B index = 16,089,489,888 bytes in bf16
+    # docs/model.md §1.4: metadata.total_size of the 7B index = 16,089,489,888 bytes in bf16
     assert SIZES["7b"].num_parameters() == 8_044_744_944
     assert SIZES["7b"].vision.num_parameters() == 412_147_440
 
@@ -95,7 +95,8 @@ def test_image_token_must_agree_with_tokenizer(tiny_ckpts: dict[str, Path], tmp_
 def test_unsupported_projector(tiny_ckpts: dict[str, Path], tmp_path: Path) -> None:
     d = _copy(tiny_ckpts["hf-qwen2"], tmp_path)
     _edit_config(d, mm_projector_type="simp_spatial_conv")
-    with pytest.raises(ConfigError, match="config.json: mm_projector_type must be mlpNx_gelu.*found 'simp_spatial_conv'"):
+    with pytest.raises(ConfigError,
+                       match="config.json: mm_projector_type must be mlpNx_gelu.*found 'simp_spatial_conv'"):
         from_checkpoint(d)
 
 

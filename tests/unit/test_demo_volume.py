@@ -1,4 +1,5 @@
-"""The demo path on a real MR volume: runtime inputs (hulurt.inputs) vs the reference's own compaction; the demo runs."""
+"""The demo path on a real MR volume: runtime inputs (hulurt.inputs) vs the reference's own compaction; the demo
+runs."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ def test_kv_bytes_per_token_match_architecture_8_3(size: str, kib: int) -> None:
     assert p.memory["kv_cache"] == kib * 1024 * p.context_tokens
 
 
-# ARCHITECTURE.md 3.3 worked examples: (H, W, m, N) -> (h, w, tokens per frame)
+# docs/model.md §3.3 worked examples: (H, W, m, N) -> (h, w, tokens per frame)
 RESIZE_TABLE = [
     (512, 512, 1, 1, 518, 518, 1369),
     (224, 224, 1, 1, 224, 224, 256),

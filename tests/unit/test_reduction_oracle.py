@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from hulurt.reduction import compaction, frame_token_diffs, keep_mask, round_bf16
 
 
 def _upstream_torch_mask(frames: np.ndarray, threshold: float = 0.1) -> np.ndarray:
-    """ARCHITECTURE.md 6.2 steps 2-5, in torch bf16 as upstream runs them (hulumed_arch.py)."""
+    """The pruning rule of docs/model.md §6.2 (difference, threshold, keep), in torch bf16 as upstream runs it
+    (hulumed_arch.py)."""
     x = torch.from_numpy(frames).to(torch.bfloat16)  # (T, nb, D)
     d = (x[1:] - x[:-1]).abs().mean(dim=-1)  # bf16 result, fp32 accumulation
     d = (d * 255) / 255  # upstream's scale round trip, each step rounded to bf16

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from huluexport.tolerances import get
 
+from huluexport.checkpoint.random_weights import random_state
 from huluexport.config import SIZES
 from huluexport.errors import UnsupportedInputError
-from huluexport.checkpoint.random_weights import random_state
 from huluexport.reference.model import HuluMed, VisualInput
 from huluexport.reference.weights import load_model
+from huluexport.tolerances import get
 
 IMG = SIZES["tiny"].tokens.image
 

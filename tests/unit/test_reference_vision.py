@@ -1,4 +1,4 @@
-"""Vision reference: per-frame separability, merge == bilinear, patch embed == conv (ARCH 9.2, 11.3)."""
+"""Vision reference: per-frame separability, merge == bilinear, patch embed == conv (docs/model.md §9.2, §11)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hulurt.rope import vision_rope
-from huluexport.tolerances import get
 
-from huluexport.config import SIZES
 from huluexport.checkpoint.random_weights import random_state
+from huluexport.config import SIZES
 from huluexport.reference.model import HuluMed
 from huluexport.reference.vision import merge
+from huluexport.tolerances import get
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,11 @@ def model() -> HuluMed:
 def _rope(gh: int, gw: int, m: int, dv: int) -> tuple[torch.Tensor, torch.Tensor]:
     cos, sin = vision_rope(gh, gw, m, dv)
     return torch.from_numpy(np.array(cos)), torch.from_numpy(np.array(sin))
+
+
+def _rotate_half(z: torch.Tensor) -> torch.Tensor:
+    h = z.shape[-1] // 2
+    return torch.cat([-z[..., h:], z[..., :h]], -1)
 
 
 def test_per_frame_batch_equals_frames_alone_bitwise(model: HuluMed) -> None:
@@ -60,10 +65,9 @@ def test_packed_block_diagonal_equals_batched(model: HuluMed) -> None:
             q = a.q_proj(y).view(1, t * n, heads, dv)
             k = a.k_proj(y).view(1, t * n, heads, dv)
             v = a.v_proj(y).view(1, t * n, heads, dv).transpose(1, 2)
-            rot = lambda z: torch.cat([-z[..., dv // 2 :], z[..., : dv // 2]], -1)
             c, s = cos_p[None, :, None], sin_p[None, :, None]
-            q = (q * c + rot(q) * s).transpose(1, 2)
-            k = (k * c + rot(k) * s).transpose(1, 2)
+            q = (q * c + _rotate_half(q) * s).transpose(1, 2)
+            k = (k * c + _rotate_half(k) * s).transpose(1, 2)
             p = torch.softmax(q @ k.transpose(-1, -2) / dv**0.5 + block, dim=-1)
             o = (p @ v).transpose(1, 2).reshape(1, t * n, -1)
             h = h + a.out_proj(o)

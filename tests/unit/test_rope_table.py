@@ -1,4 +1,4 @@
-"""hulurt.rope: the vision 2-D RoPE host table (ARCHITECTURE.md 4.2, 11.3)."""
+"""hulurt.rope: the vision 2-D RoPE host table (docs/model.md §4.2, §11)."""
 
 from __future__ import annotations
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from hulurt.backends.base import BackendOptions, Session
 
 
-def open_session(path: Path | str, options: BackendOptions = BackendOptions()) -> Session:
-    """Open one graph file with the backend `options.provider` names."""
+def open_session(path: Path | str, options: BackendOptions | None = None) -> Session:
+    """Open one graph file with the backend `options.provider` names (default options: `BackendOptions()`)."""
     p = Path(path)
+    options = options if options is not None else BackendOptions()
     if options.provider == "trt-native":
         from hulurt.backends import tensorrt
 

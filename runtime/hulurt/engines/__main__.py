@@ -28,13 +28,15 @@ def size_bytes(text: str) -> int:
 
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle directory (has manifest.json)")
-    p.add_argument("--out", type=Path, help="engine directory to write (default: BUNDLE/engines/<device>-<module><version>)")
+    p.add_argument("--out", type=Path,
+                   help="engine directory to write (default: BUNDLE/engines/<device>-<module><version>)")
     p.add_argument("--piece", action="append", default=[], dest="pieces", metavar="NAME",
                    help="build only this piece (repeatable; default: every piece)")
     p.add_argument("--module", choices=("tensorrt", "tensorrt_rtx"),
                    help="TensorRT Python module (default: tensorrt if installed, else tensorrt_rtx)")
     p.add_argument("--sm", action="append", default=[], metavar="CC",
-                   help="tensorrt_rtx: build for this compute capability (sm89, 8.7, ...; repeatable); default portable")
+                   help="tensorrt_rtx: build for this compute capability (sm89, 8.7, ...; repeatable); "
+                   "default portable")
     p.add_argument("--label", help="the <device> part of the engine directory name (e.g. a target such as orin-nano)")
     p.add_argument("--max-context", type=int, metavar="N", help="narrow the profile: at most N tokens of context")
     p.add_argument("--max-frames", type=int, metavar="N", help="narrow the profile: at most N frames per vision call")
@@ -69,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_build_arguments(p)
     p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec commands, build nothing")
     p.add_argument("--check", type=Path, metavar="DIR",
-                   help="check an engine directory against the installed TensorRT, this GPU and the bundle; build nothing")
+                   help="check an engine directory against the installed TensorRT, this GPU and the bundle; "
+                   "build nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress; show tracebacks on errors")
     return p
 

@@ -158,8 +158,8 @@ def read(root: str | os.PathLike[str]) -> EngineMeta:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EngineError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise EngineError(f"{path}: not an engines file (format {raw.get('format') if isinstance(raw, dict) else raw!r}, "
-                          f"expected {FORMAT!r})")
+        found = raw.get("format") if isinstance(raw, dict) else raw
+        raise EngineError(f"{path}: not an engines file (format {found!r}, expected {FORMAT!r})")
     if raw.get("format_version") != FORMAT_VERSION:
         raise EngineError(f"{path}: format_version {raw.get('format_version')!r}; this hulurt reads {FORMAT_VERSION}")
     module = _need(raw, "module", str, path)

@@ -1,7 +1,7 @@
 """Readers: image files (Pillow), DICOM files/series (pydicom), NIfTI volumes (nibabel), video (decord, PyAV).
 
 Each returns a `Media`: uint8 frames [T, H, W, C] (C = 1 gray or 3 RGB) plus modal, timestamps and the
-PIL-size-quirk flag of ARCHITECTURE.md 3.4. Reader libraries are optional extras, imported when used.
+PIL-size-quirk flag of docs/model.md §3.4. Reader libraries are optional extras, imported when used.
 One module per format (image, dicom, nifti, video); `common` holds the shared types and checks, `window`
 the intensity windows. This package re-exports the public API, so `from hulurt.media import ...` is stable.
 """
@@ -12,13 +12,13 @@ import os
 from typing import Any
 
 from hulurt.media.common import (
+    DEFAULT_MAX_PIXELS,
     DICOM_EXTS,
     IMAGE_EXTS,
     MAX_FRAMES_HARD,
     MAX_PIXELS_PER_FRAME,
     NIFTI_EXTS,
     VIDEO_EXTS,
-    DEFAULT_MAX_PIXELS,
     CorruptInputError,
     Media,
     MissingExtraError,

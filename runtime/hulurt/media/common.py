@@ -47,7 +47,7 @@ class Media:
     modal: str  # "image" | "video" | "3d"
     source: str
     timestamps: tuple[float, ...] | None = None  # seconds, one per frame (video only)
-    pil_size_swap: bool = False  # upstream read this input's size as PIL (width, height) (ARCHITECTURE 3.4)
+    pil_size_swap: bool = False  # upstream read this input's size as PIL (width, height) (docs/model.md §3.4)
     info: dict[str, Any] = field(default_factory=dict)  # reader details (fps, spacing, window used, ...)
 
     @property

@@ -255,8 +255,8 @@ def _load(
     if p.is_dir():
         entries, how, uid, notes = read_series(p, series, lim)
         info.update(files=len(entries), sorted_by=how, series_uid=uid)
-        for note in notes:
-            log.warning("%s", note)
+        for msg in notes:
+            log.warning("%s", msg)
         items = [(e.path, e.header, e.deflated, e.declared, k) for e in entries for k in range(e.declared.frames)]
     else:
         if series is not None:

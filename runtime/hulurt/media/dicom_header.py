@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from hulurt.media.common import CorruptInputError, ReadLimits, log
 
@@ -145,7 +145,7 @@ def _inflated_header(path: Path, offset: int, limits: ReadLimits) -> tuple[Any, 
                         # then fails and the file is refused as unreadable, never read past its limits
                         fp = DicomBytesIO(bytes(buf[:pos] if pos >= 0 else buf))
                         try:
-                            header = read_dataset(fp, is_implicit_VR=False, is_little_endian=True)
+                            header = read_dataset(cast(BinaryIO, fp), is_implicit_VR=False, is_little_endian=True)
                         except Exception as e:  # noqa: BLE001 - pydicom raises many types on junk
                             raise CorruptInputError(path, f"cannot read the inflated DICOM header: {e}") from e
                         has_pixels = pos >= 0
@@ -169,7 +169,7 @@ def _inflated_header(path: Path, offset: int, limits: ReadLimits) -> tuple[Any, 
     if header is None:
         fp = DicomBytesIO(bytes(buf))
         try:
-            header = read_dataset(fp, is_implicit_VR=False, is_little_endian=True)
+            header = read_dataset(cast(BinaryIO, fp), is_implicit_VR=False, is_little_endian=True)
         except Exception as e:  # noqa: BLE001
             raise CorruptInputError(path, f"cannot read the inflated DICOM header: {e}") from e
     return header, has_pixels

@@ -22,7 +22,6 @@ from hulurt.media.common import (
 from hulurt.preprocess import check_frame_size
 
 
-
 def _to_u8_gray(a: NDArray[Any], path: object) -> NDArray[np.uint8]:
     """Any-depth gray array -> uint8 by min-max over the image (16-bit X-rays keep their full range)."""
     a = a.astype(np.float64)
@@ -44,7 +43,7 @@ def load_image(
 
     RGBA/LA/P drop alpha the way upstream's `convert("RGB")` does. 16-bit and 32-bit gray are min-max scaled to
     uint8 (Pillow's own conversion would clip at 255). `pil_size_swap` defaults to upstream's behaviour for
-    image files (ARCHITECTURE.md 3.4); pass False to resize with the true aspect ratio.
+    image files (docs/model.md §3.4); pass False to resize with the true aspect ratio.
     """
     p = Path(path)
     _check_file(p)

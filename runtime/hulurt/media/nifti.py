@@ -131,7 +131,7 @@ def load_nifti(
     preset: str | None = None,
     limits: ReadLimits | None = None,
 ) -> Media:
-    """A NIfTI volume -> Media of modal "3d", reproducing upstream's two readers (ARCHITECTURE.md 3.6).
+    """A NIfTI volume -> Media of modal "3d", reproducing upstream's two readers (docs/model.md §3.6).
 
     Voxel values are nibabel's get_fdata() values (scl_slope/inter applied, float64) in stored order, never
     reoriented, read slice by slice. `axis` 0/1/2 or sagittal/coronal/axial. "hf": all slices unless

@@ -17,7 +17,6 @@ from hulurt.media.common import MAX_FRAMES_HARD, CorruptInputError, Media, _chec
 from hulurt.preprocess import check_frame_size
 
 
-
 def sample_frames(
     n_frames: int,
     video_fps: float,
@@ -51,7 +50,7 @@ def sample_frames_hf(
     start_time: float | None = None,
     end_time: float | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """The HF processor's rule (processing_hulumed.py load_video, ARCHITECTURE.md 3.7), in our own words:
+    """The HF processor's rule (processing_hulumed.py load_video, docs/model.md §3.7), in our own words:
     output times t_k = start + k / fps over the clip (ffmpeg's fps filter, round=down picks the frame shown at
     t_k), timestamps t_k; if more than `max_frames`, keep linspace(0, K-1, max_frames) of those samples.
     Frame choice can differ from ffmpeg's by one source frame at exact ties; timestamps agree.
@@ -125,8 +124,8 @@ def _decode_av(p: Path, pick: Sampler) -> tuple[NDArray[np.uint8], NDArray[np.fl
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
                 rgb = frame.to_ndarray(format="rgb24")
-                for j in np.flatnonzero(idx == i):
-                    out[int(j)] = rgb
+                for k in np.flatnonzero(idx == i):
+                    out[int(k)] = rgb
             if i >= int(idx[-1]):
                 break
     got = [f for f in out if f is not None]
@@ -147,7 +146,7 @@ def load_video(
     end_time: float | None = None,
     profile: str = "hf",
 ) -> Media:
-    """A video file -> Media of modal "video" with timestamps (ARCHITECTURE.md 3.7); decord, else PyAV.
+    """A video file -> Media of modal "video" with timestamps (docs/model.md §3.7); decord, else PyAV.
 
     fps: frames sampled per second (None = every frame); max_frames: cap by uniform subsampling;
     start_time/end_time (seconds) trim the clip first; profile "hf" (timestamps k / fps, the HF processor)

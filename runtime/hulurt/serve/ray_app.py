@@ -49,7 +49,7 @@ def deployment(config: ServerConfig, replicas: int = 2, cpus_per_replica: float 
     class HuluReplica:
         pass
 
-    return HuluReplica.bind()
+    return HuluReplica.bind()  # type: ignore[attr-defined]  # @serve.deployment made the class a Deployment
 
 
 def app_builder(args: dict[str, str]) -> Any:

@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hulurt.media import DICOM_EXTS, IMAGE_EXTS, NIFTI_EXTS, VIDEO_EXTS
 from hulurt.serve.schemas import APIError, Part, bad
@@ -192,7 +193,8 @@ class Workspace:
         except ImportError:
             return  # hulurt.media says which extra is missing when it reads the file
         try:
-            shape = nib.load(str(up.path)).shape
+            img: Any = nib.load(str(up.path))  # typed as FileBasedImage; a NIfTI image has a shape
+            shape = img.shape
         except Exception as e:
             raise bad(f"{up.display}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
         voxels = 1
