@@ -244,8 +244,8 @@ def main() -> int:
             r.update({"input": kind, "asked_batch": vb, "asked_chunk": pc})
             if "error" not in r:
                 r["predicted"] = predict(a.bundle, a.slices, a.size, r, a.max_new_tokens)
-                print(f"  request peak {gib(r['peak_rss_request'])} GiB, load peak {gib(r['peak_rss_load'])} GiB, predicted {gib(r['predicted']['memory']['total'])} GiB, "
-                      f"stages {r['stages']}", flush=True)
+                print(f"  request peak {gib(r['peak_rss_request'])} GiB, load peak {gib(r['peak_rss_load'])} GiB, "
+                      f"predicted {gib(r['predicted']['memory']['total'])} GiB, stages {r['stages']}", flush=True)
             else:
                 print("  failed:", r["error"], flush=True)
             doc["runs"].append(r)
