@@ -8,6 +8,8 @@ reference's `present`; fp16: cosine and top-1 per the tolerance table. Prompts: 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -63,11 +65,14 @@ def _static(bundle, capacity: int = 64) -> tuple[StaticDecoder, object]:
 
 
 @pytest.mark.parametrize("flavor, precision", [("qwen2", "fp32"), ("qwen3", "fp32"), ("qwen2", "fp16")])
-def test_gqa_form_matches_reference(gqa_bundle_factory, flavor: str, precision: str) -> None:
+def test_gqa_form_matches_reference(
+    gqa_bundle_factory, ckpt_qwen2: Path, ckpt_qwen3: Path, flavor: str, precision: str
+) -> None:
     bundle = gqa_bundle_factory(flavor, precision)
+    checkpoint = {"qwen2": ckpt_qwen2, "qwen3": ckpt_qwen3}[flavor]  # folder builds record no local path
     static, m = _static(bundle)
     assert "decoder" not in m.pieces and "decoder_gqa" in m.pieces  # only the gqa form was asked for
-    cfg, model = reference_for_bundle(m, None)
+    cfg, model = reference_for_bundle(m, checkpoint)
     tol = get("decoder_gqa", precision, "ort")
     act = np.dtype(m.dims.act_dtype)
     for with_visual in (False, True):
