@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from hulurt import checks
 from hulurt.backends.base import PROVIDERS
+from hulurt.contract import DECODER_FORMS
 
 Check = Callable[[Any], "str | None"]
 DESTINATIONS = ("load", "stream", "sampling", "cli")
@@ -120,6 +121,11 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option(("--trt-cache",), "TensorRT execution provider: keep its engine and timing caches in DIR between runs "
            "(profiles come from the bundle's dim ranges)", type=Path, metavar="DIR", to="load",
            kwarg="trt_cache"),
+    Option(("--decoder-form",), "decoder graph to run when the bundle has several (default: gqa-static on the CUDA "
+           "provider, v1-concat elsewhere; docs/gpu.md)", choices=tuple(DECODER_FORMS), metavar="FORM", to="load",
+           kwarg="decoder_form"),
+    Option(("--no-cuda-graph",), "CUDA provider: do not capture the decode step in a CUDA graph", type=None,
+           flag=True, to="load", kwarg="cuda_graph", convert=lambda v: False if v else None),
     Option(("--skip-hash-check",), "check bundle file sizes only, not their sha256 (faster for large bundles)",
            type=None, flag=True, to="load", kwarg="verify_hashes", convert=lambda v: not v),
     Option(("-v", "--verbose"), "log progress; show tracebacks on errors", type=None, flag=True),
