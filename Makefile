@@ -36,7 +36,9 @@ test-runtime-only: $(RT_BUNDLE)/manifest.json
 	rm -rf $(RT_VENV)
 	$(PY) -m venv $(RT_VENV)
 	$(RT_VENV)/bin/python -m pip install -q --upgrade pip
-	$(RT_VENV)/bin/python -m pip install -q -c requirements/dev.txt "./runtime[ort,tokenizer,image,volume,video]" pytest
+	# the dev pins as constraints (pip refuses extras in a constraints file: `ray[serve]==X` -> `ray==X`)
+	sed -E 's/^([A-Za-z0-9_.-]+)\[[^]]*\]/\1/' requirements/dev.txt > $(RT_VENV)/constraints.txt
+	$(RT_VENV)/bin/python -m pip install -q -c $(RT_VENV)/constraints.txt "./runtime[ort,tokenizer,image,volume,video]" pytest
 	HULU_RUNTIME_ONLY_VENV=1 HULU_RUNTIME_ONLY_BUNDLE=$(RT_BUNDLE) \
 	  $(RT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtime_only
 
