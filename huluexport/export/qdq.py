@@ -7,7 +7,7 @@ weight-only int4 form TensorRT builds (and onnxruntime runs, for the parity chec
 Round to nearest, symmetric, no zero points (TensorRT's int4 weight-only path takes none): per block of B input
 features of one output column, scale = max|w| / 7 in the bundle's activation dtype, W_q = clip(round(w/scale),
 -8, 7). Opset 21 (INT4 tensors and block_size on DequantizeLinear). Which matrices: every MatMul/Gemm of the
-decoder with a constant 2-D weight used once (quantize._matmul_weight: 7 per layer + the lm_head); the token
+decoder with a constant 2-D weight used once (quantize.matmul_weight: 7 per layer + the lm_head); the token
 embedding table lives in the embed piece and stays at the bundle's precision. `huluexport plan --precision
 int4-qdq` models exactly this (huluexport/plan.py, tests/export/test_qdq.py).
 """
@@ -117,19 +117,15 @@ def dequantize(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
 def quantize_graph(model: onnx.ModelProto, base_dir: Path, block: int) -> tuple[onnx.ModelProto, int]:
     """Rewrite every candidate matmul (see the module docstring); returns the model and how many were rewritten.
     Weights are read one matrix at a time from the external data file."""
-    from huluexport.export.quantize import _matmul_weight, read_weight
+    from huluexport.export.quantize import initializers_and_uses, matmul_weight, read_weight
 
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    inits, uses = initializers_and_uses(graph)
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     consumed: set[str] = set()
     for node in graph.node:
-        transposed = _matmul_weight(node, inits, uses)
+        transposed = matmul_weight(node, inits, uses)
         if transposed is None:
             new_nodes.append(node)
             continue

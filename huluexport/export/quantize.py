@@ -120,7 +120,16 @@ def read_weight(t: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     return arr.reshape(tuple(t.dims))
 
 
-def _matmul_weight(
+def initializers_and_uses(graph: onnx.GraphProto) -> tuple[dict[str, onnx.TensorProto], dict[str, int]]:
+    """The graph's initializers by name, and how many node inputs read each name (both quantizers' scan)."""
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    return {t.name: t for t in graph.initializer}, uses
+
+
+def matmul_weight(
     node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], uses: dict[str, int]
 ) -> bool | None:
     """None: not a candidate; else whether the constant 2-D weight is stored [N, K] (Gemm transB=1)."""
@@ -171,17 +180,13 @@ def quantize_graph(
     )
     quantizer = DefaultWeightOnlyQuantizer(config)
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    inits, uses = initializers_and_uses(graph)
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     consumed: set[str] = set()
     gemms = 0
     for node in graph.node:
-        transposed = _matmul_weight(node, inits, uses)
+        transposed = matmul_weight(node, inits, uses)
         if transposed is None:
             new_nodes.append(node)
             continue
