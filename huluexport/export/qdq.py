@@ -23,7 +23,6 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from hulurt import manifest as rt
-from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from huluexport.errors import ConfigError, ExportError
 from huluexport.export.pipeline import INLINE_BYTES
@@ -117,7 +116,7 @@ def dequantize(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
 def quantize_graph(model: onnx.ModelProto, base_dir: Path, block: int) -> tuple[onnx.ModelProto, int]:
     """Rewrite every candidate matmul (see the module docstring); returns the model and how many were rewritten.
     Weights are read one matrix at a time from the external data file."""
-    from huluexport.export.quantize import initializers_and_uses, matmul_weight, read_weight
+    from huluexport.export.quantize import initializers_and_uses, matmul_weight, read_weight, replace_weights
 
     graph = model.graph
     inits, uses = initializers_and_uses(graph)
@@ -142,14 +141,7 @@ def quantize_graph(model: onnx.ModelProto, base_dir: Path, block: int) -> tuple[
         )
         new_nodes.append(onnx.helper.make_node("MatMul", [node.input[0], dname], list(node.output), name=node.name))
         consumed.add(w.name)
-    kept = [t for t in graph.initializer if t.name not in consumed]
-    for t in kept:
-        if uses_external_data(t):  # norms, biases, tables: small
-            load_external_data_for_tensor(t, str(base_dir))
-    graph.ClearField("node")
-    graph.node.extend(new_nodes)
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept + new_inits)
+    replace_weights(graph, new_nodes, new_inits, consumed, base_dir)
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx") and o.version < OPSET:
             o.version = OPSET

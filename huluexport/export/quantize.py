@@ -129,6 +129,23 @@ def initializers_and_uses(graph: onnx.GraphProto) -> tuple[dict[str, onnx.Tensor
     return {t.name: t for t in graph.initializer}, uses
 
 
+def replace_weights(
+    graph: onnx.GraphProto, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], consumed: set[str],
+    base_dir: Path,
+) -> None:
+    """Swap in the rewritten nodes and quantized initializers; the float weights in `consumed` go, every other
+    initializer is kept with its external data loaded (norms, biases, tables: small), so the output is self-contained
+    before it is saved next to new data."""
+    kept = [t for t in graph.initializer if t.name not in consumed]
+    for t in kept:
+        if uses_external_data(t):
+            load_external_data_for_tensor(t, str(base_dir))
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept + inits)
+
+
 def matmul_weight(
     node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], uses: dict[str, int]
 ) -> bool | None:
@@ -223,14 +240,7 @@ def quantize_graph(
         )
         consumed.add(w.name)
         gemms += node.op_type == "Gemm"
-    kept = [t for t in graph.initializer if t.name not in consumed]
-    for t in kept:
-        if uses_external_data(t):  # norms, biases, tables: small
-            load_external_data_for_tensor(t, str(base_dir))
-    graph.ClearField("node")
-    graph.node.extend(new_nodes)
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept + new_inits)
+    replace_weights(graph, new_nodes, new_inits, consumed, base_dir)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return model, gemms
