@@ -246,6 +246,7 @@ def write_checkpoint(
     lm_head: str = "auto",
     layers: int | None = None,
     use_token_compression: bool | None = None,
+    cfg: HuluConfig | None = None,
 ) -> Path:
     """Write a random Hulu-Med checkpoint directory in the real layout and return its path.
 
@@ -254,6 +255,8 @@ def write_checkpoint(
     pytorch_model.bin, no vision_encoder_config (the vision config sits in ./siglip-navit/config.json, as the
     separate encoder directory upstream points to), model_type hulumed_qwen2 even for Qwen3.
     lm_head: "auto" stores it iff the config is untied; "stored"/"absent" force it (tie flag unchanged).
+    cfg: written instead of the preset (size, decoder, layers then only name it), e.g. a tiny model deeper
+    than the preset's 2 layers.
     """
     import torch
     from safetensors.torch import save_file
@@ -267,7 +270,7 @@ def write_checkpoint(
     dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
     if dtype not in dtypes:
         raise ConfigError(f"dtype {dtype!r}: expected one of {', '.join(dtypes)}")
-    cfg = fixture_config(size, decoder, layers)
+    cfg = cfg or fixture_config(size, decoder, layers)
     if use_token_compression is not None:
         cfg = cfg.replace(reduction=dataclasses.replace(cfg.reduction, enabled=use_token_compression))
     stored = (not cfg.decoder.tie_embeddings) if lm_head == "auto" else lm_head == "stored"
