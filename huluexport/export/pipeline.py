@@ -304,7 +304,7 @@ def piece_graph(
             ("name_dims", lambda m: name_dims.run(m, trace_spec)),
             ("fold_constants", replicate_layers.folding(fold_constants.run)),
             ("name_dims (after folding)", lambda m: name_dims.run(m, trace_spec)),
-            (f"replicate_layers ({traced} -> {depth})", lambda m: replicate_layers.run(m, name, spec, depth)),
+            ("replicate_layers", lambda m: replicate_layers.run(m, name, spec, depth)),
             ("name_dims (after replicating)", lambda m: name_dims.run(m, spec)),
             attach,
             ("fold_weight_transposes", fold_weight_transposes.run),

@@ -229,6 +229,13 @@ def _tamper_weight(m: ir.Model) -> None:  # layer 2 reads a weight of layer 1
     node.replace_input_with(k, m.graph.initializers[node.inputs[k].name.replace(".layers.2.", ".layers.1.")])
 
 
+def _tamper_carried(m: ir.Model) -> None:  # layer 2 reads another value of layer 1 than layer 1's output
+    one = {o for n in _layer_nodes(m, 1) for o in n.outputs}
+    node = next(n for n in _layer_nodes(m, 2) if any(v in one for v in n.inputs))
+    k = next(k for k, v in enumerate(node.inputs) if v in one)
+    node.replace_input_with(k, _layer_nodes(m, 1)[3].outputs[0])
+
+
 def _tamper_scopes(m: ir.Model) -> None:  # no node says it belongs to layer 2
     for n in _layer_nodes(m, 2):
         n.metadata_props["pkg.torch.onnx.name_scopes"] = "['']"
@@ -243,6 +250,7 @@ def _tamper_data(m: ir.Model) -> None:  # weights not detached
 @pytest.mark.parametrize("tamper, message", [
     (_tamper_attribute, "attributes differ"),
     (_tamper_weight, "layer 2 reads layer 1.s own"),
+    (_tamper_carried, "(not the same kind of value|stands for two values|not wired alike)"),
     (_tamper_scopes, "expected the traced layers 0..2"),
     (_tamper_data, "has data"),
 ])

@@ -21,7 +21,8 @@ as a full trace names them), and the tail (final norm, projector) reads the last
 Weights must be detached (initializers without data, `detach`) while the shallow graph is folded and cloned:
 the clones' weights get their data afterwards from passes/attach_weights.py by name, and the fold never reads
 a weight. Layer boundaries come from the exporter's node metadata (module scopes `layers.{i}`); folding keeps
-the nodes' order. docs/export.md describes where this runs in `build`.
+the nodes' order. README.md ("Deep models are traced 3 layers deep") and export/pipeline.py (piece_graph) say
+where it runs in `build`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from hulurt.contract import PieceSpec
 
 from huluexport.config import HuluConfig
 from huluexport.errors import ExportError
+
+log = logging.getLogger(__name__)
 
 TRACED_LAYERS = 3  # layer 0 (first, differs), layer 1 (template), layer 2 (check)
 TEMPLATE, CHECK = 1, 2
@@ -203,6 +206,10 @@ class _Layers:
         if kind == "shared" and (relabel(a.name or "", TEMPLATE, CHECK) is not None or a in self.per_layer):
             self.fail(f"layer {CHECK} reads layer {TEMPLATE}'s own {a.name!r}")
         if kind == "carried":
+            pa, pb = a.producer(), b.producer()
+            if pa is None or pb is None or (pa.op_type, a.index()) != (pb.op_type, b.index()):
+                self.fail(f"layer {CHECK} reads {b.name!r} of layer {TEMPLATE} where layer {TEMPLATE} reads "
+                          f"{a.name!r}, which is not the same kind of value")
             if self.carried.setdefault(a, b) is not b:
                 self.fail(f"carried input {a.name!r} stands for two values of layer {TEMPLATE}")
         elif kind in ("input", "initializer"):
@@ -252,7 +259,8 @@ def run(model: ir.Model, piece: str, spec: PieceSpec, layers: int) -> ir.Model:
             if use.node not in inside:
                 use.node.replace_input_with(use.idx, prev[t])
     _order(g, piece, spec)
-    model.meta["replicated_layers"] = layers - TRACED_LAYERS
+    log.info("%s: layer %d cloned into layers %d..%d (%d nodes each)", piece, TEMPLATE, TRACED_LAYERS, layers - 1,
+             len(lay.template))
     return model
 
 
