@@ -150,6 +150,8 @@ class Model:
             options = self.options
             if real == "decoder_gqa" and self._cuda_graph is not False and options.provider in ("auto", "cuda"):
                 options = replace(options, cuda_graph=True)  # used by the CUDA EP only
+            if real == "vision":  # its batches' activations are freed for the decoder (backends/base.py)
+                options = replace(options, release_after_run=True)
             sess = open_session(self.manifest.piece_path(real), options)
             declared = getattr(sess, "declared_io", None)
             if declared is not None:  # the manifest's dims must be the graph's own (before anything is sized)
