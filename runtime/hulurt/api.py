@@ -483,7 +483,7 @@ def load(
     tokenizer: see Model (None = the bundle's own). `trt_cache`: directory for the TensorRT execution provider's
     engine and timing caches (its profiles always come from the manifest's dim ranges; backends/ort.py).
     vision_batch: most frames per vision call; prefill_chunk: most prompt tokens per prefill call (None: the
-    most whose activations fit half the available memory, hulurt.schedule). Any value gives the same visual
+    most whose activations fit a fifth of the available memory, hulurt.schedule). Any value gives the same visual
     rows; tokens stay greedy-equal."""
     t = time.perf_counter()
     manifest = load_manifest(bundle, verify_hashes=verify_hashes)

@@ -17,9 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# A default split leaves this share of the host's available memory to everything else (weights are already
-# resident when a request runs; the KV cache and the kept visual rows are counted on top of the activations)
-BUDGET_FRACTION = 0.5
+# A default split may give one call's activations this share of the memory available when the request starts
+# (Linux MemAvailable: the bundle's weights are already resident and not in it). The rest covers what the
+# activation formulas leave out (the request's patches, kept rows, KV cache, the decoder's arena beside the
+# vision calls) and the host's other work. A fifth: the rule and what it gives are in docs/inputs.md ("Vision
+# batches and prefill chunks"); on the 24 GB test host it keeps a 160-slice CT through the 7B-width 2-layer
+# fp32 slice under 10 GB (benchmarks/results/volume_160.md, the "default" row).
+BUDGET_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
