@@ -69,8 +69,13 @@ def _tokens_of(cfg: TokenConfig) -> dict[str, int]:
     }
 
 
-def build_tokenizer() -> Any:
-    """Train the tiny byte-level BPE (deterministic) and return a `tokenizers.Tokenizer`."""
+def build_tokenizer(tokens: TokenConfig | None = None) -> Any:
+    """Train the tiny byte-level BPE (deterministic) and return a `tokenizers.Tokenizer`.
+
+    With `tokens` of a real size (e.g. SIZES["7b"].tokens) the same BPE is padded with unreachable filler
+    entries so that the added tokens sit at that size's ids (<|endoftext|> 151643, <image> 151665, ...), the
+    others after the highest of them, any gap between filled with reserved special tokens: a checkpoint of that
+    size then reads back with the ids its config.json names (huluexport/checkpoint/reader.py checks them)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -86,31 +91,55 @@ def build_tokenizer() -> Any:
     tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
     if tok.get_vocab_size() != TINY_BPE_SIZE:
         raise RuntimeError(f"tiny BPE trained to {tok.get_vocab_size()} tokens; expected {TINY_BPE_SIZE}")
-    for content, special in TINY_ADDED_TOKENS:
+    expected = _tokens_of(tokens or SIZES["tiny"].tokens)
+    ids = _added_ids(expected)
+    first = min(ids.values())
+    if first > TINY_BPE_SIZE:  # fillers: vocabulary entries no merge produces (the byte-level BPE never emits)
+        raw = json.loads(tok.to_str())
+        raw["model"]["vocab"].update({f"<|filler_{i}|>": i for i in range(TINY_BPE_SIZE, first)})
+        tok = Tokenizer.from_str(json.dumps(raw))
+    special = dict(TINY_ADDED_TOKENS)
+    by_id = {i: c for c, i in ids.items()}
+    for idx in range(first, max(ids.values()) + 1):
+        content = by_id.get(idx, f"<|reserved_{idx}|>")
         token = AddedToken(
-            content, special=special, normalized=False, single_word=False, lstrip=False, rstrip=False
+            content, special=special.get(content, True), normalized=False, single_word=False, lstrip=False,
+            rstrip=False,
         )
-        if special:
+        if special.get(content, True):
             tok.add_special_tokens([token])
         else:
             tok.add_tokens([token])
-    expected = _tokens_of(SIZES["tiny"].tokens)
-    for content, idx in expected.items():
+    for content, idx in ids.items():
         if tok.token_to_id(content) != idx:
-            raise RuntimeError(
-                f"tiny tokenizer put {content!r} at {tok.token_to_id(content)}; expected {idx}"
-            )
+            raise RuntimeError(f"tokenizer put {content!r} at {tok.token_to_id(content)}; expected {idx}")
     return tok
 
 
-def write_tokenizer(out_dir: str | Path) -> Path:
-    """Write tokenizer.json + tokenizer_config.json (Qwen-like: no BOS, eos <|im_end|>) into out_dir."""
+def _added_ids(expected: dict[str, int]) -> dict[str, int]:
+    """content -> id of every added token: the tiny layout (284..292) for the tiny ids; otherwise the config's
+    ids for the four it names and the others, in TINY_ADDED_TOKENS order, after the highest of those."""
+    if expected == _tokens_of(SIZES["tiny"].tokens):
+        return {c: TINY_BPE_SIZE + i for i, (c, _) in enumerate(TINY_ADDED_TOKENS)}
+    ids = dict(expected)
+    nxt = max(expected.values()) + 1
+    for content, _ in TINY_ADDED_TOKENS:
+        if content not in ids:
+            ids[content], nxt = nxt, nxt + 1
+    return ids
+
+
+def write_tokenizer(out_dir: str | Path, tokens: TokenConfig | None = None) -> Path:
+    """Write tokenizer.json + tokenizer_config.json (Qwen-like: no BOS, eos <|im_end|>) into out_dir; `tokens`:
+    the ids of a real size (see build_tokenizer; default the tiny ones)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer()
+    tok = build_tokenizer(tokens)
     tok.save(str(out / "tokenizer.json"))
+    named = _tokens_of(tokens or SIZES["tiny"].tokens)
+    ids = _added_ids(named)
     added = {
-        str(TINY_BPE_SIZE + i): {
+        str(ids[content]): {
             "content": content,
             "lstrip": False,
             "normalized": False,
@@ -118,7 +147,7 @@ def write_tokenizer(out_dir: str | Path) -> Path:
             "single_word": False,
             "special": special,
         }
-        for i, (content, special) in enumerate(TINY_ADDED_TOKENS)
+        for content, special in sorted(TINY_ADDED_TOKENS, key=lambda t: ids[t[0]])
     }
     tok_cfg = {
         "tokenizer_class": "Qwen2Tokenizer",
@@ -134,7 +163,7 @@ def write_tokenizer(out_dir: str | Path) -> Path:
         "errors": "replace",
         "added_tokens_decoder": added,
         "additional_special_tokens": [
-            c for c, s in TINY_ADDED_TOKENS if s and c not in _tokens_of(SIZES["tiny"].tokens)
+            c for c, s in TINY_ADDED_TOKENS if s and c not in named
         ],
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
@@ -146,6 +175,8 @@ def write_tokenizer(out_dir: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 LM_HEAD_MODES = ("auto", "stored", "absent")
+OUTPUT_MARKER = ".huluexport-init-checkpoint"  # JSON: what wrote the directory (size, seed, layout, dtype)
+BODY_SHARDS = 3  # the body in 3 shards, lm_head alone in "model-00004-of-00003" (as the real 7B names it)
 ORIGINAL_VISION_DIR = "siglip-navit"
 
 
@@ -156,8 +187,11 @@ def chat_template() -> str:
     return BUILTIN_CHAT_TEMPLATE
 
 
-def fixture_config(size: str = "tiny", decoder: str | None = None, layers: int | None = None) -> HuluConfig:
-    """The preset a fixture is written from: tiny + decoder="qwen3" is tiny-qwen3; other sizes need layers.
+def fixture_config(
+    size: str = "tiny", decoder: str | None = None, layers: int | None = None, full_depth: bool = False
+) -> HuluConfig:
+    """The preset a fixture is written from: tiny + decoder="qwen3" is tiny-qwen3; other sizes need layers
+    unless `full_depth` (the streamed hf writer makes any size in bounded memory).
 
     `layers` slices the preset by huluexport.config.slice_layers (the same rule as `build --layers`).
     """
@@ -168,7 +202,7 @@ def fixture_config(size: str = "tiny", decoder: str | None = None, layers: int |
     cfg = SIZES[size]
     if decoder is not None and cfg.decoder.flavor != decoder:
         raise ConfigError(f"--decoder {decoder}: size {size!r} has a {cfg.decoder.flavor} decoder")
-    if not size.startswith("tiny") and layers is None:
+    if not size.startswith("tiny") and layers is None and not full_depth:
         raise ConfigError(
             f"--size {size}: a full random {size} checkpoint is tens of GB; pass --layers N (e.g. 1) "
             "to write a shallow one with the real widths"
@@ -246,6 +280,7 @@ def write_checkpoint(
     lm_head: str = "auto",
     layers: int | None = None,
     use_token_compression: bool | None = None,
+    workers: int = 2,
 ) -> Path:
     """Write a random Hulu-Med checkpoint directory in the real layout and return its path.
 
@@ -254,11 +289,11 @@ def write_checkpoint(
     pytorch_model.bin, no vision_encoder_config (the vision config sits in ./siglip-navit/config.json, as the
     separate encoder directory upstream points to), model_type hulumed_qwen2 even for Qwen3.
     lm_head: "auto" stores it iff the config is untied; "stored"/"absent" force it (tie flag unchanged).
+    The hf shards are streamed (huluexport/checkpoint/stream_writer.py: bounded memory, `workers` threads),
+    so any size can be written at full depth; the original layout's pytorch_model.bin is made in memory.
+    A marker file (OUTPUT_MARKER) says the directory is this writer's output (init-checkpoint may replace it).
     """
     import torch
-    from safetensors.torch import save_file
-
-    from huluexport.checkpoint.random_weights import random_state
 
     if layout not in LAYOUTS:
         raise ConfigError(f"layout {layout!r}: expected one of {LAYOUTS}")
@@ -267,7 +302,12 @@ def write_checkpoint(
     dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
     if dtype not in dtypes:
         raise ConfigError(f"dtype {dtype!r}: expected one of {', '.join(dtypes)}")
-    cfg = fixture_config(size, decoder, layers)
+    if layout == "original" and not size.startswith("tiny") and layers is None:
+        raise ConfigError(
+            f"--size {size} --layout original: pytorch_model.bin is written from memory (tens of GB at full "
+            "depth); pass --layers N, or use --layout hf (streamed shards)"
+        )
+    cfg = fixture_config(size, decoder, layers, full_depth=layout == "hf")
     if use_token_compression is not None:
         cfg = cfg.replace(reduction=dataclasses.replace(cfg.reduction, enabled=use_token_compression))
     stored = (not cfg.decoder.tie_embeddings) if lm_head == "auto" else lm_head == "stored"
@@ -276,35 +316,15 @@ def write_checkpoint(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = random_state(cfg, seed, lm_head=stored)
-    tensors = {checkpoint_name(ref, layout): t.to(dtypes[dtype]).contiguous() for ref, t in state.items()}
-
     if layout == "hf":
-        head_name = checkpoint_name(LM_HEAD)
-        body = [n for n in tensors if n != head_name]
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
-        shards: list[list[str]] = [[], [], []]
-        budget, acc = sum(tensors[n].numel() * tensors[n].element_size() for n in body) / 3, 0
-        for n in body:
-            k = min(int(acc // budget) if budget else 0, 2)
-            shards[k].append(n)
-            acc += tensors[n].numel() * tensors[n].element_size()
-        weight_map: dict[str, str] = {}
-        for k, names in enumerate(shards):
-            fname = f"model-{k + 1:05d}-of-00003.safetensors"
-            save_file({n: tensors[n] for n in names}, str(out / fname), metadata={"format": "pt"})
-            weight_map.update({n: fname for n in names})
-        if stored:  # like the real 7B: lm_head alone in a shard numbered past the count
-            fname = "model-00004-of-00003.safetensors"
-            save_file({head_name: tensors[head_name]}, str(out / fname), metadata={"format": "pt"})
-            weight_map[head_name] = fname
-        _write_json(
-            out / "model.safetensors.index.json",
-            {"metadata": {"total_size": total}, "weight_map": weight_map},
-        )
+        _write_shards(out, cfg, seed, dtypes[dtype], stored, workers)
         _write_json(out / "preprocessor_config.json", _preprocessor_json(cfg))
         _write_json(out / "chat_template.json", {"chat_template": chat_template()})
     else:
+        from huluexport.checkpoint.random_weights import random_state
+
+        state = random_state(cfg, seed, lm_head=stored)
+        tensors = {checkpoint_name(ref, layout): t.to(dtypes[dtype]).contiguous() for ref, t in state.items()}
         torch.save(tensors, str(out / "pytorch_model.bin"))
         vdir = out / ORIGINAL_VISION_DIR
         vdir.mkdir(exist_ok=True)
@@ -323,11 +343,55 @@ def write_checkpoint(
             "repetition_penalty": 1.05,
         },
     )
-    write_tokenizer(out)
+    write_tokenizer(out, cfg.tokens)
+    _write_json(out / OUTPUT_MARKER, {"tool": "huluexport init-checkpoint", "size": cfg.name, "seed": seed,
+                                      "layout": layout, "dtype": dtype})
     log.info(
         "wrote %s checkpoint (%s, %s layout, seed %d) to %s", cfg.name, cfg.decoder.flavor, layout, seed, out
     )
     return out
+
+
+def _write_shards(out: Path, cfg: HuluConfig, seed: int, dtype: Any, stored: bool, workers: int) -> None:
+    """The safetensors shards + index of the hf layout, streamed: random_weights' values, tensor by tensor."""
+    import math
+
+    import torch
+
+    from huluexport.checkpoint.layout import parameter_shapes
+    from huluexport.checkpoint.random_weights import random_chunks
+    from huluexport.checkpoint.stream_writer import write_files
+
+    ref_shapes = parameter_shapes(cfg)
+    refs = {checkpoint_name(r): r for r in ref_shapes if stored or r != LM_HEAD}
+    shapes = {n: ref_shapes[r] for n, r in refs.items()}
+    esize = torch.empty((), dtype=dtype).element_size()
+    nbytes = {n: math.prod(s) * esize for n, s in shapes.items()}
+    head_name = checkpoint_name(LM_HEAD)
+    body = [n for n in shapes if n != head_name]
+    shards: list[list[str]] = [[] for _ in range(BODY_SHARDS)]
+    budget, acc = sum(nbytes[n] for n in body) / BODY_SHARDS, 0
+    for n in body:
+        shards[min(int(acc // budget) if budget else 0, BODY_SHARDS - 1)].append(n)
+        acc += nbytes[n]
+    if stored:  # like the real 7B: lm_head alone in a shard numbered past the count
+        shards.append([head_name])
+    files = {
+        out / f"model-{k + 1:05d}-of-{BODY_SHARDS:05d}.safetensors": [(n, shapes[n]) for n in names]
+        for k, names in enumerate(shards)
+    }
+    weight_map = {n: path.name for path, tensors in files.items() for n, _ in tensors}
+    write_files(
+        files,
+        lambda name, shape: random_chunks(refs[name], shape, seed),
+        dtype,
+        metadata={"format": "pt"},
+        workers=workers,
+    )
+    _write_json(
+        out / "model.safetensors.index.json",
+        {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map},
+    )
 
 
 def _preprocessor_json(cfg: HuluConfig) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huluexport import progress
 from huluexport.checkpoint.paths import inside, root_of, side_file
 from huluexport.checkpoint.tensors import weight_files
 from huluexport.errors import ConfigError
@@ -168,7 +169,14 @@ def file_hashes(ckpt_dir: Path) -> dict[str, str]:
     if index is not None:
         names.add(index.name)
     names.update(n for n in READ_SIDE_FILES if side_file(root, n) is not None)
-    return {n: sha256_of(inside(root, n)) for n in sorted(names)}
+    step = progress.current()  # the caller's phase ("hash checkpoint"): bytes, one file at a time
+    step.set_total(sum(inside(root, n).stat().st_size for n in names))
+    out = {}
+    for n in sorted(names):
+        step.note(n)
+        out[n] = sha256_of(inside(root, n))
+        step.advance(inside(root, n).stat().st_size)
+    return out
 
 
 def recorded(located: Located, hashes: dict[str, str]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Iterator
 
 import torch
 
@@ -27,6 +28,36 @@ def random_tensor(ref: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     if leaf == "bias":
         return 0.1 * torch.randn(shape, generator=gen)
     return torch.randn(shape, generator=gen) / math.sqrt(math.prod(shape[1:]))
+
+
+# torch's CPU normal fill draws one uniform per element and transforms blocks of 16, recomputing the last 16
+# only at the end of the tensor: chunks of a multiple of 16 elements (none shorter than 16) drawn in turn from
+# one generator give exactly the values of one draw (tests/unit/test_init_checkpoint.py checks it).
+_BLOCK = 16
+
+
+def random_chunks(ref: str, shape: tuple[int, ...], seed: int, chunk: int = 1 << 24) -> Iterator[torch.Tensor]:
+    """`random_tensor(ref, shape, seed)` flattened, in float32 pieces of at most `chunk` elements (rounded to a
+    multiple of 16), equal value for value, so a tensor of any size is made in bounded memory. Each piece is
+    a view of one reused buffer: use it before asking for the next."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(ref.encode()))
+    leaf = ref.rsplit(".", 1)[-1]
+    n = math.prod(shape)
+    step = max(_BLOCK, chunk - chunk % _BLOCK)
+    buf = torch.empty(min(n, step + _BLOCK))
+    start = 0
+    while start < n:
+        size = n - start if n - start < step + _BLOCK else step  # never leave a tail shorter than 16
+        piece = buf[:size]
+        piece.normal_(generator=gen)  # what torch.randn(shape, generator=gen) does for the whole tensor
+        if "norm" in ref and leaf == "weight":
+            piece.mul_(0.1).add_(1.0)
+        elif leaf == "bias":
+            piece.mul_(0.1)
+        else:
+            piece.div_(math.sqrt(math.prod(shape[1:])))
+        yield piece
+        start += size
 
 
 def random_state(cfg: HuluConfig, seed: int = 0, lm_head: bool = True) -> dict[str, torch.Tensor]:

@@ -1,14 +1,26 @@
-"""`huluexport init-checkpoint`: write a random Hulu-Med checkpoint in the real on-disk layout."""
+"""`huluexport init-checkpoint`: write a random Hulu-Med checkpoint in the real on-disk layout.
+
+The checkpoint is written into a hidden sibling of --out and moved into place when complete (the staging of
+huluexport/export/staging.py, as `build` writes a bundle): an interrupted run leaves no half checkpoint.
+--out may be missing, an empty directory, or an earlier init-checkpoint output (replaced); any other
+directory is replaced only with --overwrite.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import click
 
+from huluexport.errors import ConfigError
+
 HELP = {
     "size": "Preset of huluexport.config.SIZES. Sizes other than tiny/tiny-qwen3 need --layers.",
-    "out": "Directory to write (created if missing; existing files are overwritten).",
+    "out": "Directory to write: missing, empty, or an earlier init-checkpoint output (replaced); "
+    "any other directory needs --overwrite.",
+    "overwrite": "Replace --out even when it is a directory init-checkpoint did not write.",
     "seed": "Seed of the random weights.",
     "decoder": "Decoder flavour; with --size tiny, qwen3 selects the tiny-qwen3 preset.",
     "layout": "hf: HF-version layout (sharded safetensors + index, nested vision config); "
@@ -16,8 +28,27 @@ HELP = {
     "dtype": "Stored dtype of the weights.",
     "lm_head": "auto: store lm_head.weight iff the config is untied; stored/absent force it.",
     "layers": "Shallow model with the real widths: the first N decoder layers and min(N, vision layers) vision "
-    "layers (the same slice as build --layers).",
+    "layers (the same slice as build --layers). Without it the full depth (hf layout: streamed, bounded "
+    "memory; a 7B is ~16 GB of bf16).",
 }
+
+
+def replaceable(overwrite: bool):
+    """The check for an existing --out: empty, or our earlier output, or anything (a directory) with --overwrite."""
+    from huluexport.checkpoint.fixtures import OUTPUT_MARKER
+
+    def check(out: Path) -> None:
+        st = os.lstat(out)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"--out {out}: is a {'symbolic link' if stat.S_ISLNK(st.st_mode) else 'file'}; "
+                              "expected a directory for the checkpoint (missing, empty, or an earlier "
+                              "init-checkpoint output)")
+        if overwrite or not any(os.scandir(out)) or (out / OUTPUT_MARKER).is_file():
+            return
+        raise ConfigError(f"--out {out}: is a non-empty directory that init-checkpoint did not write (no "
+                          f"{OUTPUT_MARKER}); pass --overwrite to replace it, or choose another --out")
+
+    return check
 
 
 def register(group: click.Group) -> None:
@@ -48,6 +79,7 @@ def register(group: click.Group) -> None:
         help=HELP["lm_head"],
     )
     @click.option("--layers", type=int, default=None, help=HELP["layers"])
+    @click.option("--overwrite", is_flag=True, help=HELP["overwrite"])
     def init_checkpoint(
         size: str,
         out: Path,
@@ -57,18 +89,23 @@ def register(group: click.Group) -> None:
         dtype: str,
         lm_head: str,
         layers: int | None,
+        overwrite: bool,
     ) -> None:
         """Write a random checkpoint: config.json, sharded weights + index, tokenizer and side files."""
         from huluexport.checkpoint.fixtures import write_checkpoint
+        from huluexport.export.staging import staged
 
-        path = write_checkpoint(
-            out,
-            size=size,
-            seed=seed,
-            decoder=decoder,
-            layout=layout,
-            dtype=dtype,
-            lm_head=lm_head,
-            layers=layers,
-        )
-        click.echo(f"wrote a random {size} checkpoint ({layout} layout) to {path}")
+        # overwrite=True: which existing --out may be replaced is decided by `replaceable`, not the bundle rule
+        with staged(out, (), overwrite=True, replaceable=replaceable(overwrite)) as tmp:
+            write_checkpoint(
+                tmp,
+                size=size,
+                seed=seed,
+                decoder=decoder,
+                layout=layout,
+                dtype=dtype,
+                lm_head=lm_head,
+                layers=layers,
+                workers=min(2, os.cpu_count() or 1),
+            )
+        click.echo(f"wrote a random {size} checkpoint ({layout} layout) to {out}")

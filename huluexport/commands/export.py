@@ -126,7 +126,10 @@ def build_cmd(
 ) -> None:
     import logging
 
-    from huluexport.export.pipeline import BuildOptions, build
+    from huluexport import progress
+
+    with progress.phase("load the exporter (torch, onnx)"):  # seconds: shown at once, before the imports
+        from huluexport.export.pipeline import BuildOptions, build
 
     for noisy in ("onnxscript", "onnx_ir"):  # one line per folded constant at INFO; our phases log their own
         logging.getLogger(noisy).setLevel(logging.WARNING)

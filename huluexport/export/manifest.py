@@ -15,7 +15,7 @@ from typing import Any
 from hulurt import manifest as rt
 from hulurt.contract import CONTRACT_VERSION, OPS, to_json
 
-from huluexport import __version__
+from huluexport import __version__, progress
 from huluexport.config import HuluConfig, to_dims
 from huluexport.devices import Target
 from huluexport.export.staging import MARKER
@@ -46,12 +46,17 @@ def tool_versions() -> dict[str, str]:
 
 
 def list_files(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST, MARKER)) -> dict[str, rt.FileEntry]:
-    """Every regular file under `root` but the manifest and the staging marker, hashed."""
+    """Every regular file under `root` but the manifest and the staging marker, hashed (advancing the caller's
+    progress phase by each file's bytes)."""
+    paths = [p for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() not in exclude]
+    step = progress.current()
+    step.set_total(sum(p.stat().st_size for p in paths))
     files = {}
-    for p in sorted(root.rglob("*")):
+    for p in paths:
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel not in exclude:
-            files[rel] = rt.FileEntry(sha256=rt.sha256_file(p), bytes=p.stat().st_size)
+        step.note(rel)
+        files[rel] = rt.FileEntry(sha256=rt.sha256_file(p), bytes=p.stat().st_size)
+        step.advance(files[rel].bytes)
     return files
 
 

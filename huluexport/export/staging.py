@@ -29,7 +29,7 @@ import socket
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from hulurt import manifest as rt
@@ -96,7 +96,7 @@ def _check_replaceable(out: Path) -> None:
 
 
 def check_out(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]] = (), *,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, replaceable: Callable[[Path], None] | None = None) -> Path:
     """Validate --out before any work; returns it absolute. ConfigError (one line naming --out) otherwise."""
     shown = Path(out)
     target = _abs(out)
@@ -116,7 +116,7 @@ def check_out(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[st
         if not overwrite:
             raise _refuse(shown, "already exists; pass --overwrite to replace it (only a huluexport bundle is "
                           "replaced) or choose another --out")
-        _check_replaceable(target)
+        (replaceable or _check_replaceable)(target)
     elif not target.parent.is_dir() and target.parent.exists():
         raise _refuse(shown, f"its parent {target.parent} is not a directory")
     return target
@@ -200,9 +200,12 @@ def _signals_raise() -> Iterator[None]:
 
 @contextlib.contextmanager
 def staged(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]] = (), *,
-           overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty hidden staging directory next to `out`; move it to `out` when the block completes."""
-    target = check_out(out, inputs, overwrite=overwrite)
+           overwrite: bool = False, replaceable: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield an empty hidden staging directory next to `out`; move it to `out` when the block completes.
+
+    `replaceable(out)` raises ConfigError when an existing `out` may not be replaced (checked before the work
+    and again before the move); the default accepts only a huluexport bundle (see the module docstring)."""
+    target = check_out(out, inputs, overwrite=overwrite, replaceable=replaceable)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(target), dir=target.parent))
@@ -215,7 +218,7 @@ def staged(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]]
             os.write(fd, json.dumps(info).encode("utf-8"))
             yield tmp
             os.unlink(tmp / MARKER)
-            _move_into_place(tmp, target, overwrite, shown=Path(out))
+            _move_into_place(tmp, target, overwrite, shown=Path(out), replaceable=replaceable)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -224,13 +227,14 @@ def staged(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]]
             os.close(fd)
 
 
-def _move_into_place(tmp: Path, out: Path, overwrite: bool, shown: Path) -> None:
+def _move_into_place(tmp: Path, out: Path, overwrite: bool, shown: Path,
+                     replaceable: Callable[[Path], None] | None = None) -> None:
     """Atomic on one filesystem: the bundle appears complete or not at all; an old bundle is replaced last.
     The --out rules are checked again: something may have appeared at `out` while we worked."""
     if os.path.lexists(out):
         if not overwrite:
             raise _refuse(shown, "appeared while the bundle was written; pass --overwrite to replace it")
-        _check_replaceable(out)
+        (replaceable or _check_replaceable)(out)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         try:

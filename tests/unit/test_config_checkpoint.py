@@ -123,5 +123,7 @@ def test_cli_init_checkpoint(tmp_path: Path) -> None:
     )
     assert r.exit_code == 0, r.output
     assert from_checkpoint(tmp_path / "c").decoder.qk_norm
-    r = CliRunner().invoke(cli, ["init-checkpoint", "--size", "7b", "--out", str(tmp_path / "big")])
-    assert r.exit_code != 0 and "--layers" in str(r.exception)
+    r = CliRunner().invoke(
+        cli, ["init-checkpoint", "--size", "7b", "--layout", "original", "--out", str(tmp_path / "big")]
+    )
+    assert r.exit_code != 0 and "--layers" in str(r.exception)  # full depth is streamed only in the hf layout
