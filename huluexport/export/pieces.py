@@ -196,7 +196,9 @@ def to_precision(piece: nn.Module, precision: str, copy_first: bool = True) -> n
     out = out.half()
     for mod in out.modules():
         for base, island in _ISLANDS:
-            if type(mod) is base:
+            # an island already: a module shared by two pieces (decoder and decoder_gqa) that `half()` just
+            # made fp16 again when the second piece was converted in place
+            if type(mod) is base or type(mod) is island:
                 mod.__class__ = island
                 if island in (Fp32LayerNorm, Fp32RMSNorm):
                     for p in mod.parameters(recurse=False):

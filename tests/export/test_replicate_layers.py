@@ -25,15 +25,13 @@ PIECES = {"vision": DEEP_LAYERS[1], "decoder": DEEP_LAYERS[0], "decoder_gqa": DE
 _LAYER = re.compile(r"(?:^|[.'\s])layers\.(\d+)(?=[.'\]]|$)")
 
 
-@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
-def kind(request) -> str:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def bundles(kind: str) -> tuple[Path, Path]:
-    """(replicated, traced) deep tiny bundles, fp32, both decoder forms."""
-    return deep_bundle(kind, trace_all_layers=False), deep_bundle(kind, trace_all_layers=True)
+@pytest.fixture(scope="module", params=[("qwen2", "fp32"), ("qwen3", "fp32"), ("qwen2", "fp16")],
+                ids=["qwen2-fp32", "qwen3-fp32", "qwen2-fp16"])
+def bundles(request) -> tuple[Path, Path]:
+    """(replicated, traced) deep tiny bundles, both decoder forms."""
+    kind, precision = request.param
+    return (deep_bundle(kind, trace_all_layers=False, precision=precision),
+            deep_bundle(kind, trace_all_layers=True, precision=precision))
 
 
 def _load(bundle: Path, piece: str) -> ir.Model:
@@ -145,7 +143,9 @@ def test_bit_identical_outputs(bundles, piece: str) -> None:
 
 
 @pytest.mark.slow
-def test_verify_same_as_traced(kind: str, bundles) -> None:
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_verify_same_as_traced(kind: str) -> None:
+    bundles = deep_bundle(kind, trace_all_layers=False), deep_bundle(kind, trace_all_layers=True)
     rep, tr = (verify(b, deep_checkpoint(kind), steps=8) for b in bundles)
     print(rep.table())
     assert rep.ok and tr.ok, rep.table()

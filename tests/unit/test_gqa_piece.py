@@ -60,3 +60,25 @@ def test_unknown_decoder_form_is_refused(tmp_path) -> None:
         resolve(opts)
     with pytest.raises(ConfigError, match="--decoder-form"):
         resolve(BuildOptions(out=tmp_path / "b", size="tiny", random_weights=True, decoder_forms=()))
+
+
+def test_fp16_norm_weights_stay_fp32_in_both_decoder_forms() -> None:
+    """build converts the pieces in place one after the other (copy_first=False) and decoder and decoder_gqa
+    share their modules: the second conversion must not leave the norm weights in fp16."""
+    import torch
+
+    from huluexport.config import preset
+    from huluexport.export.pieces import make_pieces, to_precision
+    from huluexport.reference.model import HuluMed
+
+    with torch.device("meta"):
+        model = HuluMed(preset("tiny-qwen3"))
+    pieces = make_pieces(model, ("v1-concat", "gqa-static"))
+    for name in ("decoder", "decoder_gqa"):
+        to_precision(pieces[name], "fp16", copy_first=False)
+    for name in ("decoder", "decoder_gqa"):
+        dtypes = {n: p.dtype for n, p in pieces[name].named_parameters()}
+        norms = {n for n in dtypes if "norm" in n}
+        assert len(norms) == 2 * 4 + 1, norms  # per layer: 2 RMSNorms + Qwen3's q/k norms; the final norm
+        assert all(dtypes[n] == torch.float32 for n in norms), dtypes
+        assert dtypes["layers.0.mlp.up_proj.weight"] == torch.float16
