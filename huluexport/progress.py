@@ -304,16 +304,16 @@ class _Plain(_Reporter):
                     self._line(f"{p.name}: still running after {seconds_text(p.elapsed)}"
                                + (f", {status}" if status else "") + (f" ({p.text})" if p.text else ""))
 
-    def start(self) -> None:
-        self.ticker.start()
-
     def stop(self) -> None:
         self.done.set()
-        self.ticker.join()
+        if self.ticker.is_alive():
+            self.ticker.join()
 
     def started(self, p: Phase) -> None:
         with self.lock:
             self.open[id(p)] = p
+            if not self.ticker.is_alive() and not self.done.is_set():
+                self.ticker.start()  # on the first phase: a command without phases runs no thread
 
     def advanced(self, p: Phase) -> None:
         now = time.perf_counter()
