@@ -160,15 +160,21 @@ def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def file_hashes(ckpt_dir: Path) -> dict[str, str]:
-    """name -> sha256 of every file a build reads from the checkpoint (weights, index, config, side files)."""
+def read_files(ckpt_dir: Path) -> list[str]:
+    """Every file a build reads from the checkpoint (weights, index, config, side files), relative, sorted."""
     root = root_of(ckpt_dir)
     index, files = weight_files(root)
     names = {f.relative_to(root).as_posix() for f in files.values()}
     if index is not None:
         names.add(index.name)
     names.update(n for n in READ_SIDE_FILES if side_file(root, n) is not None)
-    return {n: sha256_of(inside(root, n)) for n in sorted(names)}
+    return sorted(names)
+
+
+def file_hashes(ckpt_dir: Path, names: list[str] | None = None) -> dict[str, str]:
+    """name -> sha256 of `names` (default: every file a build reads, `read_files`)."""
+    root = root_of(ckpt_dir)
+    return {n: sha256_of(inside(root, n)) for n in (read_files(root) if names is None else names)}
 
 
 def recorded(located: Located, hashes: dict[str, str]) -> dict[str, Any]:

@@ -8,8 +8,9 @@ The bundle is written into a hidden sibling directory and moved into place only 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from hulurt.contract import DECODER_FORMS
 from hulurt.contract import pieces as contract_pieces
 
 from huluexport.checkpoint import EMBED, LM_HEAD, from_checkpoint, parameter_shapes, plan, root_of, side_file
-from huluexport.checkpoint.hub import file_hashes, locate
+from huluexport.checkpoint.hub import file_hashes, locate, read_files
 from huluexport.checkpoint.random_weights import random_tensor
 from huluexport.config import (
     DecoderConfig,
@@ -41,16 +42,25 @@ from huluexport.devices import get_target
 from huluexport.errors import ConfigError
 from huluexport.export import onnx as onnx_export
 from huluexport.export import pieces as P
+from huluexport.export.hashing import Background, copy_hashed, save_hashed
 from huluexport.export.manifest import build_manifest, write_manifest
 from huluexport.export.passes import attach_weights, fold_constants, fold_weight_transposes, name_dims
 from huluexport.export.staging import check_out, staged
 
 log = logging.getLogger(__name__)
 
+# source(reference name, dtype=None) -> tensor (see weight_source)
+WeightSource = Callable[..., torch.Tensor]
+
 PIECES = ("vision", "embed", "decoder")
 INLINE_BYTES = (
     1024  # tensors up to this size stay inside the .onnx (shape constants must: ORT infers with them)
 )
+# ir.save: two loader threads read + cast the next tensors while others are written; at most this many bytes
+# of loaded tensors at once (one tensor larger than that is let through alone: the 7B's 1.1 GB embedding).
+# Measured in benchmarks/results/build_7b.md ("save phase").
+SAVE_WORKERS = 2
+SAVE_IN_FLIGHT_BYTES = 512 << 20
 SIDE_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -133,7 +143,9 @@ def check_size(cfg: HuluConfig, size: str, where: Path, sliced: bool) -> None:
         )
 
 
-def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
+def resolve(opts: BuildOptions, hash_files: bool = True) -> tuple[HuluConfig, WeightSpec]:
+    """The config and the weight spec of a build; `hash_files=False` leaves the checkpoint's file hashes to the
+    caller (`build` computes them in the background, see `_checkpoint_hashes`)."""
     bad = [f for f in opts.decoder_forms if f not in DECODER_FORMS]
     if bad or not opts.decoder_forms:
         raise ConfigError(
@@ -149,7 +161,7 @@ def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
         full = from_checkpoint(found.path)  # config.json checked before anything else is read
         if opts.size is not None:
             check_size(full, opts.size, found.path, sliced=opts.layers is not None)
-        hashes = file_hashes(found.path)
+        hashes = file_hashes(found.path) if hash_files else None
         return full, WeightSpec(
             "checkpoint", str(found.path), 0, opts.layers, opts.vision_layers, found.source, hashes
         )
@@ -162,34 +174,45 @@ def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
     return preset(opts.size), WeightSpec("random", None, opts.seed, opts.layers, opts.vision_layers)
 
 
-def weight_source(full_cfg: HuluConfig, spec: WeightSpec) -> Callable[[str], torch.Tensor]:
-    """reference name -> tensor (stored dtype), read one at a time. Names/shapes checked up front (plan)."""
+def weight_source(full_cfg: HuluConfig, spec: WeightSpec) -> WeightSource:
+    """reference name -> tensor, read one at a time. Names/shapes checked up front (plan).
+
+    `source(ref, dtype)` returns the tensor in `dtype` (default: as stored) in memory of its own: for
+    safetensors the one copy is that cast, straight from the shard's mapping (huluexport/checkpoint/shards.py,
+    each shard mapped once); safe to call from several threads (ir.save's loader workers)."""
+    from huluexport.checkpoint.shards import ShardReader
     from huluexport.reference.weights import load_bin
 
     if spec.kind == "random":
         shapes = parameter_shapes(full_cfg)
-        return lambda ref: random_tensor(ref, shapes[ref], spec.seed)
+
+        def generate(ref: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+            t = random_tensor(ref, shapes[ref], spec.seed)
+            return t if dtype is None else t.to(dtype)
+
+        return generate
     assert spec.checkpoint is not None
     p = plan(spec.checkpoint, full_cfg)
+    shards = ShardReader()
     bins: dict[Path, dict[str, torch.Tensor]] = {}  # .bin files load memory-mapped, once
+    bins_lock = threading.Lock()
 
-    def read(ref: str) -> torch.Tensor:
+    def read(ref: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         if ref == LM_HEAD and p.tie_lm_head:
             ref = EMBED
         e = p.entries[ref]
         if e.file.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(e.file), framework="pt") as f:
-                return f.get_tensor(e.stored)
-        if e.file not in bins:
-            bins[e.file] = load_bin(e.file)
-        return bins[e.file][e.stored]
+            return shards.read(e.file, e.stored, dtype)
+        with bins_lock:
+            if e.file not in bins:
+                bins[e.file] = load_bin(e.file)
+        t = bins[e.file][e.stored]
+        return t if dtype is None else t.to(dtype)
 
     return read
 
 
-def reference_model(cfg: HuluConfig, source: Callable[[str], torch.Tensor], dtype=torch.float32):
+def reference_model(cfg: HuluConfig, source: WeightSource, dtype=torch.float32):
     """The reference HuluMed (CPU, `dtype`) filled from `source`: what `verify` compares against."""
     from huluexport.reference.model import HuluMed
 
@@ -200,7 +223,7 @@ def reference_model(cfg: HuluConfig, source: Callable[[str], torch.Tensor], dtyp
         setattr(
             model.get_submodule(mod_path),
             attr,
-            torch.nn.Parameter(source(ref).to(dtype).contiguous(), requires_grad=False),
+            torch.nn.Parameter(source(ref, dtype).contiguous(), requires_grad=False),
         )
     return model.eval()
 
@@ -266,7 +289,10 @@ def export_piece(
     source: Callable[[str], torch.Tensor],
     out_dir: Path,
     dump_dir: Path | None = None,
+    files: dict[str, rt.FileEntry] | None = None,
 ) -> rt.PieceEntry:
+    """Trace, pass and save one piece into out_dir; `files` (if given) receives the sha256 and size of each file
+    written (hashed while it was written: huluexport/export/hashing.py)."""
     spec = contract_pieces(to_dims(cfg, rt.ACT_DTYPE[precision]))[name]
     translations = None
     if name == "decoder_gqa":
@@ -290,15 +316,17 @@ def export_piece(
     t0 = time.perf_counter()
     path = out_dir / spec.file
     data = f"{spec.file}.data"
-    ir.save(
+    written = save_hashed(
         model,
         path,
-        external_data=data,
+        data,
         size_threshold_bytes=INLINE_BYTES,
-        max_workers=1,
-        max_in_flight_bytes=256 << 20,
+        max_workers=SAVE_WORKERS,
+        max_in_flight_bytes=SAVE_IN_FLIGHT_BYTES,
     )
-    log.info("%s: saved %s + %s (%.1f s)", name, path.name, data, time.perf_counter() - t0)
+    if files is not None:
+        files.update(written)
+    log.info("%s: saved and hashed %s + %s (%.1f s)", name, path.name, data, time.perf_counter() - t0)
     return rt.PieceEntry(
         file=spec.file,
         data=data if (out_dir / data).exists() else None,
@@ -309,11 +337,16 @@ def export_piece(
 
 
 def build(opts: BuildOptions) -> Path:
-    """Run every phase; return the bundle directory. Nothing is written at `opts.out` until the end."""
+    """Run every phase; return the bundle directory. Nothing is written at `opts.out` until the end.
+
+    Every file is read and hashed once: the checkpoint's files on a background thread while the pieces are
+    traced (which also brings them into the page cache for the save), each bundle file while it is written
+    (huluexport/export/hashing.py), the side files while they are copied (their hash serves the checkpoint's
+    record and the bundle's file list)."""
     t_start = time.perf_counter()
     inputs = [opts.checkpoint] if opts.checkpoint is not None and Path(opts.checkpoint).is_dir() else []
     check_out(opts.out, inputs, overwrite=opts.overwrite)  # the --out rules, before any work
-    full_cfg, wspec = resolve(opts)
+    full_cfg, wspec = resolve(opts, hash_files=False)
     if wspec.checkpoint is not None and not inputs:  # a Hub repo id: its cache snapshot is the input
         inputs = [wspec.checkpoint]
         check_out(opts.out, inputs, overwrite=opts.overwrite)
@@ -330,35 +363,70 @@ def build(opts: BuildOptions) -> Path:
         target.name,
     )
     out = Path(opts.out)
-    with staged(out, inputs, overwrite=opts.overwrite) as tmp:
-        from huluexport.reference.model import HuluMed
-
-        with torch.device("meta"):
-            model = HuluMed(cfg)
-        entries = {}
-        for name, module in P.make_pieces(model, opts.decoder_forms).items():
-            module = P.to_precision(module, opts.precision, copy_first=False)
-            entries[name] = export_piece(name, module, cfg, opts.precision, source, tmp, opts.dump_dir)
-        del model
-        tok = _copy_side_files(wspec, tmp)
-        manifest = build_manifest(
-            root=tmp, cfg=cfg, precision=opts.precision, target=target, pieces=entries, tokenizer=tok
+    background = Background()
+    try:
+        ckpt_names = read_files(Path(wspec.checkpoint)) if wspec.checkpoint is not None else []
+        copied = [n for n in SIDE_FILES if n in ckpt_names]
+        weights_hashed = background.submit(
+            _timed, "checkpoint files hashed", file_hashes, Path(wspec.checkpoint or "."),
+            [n for n in ckpt_names if n not in copied],
         )
-        manifest["model"]["weights"] = wspec.record()
-        write_manifest(tmp, manifest)
+        with staged(out, inputs, overwrite=opts.overwrite) as tmp:
+            from huluexport.reference.model import HuluMed
+
+            with torch.device("meta"):
+                model = HuluMed(cfg)
+            entries = {}
+            files: dict[str, rt.FileEntry] = {}
+            for name, module in P.make_pieces(model, opts.decoder_forms).items():
+                module = P.to_precision(module, opts.precision, copy_first=False)
+                entries[name] = export_piece(
+                    name, module, cfg, opts.precision, source, tmp, opts.dump_dir, files=files
+                )
+            del model
+            side = _copy_side_files(wspec, tmp, copied)
+            files.update(side)
+            tok = _tokenizer_files(tmp)
+            t0 = time.perf_counter()
+            ckpt_hashes = weights_hashed.result()
+            if wspec.kind == "checkpoint":
+                ckpt_hashes.update({n: side[n].sha256 for n in copied})
+                wspec = dataclasses.replace(wspec, files=dict(sorted(ckpt_hashes.items())))
+            log.info("build: waited %.1f s for the checkpoint hashes", time.perf_counter() - t0)
+            manifest = build_manifest(
+                root=tmp, cfg=cfg, precision=opts.precision, target=target, pieces=entries, tokenizer=tok,
+                files=files,
+            )
+            manifest["model"]["weights"] = wspec.record()
+            write_manifest(tmp, manifest)
+    finally:
+        background.close()
     log.info("build: %s done in %.1f s", out, time.perf_counter() - t_start)
     return out
 
 
-def _copy_side_files(wspec: WeightSpec, dst: Path) -> rt.TokenizerFiles:
+def _timed(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    t0, c0 = time.perf_counter(), time.thread_time()
+    result = fn(*args)
+    log.info("build: %s in the background (%.1f s, %.1f s CPU)", what, time.perf_counter() - t0,
+             time.thread_time() - c0)
+    return result
+
+
+def _copy_side_files(wspec: WeightSpec, dst: Path, names: list[str]) -> dict[str, rt.FileEntry]:
+    """Copy the checkpoint's side files `names` into the bundle, hashing each while it is copied."""
     if wspec.kind != "checkpoint" or wspec.checkpoint is None:
-        return rt.TokenizerFiles(None, None, None)
+        return {}
     src = root_of(wspec.checkpoint)
-    for name in SIDE_FILES:
+    out = {}
+    for name in names:
         path = side_file(src, name)  # refuses a side file that resolves outside the checkpoint
         if path is not None:
-            shutil.copy2(path, dst / name)
+            out[name] = copy_hashed(path, dst / name)
+    return out
 
+
+def _tokenizer_files(dst: Path) -> rt.TokenizerFiles:
     def have(n: str) -> str | None:
         return n if (dst / n).is_file() else None
 
