@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,16 @@ from hulurt import manifest as rt
 from hulurt.contract import DECODER_FORMS
 from hulurt.contract import pieces as contract_pieces
 
-from huluexport.checkpoint import EMBED, LM_HEAD, from_checkpoint, parameter_shapes, plan, root_of, side_file
+from huluexport.checkpoint import (
+    EMBED,
+    LM_HEAD,
+    from_checkpoint,
+    inside,
+    parameter_shapes,
+    plan,
+    root_of,
+    side_file,
+)
 from huluexport.checkpoint.hub import file_hashes, locate, read_files
 from huluexport.checkpoint.random_weights import random_tensor
 from huluexport.config import (
@@ -365,12 +375,13 @@ def build(opts: BuildOptions) -> Path:
     out = Path(opts.out)
     background = Background()
     try:
-        ckpt_names = read_files(Path(wspec.checkpoint)) if wspec.checkpoint is not None else []
-        copied = [n for n in SIDE_FILES if n in ckpt_names]
-        weights_hashed = background.submit(
-            _timed, "checkpoint files hashed", file_hashes, Path(wspec.checkpoint or "."),
-            [n for n in ckpt_names if n not in copied],
-        )
+        weights_hashed: dict[str, Future] = {}
+        copied: list[str] = []
+        if wspec.checkpoint is not None:  # hashed from now on: the trace below runs on the other core
+            ckpt_root = root_of(wspec.checkpoint)
+            ckpt_names = read_files(ckpt_root)
+            copied = [n for n in SIDE_FILES if n in ckpt_names]
+            weights_hashed = {n: background.file(inside(ckpt_root, n)) for n in ckpt_names if n not in copied}
         with staged(out, inputs, overwrite=opts.overwrite) as tmp:
             from huluexport.reference.model import HuluMed
 
@@ -388,11 +399,11 @@ def build(opts: BuildOptions) -> Path:
             files.update(side)
             tok = _tokenizer_files(tmp)
             t0 = time.perf_counter()
-            ckpt_hashes = weights_hashed.result()
+            ckpt_hashes = {n: f.result().sha256 for n, f in weights_hashed.items()}
             if wspec.kind == "checkpoint":
                 ckpt_hashes.update({n: side[n].sha256 for n in copied})
                 wspec = dataclasses.replace(wspec, files=dict(sorted(ckpt_hashes.items())))
-            log.info("build: waited %.1f s for the checkpoint hashes", time.perf_counter() - t0)
+            log.info("build: waited %.1f s for the checkpoint's hashes", time.perf_counter() - t0)
             manifest = build_manifest(
                 root=tmp, cfg=cfg, precision=opts.precision, target=target, pieces=entries, tokenizer=tok,
                 files=files,
@@ -403,14 +414,6 @@ def build(opts: BuildOptions) -> Path:
         background.close()
     log.info("build: %s done in %.1f s", out, time.perf_counter() - t_start)
     return out
-
-
-def _timed(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-    t0, c0 = time.perf_counter(), time.thread_time()
-    result = fn(*args)
-    log.info("build: %s in the background (%.1f s, %.1f s CPU)", what, time.perf_counter() - t0,
-             time.thread_time() - c0)
-    return result
 
 
 def _copy_side_files(wspec: WeightSpec, dst: Path, names: list[str]) -> dict[str, rt.FileEntry]:
