@@ -178,10 +178,10 @@ def markdown(doc: dict[str, Any]) -> str:
          "Predicted: `huluexport plan` (hulurt.schedule's cost model) for this model slice, fp32, this volume, "
          "the batch and chunk the run used, and the run's text tokens and kept share of visual tokens."),
         "",
-        ("| input | vision batch | prefill chunk | visual tokens | prompt | read+preprocess s | vision s | embed s "
-         "| prefill s | decode s | RSS after load GiB | load peak GiB | request peak GiB | predicted GiB "
-         "| predicted / request peak |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ("| input | vision batch | prefill chunk | visual tokens | prompt | read+preprocess s | reduction s "
+         "| vision s | embed s | prefill s | decode s | load avg start/end | RSS after load GiB | load peak GiB "
+         "| request peak GiB | predicted GiB | predicted / request peak |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["runs"]:
         if "error" in r:
@@ -191,10 +191,19 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {r['input']} | {r['vision_batch']} ({r['asked_batch']}) | {r['prefill_chunk']} ({r['asked_chunk']}) "
             f"| {r['visual_tokens_before']} -> {r['visual_tokens_after']} | {r['prompt_tokens']} "
-            f"| {r['preprocess_s']:.1f} | {st.get('vision', 0):.1f} | {st.get('embed', 0):.2f} "
-            f"| {st.get('prefill', 0):.1f} | {st.get('decode', 0):.1f} | {gib(r['rss_after_load'])} "
+            f"| {r['preprocess_s']:.1f} | {st.get('reduction', 0):.1f} | {st.get('vision', 0):.1f} "
+            f"| {st.get('embed', 0):.2f} | {st.get('prefill', 0):.1f} | {st.get('decode', 0):.1f} "
+            f"| {r.get('load_at_start', float('nan')):.1f}/{r.get('load_at_end', float('nan')):.1f} "
+            f"| {gib(r['rss_after_load'])} "
             f"| {gib(r['peak_rss_load'])} | {gib(r['peak_rss_request'])} | {gib(pm)} "
             f"| {pm / r['peak_rss_request']:.3f} |")
+    ok = [r for r in doc["runs"] if "error" not in r]
+    if ok:
+        worst = max(abs(r["predicted"]["memory"]["total"] / r["peak_rss_request"] - 1) for r in ok)
+        top = max(r["peak_rss_request"] for r in ok)
+        lines += ["", f"Largest request peak {top / 1e9:.2f} GB ({gib(top)} GiB; the issue's limit: 10 GB). "
+                  f"Largest gap between the plan and a measured request peak: {worst * 100:.1f} % (the issue's "
+                  "limit: 15 %). 'read+preprocess' includes the token reduction (its own column)."]
     lines += ["", "Predicted memory parts (GiB) per run:", ""]
     for r in doc["runs"]:
         if "error" not in r:
@@ -240,8 +249,10 @@ def main() -> int:
         for kind, path in files.items():
             vb, pc = ("default", "default") if spec == "default" else spec.split(",")
             print(f"{kind} batch={vb} chunk={pc} ...", flush=True)
+            load = os.getloadavg()[0]
             r = run_one(a.bundle, path, vb, pc, a.max_new_tokens, a.timeout)
-            r.update({"input": kind, "asked_batch": vb, "asked_chunk": pc})
+            r.update({"input": kind, "asked_batch": vb, "asked_chunk": pc, "load_at_start": load,
+                      "load_at_end": os.getloadavg()[0]})
             if "error" not in r:
                 r["predicted"] = predict(a.bundle, a.slices, a.size, r, a.max_new_tokens)
                 print(f"  request peak {gib(r['peak_rss_request'])} GiB, load peak {gib(r['peak_rss_load'])} GiB, "

@@ -26,15 +26,24 @@ COMMAND_MODULES = (
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="huluexport")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress and show full tracebacks on errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each step, print the phase table at the end, and show "
+              "full tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on stderr but errors: no progress, no summary.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
-    """Export Hulu-Med to ONNX/TensorRT bundles, check them against the PyTorch reference, and run them."""
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+    """Export Hulu-Med to ONNX/TensorRT bundles, check them against the PyTorch reference, and run them.
+
+    Progress goes to stderr (docs/cli.md): a live display on a terminal, plain lines when stderr is not one,
+    nothing with -q; results go to stdout."""
+    from huluexport import progress
+
+    if verbose and quiet:
+        raise click.UsageError("-v/--verbose and -q/--quiet exclude each other")
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.with_resource(progress.reporting(progress.pick_mode(quiet), table=verbose))
 
 
 for _name in COMMAND_MODULES:

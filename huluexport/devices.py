@@ -262,7 +262,9 @@ def host_profile(bandwidth_bytes_s: float | None = None, key: str = "cpu") -> De
             "bandwidth_bytes_s": "measured: best-of-5 single-thread numpy copy of 256 MiB (read+write)",
             "peak_ops": "estimate: cores x 2.5 GHz x 32 fp32 FLOP/clk (AVX2, 2 FMA units); int8 = 2x (VNNI)",
             "usable_fraction": "estimate: OS and other processes",
-            "workspace_bytes": "estimate: Python + onnxruntime arenas",
+            "workspace_bytes": "estimate: the Python process around the graphs (interpreter, numpy, onnxruntime, "
+            "readers, tokenizer; 80 MB RSS measured with the byte tokenizer of the benchmarks); the graphs' "
+            "activations are planned apart",
         },
         estimates=("peak_ops", "usable_fraction", "workspace_bytes"),
         measured=True,

@@ -112,6 +112,12 @@ _TABLE: dict[tuple[str, str, str], Tolerance] = {
         min_cosine=0.99, reason="bf16 weights/activations vs the same weights in fp32, tiny 2-layer model; "
         "per-position logits cosine (measured min 0.99987)"
     ),
+    # memory, not values: the plan's activation bytes of one vision call (hulurt.schedule, onnxruntime CPU) against
+    # the measured peak RSS of that call: tests/runtime/test_schedule.py
+    ("vision-memory", "fp32", "ort-cpu"): Tolerance(
+        max_rel=0.15, reason="issue 16: the plan within 15 % of the measured peak RSS; measured 0.96 of it on the "
+        "tiny bundle (4 frames of 1600 patches), 1.02-1.08 on the 7B-width vision piece (4 and 16 frames of 400)"
+    ),
 }
 
 TOLERANCES: Mapping[tuple[str, str, str], Tolerance] = MappingProxyType(_TABLE)

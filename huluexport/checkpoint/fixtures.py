@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from huluexport import progress
 from huluexport.checkpoint.names import LAYOUTS, LM_HEAD, checkpoint_name
 from huluexport.config import SIZES, HuluConfig, TokenConfig, slice_layers
 from huluexport.errors import ConfigError
@@ -323,9 +324,11 @@ def write_checkpoint(
     else:
         from huluexport.checkpoint.random_weights import random_state
 
-        state = random_state(cfg, seed, lm_head=stored)
-        tensors = {checkpoint_name(ref, layout): t.to(dtypes[dtype]).contiguous() for ref, t in state.items()}
-        torch.save(tensors, str(out / "pytorch_model.bin"))
+        with progress.phase("write pytorch_model.bin", unit="B") as step:
+            state = random_state(cfg, seed, lm_head=stored)
+            tensors = {checkpoint_name(ref, layout): t.to(dtypes[dtype]).contiguous() for ref, t in state.items()}
+            torch.save(tensors, str(out / "pytorch_model.bin"))
+            step.advance((out / "pytorch_model.bin").stat().st_size)
         vdir = out / ORIGINAL_VISION_DIR
         vdir.mkdir(exist_ok=True)
         _write_json(vdir / "config.json", _vision_json(cfg))
@@ -343,7 +346,8 @@ def write_checkpoint(
             "repetition_penalty": 1.05,
         },
     )
-    write_tokenizer(out, cfg.tokens)
+    with progress.phase("tokenizer"):
+        write_tokenizer(out, cfg.tokens)
     _write_json(out / OUTPUT_MARKER, {"tool": "huluexport init-checkpoint", "size": cfg.name, "seed": seed,
                                       "layout": layout, "dtype": dtype})
     log.info(
@@ -381,13 +385,15 @@ def _write_shards(out: Path, cfg: HuluConfig, seed: int, dtype: Any, stored: boo
         for k, names in enumerate(shards)
     }
     weight_map = {n: path.name for path, tensors in files.items() for n, _ in tensors}
-    write_files(
-        files,
-        lambda name, shape: random_chunks(refs[name], shape, seed),
-        dtype,
-        metadata={"format": "pt"},
-        workers=workers,
-    )
+    with progress.phase(f"write {len(files)} safetensors shards", total=sum(nbytes.values()), unit="B") as step:
+        write_files(
+            files,
+            lambda name, shape: random_chunks(refs[name], shape, seed),
+            dtype,
+            metadata={"format": "pt"},
+            workers=workers,
+            done=step.advance,
+        )
     _write_json(
         out / "model.safetensors.index.json",
         {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map},

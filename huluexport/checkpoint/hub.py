@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huluexport import progress
 from huluexport.checkpoint.paths import inside, root_of, side_file
 from huluexport.checkpoint.tensors import weight_files
 from huluexport.errors import ConfigError
@@ -172,9 +173,18 @@ def read_files(ckpt_dir: Path) -> list[str]:
 
 
 def file_hashes(ckpt_dir: Path, names: list[str] | None = None) -> dict[str, str]:
-    """name -> sha256 of `names` (default: every file a build reads, `read_files`)."""
+    """name -> sha256 of `names` (default: every file a build reads, `read_files`), advancing the caller's
+    progress phase ("hash checkpoint") by bytes, one file at a time."""
     root = root_of(ckpt_dir)
-    return {n: sha256_of(inside(root, n)) for n in (read_files(root) if names is None else names)}
+    names = read_files(root) if names is None else names
+    step = progress.current()
+    step.set_total(sum(inside(root, n).stat().st_size for n in names))
+    out = {}
+    for n in sorted(names):
+        step.note(n)
+        out[n] = sha256_of(inside(root, n))
+        step.advance(inside(root, n).stat().st_size)
+    return out
 
 
 def recorded(located: Located, hashes: dict[str, str]) -> dict[str, Any]:

@@ -126,7 +126,10 @@ def build_cmd(
 ) -> None:
     import logging
 
-    from huluexport.export.pipeline import BuildOptions, build
+    from huluexport import progress
+
+    with progress.phase("load the exporter (torch, onnx)"):  # seconds: shown at once, before the imports
+        from huluexport.export.pipeline import BuildOptions, build
 
     for noisy in ("onnxscript", "onnx_ir"):  # one line per folded constant at INFO; our phases log their own
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -172,8 +175,11 @@ def inspect_cmd(bundle: Path, no_hash: bool) -> None:
 @click.option("--steps", type=click.IntRange(min=0), default=16, show_default=True, help=HELP["steps"])
 @click.option("--no-hash", is_flag=True, help=HELP["no_hash"])
 def verify_cmd(bundle: Path, checkpoint: str | None, steps: int, no_hash: bool) -> None:
+    from huluexport import progress
     from huluexport.errors import ParityError
-    from huluexport.validate import verify
+
+    with progress.phase("load the reference (torch) and onnxruntime"):
+        from huluexport.validate import verify
 
     report = verify(bundle, checkpoint, steps=steps, verify_hashes=not no_hash)
     click.echo(report.table())
@@ -218,7 +224,10 @@ def trt_check_cmd(bundle: Path, engines: Path | None) -> None:
 def quantize_cmd(
     bundle: Path, out: Path, bits: str, block_size: str | None, fmt: str, accuracy_level: str, overwrite: bool
 ) -> None:
-    from huluexport.export.quantize import QuantizeOptions, quantize
+    from huluexport import progress
+
+    with progress.phase("load the quantizer (onnx, onnxruntime)"):
+        from huluexport.export.quantize import QuantizeOptions, quantize
 
     opts = QuantizeOptions(
         src=bundle,

@@ -15,7 +15,7 @@ from typing import Any
 from hulurt import manifest as rt
 from hulurt.contract import CONTRACT_VERSION, OPS, to_json
 
-from huluexport import __version__
+from huluexport import __version__, progress
 from huluexport.config import HuluConfig, to_dims
 from huluexport.devices import Target
 from huluexport.errors import ExportError
@@ -54,11 +54,17 @@ def file_names(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST, MARKER)) 
 
 
 def list_files(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST, MARKER)) -> dict[str, rt.FileEntry]:
-    """Every regular file under `root` but the manifest and the staging marker, hashed."""
-    return {
-        rel: rt.FileEntry(sha256=rt.sha256_file(root / rel), bytes=(root / rel).stat().st_size)
-        for rel in file_names(root, exclude=exclude)
-    }
+    """Every regular file under `root` but the manifest and the staging marker, hashed (advancing the caller's
+    progress phase by each file's bytes)."""
+    names = file_names(root, exclude=exclude)
+    step = progress.current()
+    step.set_total(sum((root / n).stat().st_size for n in names))
+    files = {}
+    for rel in names:
+        step.note(rel)
+        files[rel] = rt.FileEntry(sha256=rt.sha256_file(root / rel), bytes=(root / rel).stat().st_size)
+        step.advance(files[rel].bytes)
+    return files
 
 
 def checked_files(root: Path, hashed: dict[str, rt.FileEntry]) -> dict[str, rt.FileEntry]:

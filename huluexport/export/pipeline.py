@@ -1,4 +1,5 @@
-"""`huluexport build`: checkpoint (or random weights) -> bundle directory, as an ordered list of logged phases.
+"""`huluexport build`: checkpoint (or random weights) -> bundle directory, as an ordered list of phases
+(huluexport/progress.py: each shown while it runs, timed in wall and CPU time, logged at INFO).
 
 Every size takes the large-model path: the model is built on the meta device, each piece is traced without
 weights, and weights are attached lazily, one tensor at a time, while the graph is saved (external data).
@@ -24,6 +25,7 @@ from hulurt import manifest as rt
 from hulurt.contract import DECODER_FORMS
 from hulurt.contract import pieces as contract_pieces
 
+from huluexport import progress
 from huluexport.checkpoint import (
     EMBED,
     LM_HEAD,
@@ -167,11 +169,15 @@ def resolve(opts: BuildOptions, hash_files: bool = True) -> tuple[HuluConfig, We
     if opts.checkpoint is not None and opts.random_weights:
         raise ConfigError("--checkpoint and --random-weights exclude each other")
     if opts.checkpoint is not None:
-        found = locate(opts.checkpoint, revision=opts.revision, cache_dir=opts.cache_dir, offline=opts.offline)
-        full = from_checkpoint(found.path)  # config.json checked before anything else is read
-        if opts.size is not None:
-            check_size(full, opts.size, found.path, sliced=opts.layers is not None)
-        hashes = file_hashes(found.path) if hash_files else None
+        with progress.phase("resolve checkpoint"):
+            found = locate(opts.checkpoint, revision=opts.revision, cache_dir=opts.cache_dir, offline=opts.offline)
+            full = from_checkpoint(found.path)  # config.json checked before anything else is read
+            if opts.size is not None:
+                check_size(full, opts.size, found.path, sliced=opts.layers is not None)
+        hashes = None
+        if hash_files:
+            with progress.phase("hash checkpoint", unit="B"):
+                hashes = file_hashes(found.path)
         return full, WeightSpec(
             "checkpoint", str(found.path), 0, opts.layers, opts.vision_layers, found.source, hashes
         )
@@ -291,6 +297,12 @@ def _dump(model: ir.Model, dump_dir: Path | None, name: str) -> None:
             model.graph.register_initializer(v)
 
 
+def external_bytes(model: ir.Model) -> int:
+    """Bytes of the initializers ir.save writes to the external data file (those over INLINE_BYTES)."""
+    sizes = (v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    return sum(n for n in sizes if n > INLINE_BYTES)
+
+
 def export_piece(
     name: str,
     module: torch.nn.Module,
@@ -307,7 +319,8 @@ def export_piece(
     translations = None
     if name == "decoder_gqa":
         from huluexport.export.gqa import TRANSLATIONS as translations
-    model = onnx_export.export_graph(module, spec, image_token_id=cfg.tokens.image, translations=translations)
+    with progress.phase(f"{name}: trace"):
+        model = onnx_export.export_graph(module, spec, image_token_id=cfg.tokens.image, translations=translations)
     _dump(model, dump_dir, f"{name}.0-exported")
     phases: list[tuple[str, Callable[[ir.Model], ir.Model]]] = [
         ("name_dims", lambda m: name_dims.run(m, spec)),
@@ -317,26 +330,30 @@ def export_piece(
         ("name_dims (after folding)", lambda m: name_dims.run(m, spec)),
     ]
     for i, (phase, fn) in enumerate(phases, start=1):
-        t0 = time.perf_counter()
-        model = fn(model)
-        log.info("%s: %s (%.2f s)", name, phase, time.perf_counter() - t0)
+        with progress.phase(f"{name}: {phase}"):
+            model = fn(model)
         _dump(model, dump_dir, f"{name}.{i}-{phase}")
     model.producer_name = "huluexport"
     model.doc_string = f"huluexport {name} piece ({precision})"
-    t0 = time.perf_counter()
     path = out_dir / spec.file
     data = f"{spec.file}.data"
-    written = save_hashed(
-        model,
-        path,
-        data,
-        size_threshold_bytes=INLINE_BYTES,
-        max_workers=SAVE_WORKERS,
-        max_in_flight_bytes=SAVE_IN_FLIGHT_BYTES,
-    )
+    with progress.phase(f"{name}: save", total=external_bytes(model), unit="B") as step:
+
+        def saved(tensor: ir.TensorProtocol, info: Any) -> None:  # per external tensor, possibly from workers
+            step.note(str(tensor.name))
+            step.advance(tensor.nbytes)
+
+        written = save_hashed(
+            model,
+            path,
+            data,
+            size_threshold_bytes=INLINE_BYTES,
+            callback=saved,
+            max_workers=SAVE_WORKERS,
+            max_in_flight_bytes=SAVE_IN_FLIGHT_BYTES,
+        )
     if files is not None:
         files.update(written)
-    log.info("%s: saved and hashed %s + %s (%.1f s)", name, path.name, data, time.perf_counter() - t0)
     return rt.PieceEntry(
         file=spec.file,
         data=data if (out_dir / data).exists() else None,
@@ -361,7 +378,8 @@ def build(opts: BuildOptions) -> Path:
         inputs = [wspec.checkpoint]
         check_out(opts.out, inputs, overwrite=opts.overwrite)
     target = get_target(opts.target)
-    source = weight_source(full_cfg, wspec)  # checks every name and shape before any export work
+    with progress.phase("plan weights"):
+        source = weight_source(full_cfg, wspec)  # checks every name and shape before any export work
     cfg = slice_layers(full_cfg, opts.layers, opts.vision_layers)
     log.info(
         "build: %s (%s, %d decoder layers), %s weights, %s, target %s",
@@ -385,31 +403,34 @@ def build(opts: BuildOptions) -> Path:
         with staged(out, inputs, overwrite=opts.overwrite) as tmp:
             from huluexport.reference.model import HuluMed
 
-            with torch.device("meta"):
-                model = HuluMed(cfg)
+            with progress.phase("model on the meta device"):
+                with torch.device("meta"):
+                    model = HuluMed(cfg)
+                pieces = P.make_pieces(model, opts.decoder_forms)
             entries = {}
             files: dict[str, rt.FileEntry] = {}
-            for name, module in P.make_pieces(model, opts.decoder_forms).items():
+            for name, module in pieces.items():
                 module = P.to_precision(module, opts.precision, copy_first=False)
                 entries[name] = export_piece(
                     name, module, cfg, opts.precision, source, tmp, opts.dump_dir, files=files
                 )
             del model
-            side = _copy_side_files(wspec, tmp, copied)
-            files.update(side)
-            tok = _tokenizer_files(tmp)
-            t0 = time.perf_counter()
-            ckpt_hashes = {n: f.result().sha256 for n, f in weights_hashed.items()}
-            if wspec.kind == "checkpoint":
-                ckpt_hashes.update({n: side[n].sha256 for n in copied})
-                wspec = dataclasses.replace(wspec, files=dict(sorted(ckpt_hashes.items())))
-            log.info("build: waited %.1f s for the checkpoint's hashes", time.perf_counter() - t0)
-            manifest = build_manifest(
-                root=tmp, cfg=cfg, precision=opts.precision, target=target, pieces=entries, tokenizer=tok,
-                files=files,
-            )
-            manifest["model"]["weights"] = wspec.record()
-            write_manifest(tmp, manifest)
+            # the bundle's files were hashed as they were written; this waits for the checkpoint's, if need be
+            with progress.phase("manifest", unit="B") as step:
+                side = _copy_side_files(wspec, tmp, copied)
+                files.update(side)
+                tok = _tokenizer_files(tmp)
+                ckpt_hashes = {n: f.result().sha256 for n, f in weights_hashed.items()}
+                if wspec.kind == "checkpoint":
+                    ckpt_hashes.update({n: side[n].sha256 for n in copied})
+                    wspec = dataclasses.replace(wspec, files=dict(sorted(ckpt_hashes.items())))
+                step.advance(sum(e.bytes for e in side.values()))
+                manifest = build_manifest(
+                    root=tmp, cfg=cfg, precision=opts.precision, target=target, pieces=entries, tokenizer=tok,
+                    files=files,
+                )
+                manifest["model"]["weights"] = wspec.record()
+                write_manifest(tmp, manifest)
     finally:
         background.close()
     log.info("build: %s done in %.1f s", out, time.perf_counter() - t_start)

@@ -114,7 +114,8 @@ def _memory(
     chunk = prompt if sched.prefill_chunk_tokens is None else min(prompt, sched.prefill_chunk_tokens)
     # the last chunk is the largest: its queries see every earlier key
     pa = prefill_activation_bytes(cfg, chunk, act_bytes, fused, past=prompt - chunk)
-    # vision runs before prefill; its output rows (counted in va) are the only thing that outlives it
+    # vision runs before prefill, and the runtime's vision session hands its arena back after every batch
+    # (runtime/hulurt/backends/ort.py, release_after_run): its kept rows (counted in va) are all that outlives it
     acts = max(va["total"], pa["total"] + out_rows + embeds)
     mem = {"weights": resident_weight_bytes(wb, dev, ctx), "kv_cache": kv, "inputs": patches, "activations": acts,
            "workspace": dev.workspace_bytes}

@@ -150,6 +150,8 @@ class Model:
             options = self.options
             if real == "decoder_gqa" and self._cuda_graph is not False and options.provider in ("auto", "cuda"):
                 options = replace(options, cuda_graph=True)  # used by the CUDA EP only
+            if real == "vision":  # its batches' activations are freed for the decoder (backends/base.py)
+                options = replace(options, release_after_run=True)
             sess = open_session(self.manifest.piece_path(real), options)
             declared = getattr(sess, "declared_io", None)
             if declared is not None:  # the manifest's dims must be the graph's own (before anything is sized)
@@ -481,7 +483,7 @@ def load(
     tokenizer: see Model (None = the bundle's own). `trt_cache`: directory for the TensorRT execution provider's
     engine and timing caches (its profiles always come from the manifest's dim ranges; backends/ort.py).
     vision_batch: most frames per vision call; prefill_chunk: most prompt tokens per prefill call (None: the
-    most whose activations fit half the available memory, hulurt.schedule). Any value gives the same visual
+    most whose activations fit a fifth of the available memory, hulurt.schedule). Any value gives the same visual
     rows; tokens stay greedy-equal."""
     t = time.perf_counter()
     manifest = load_manifest(bundle, verify_hashes=verify_hashes)

@@ -66,7 +66,7 @@ class Generator:
         prefill_chunk: int | None = None,
     ) -> None:
         """vision_batch / prefill_chunk: most frames per vision call / prompt tokens per prefill call (None: the
-        largest whose activations fit half the available memory, by hulurt.schedule's cost model)."""
+        largest whose activations fit a fifth of the available memory, by hulurt.schedule's cost model)."""
         for name in ("embed", "decoder"):
             if name not in sessions:
                 raise ContractError(f"a bundle needs the {name!r} piece; sessions given: {sorted(sessions)}")

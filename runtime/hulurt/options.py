@@ -110,10 +110,10 @@ RUN_OPTIONS: tuple[Option, ...] = (
            convert=lambda v: False if v else None),
     Option(("--threads",), "intra-op threads (0 = engine default)", type=int, default=0, check=checks.threads,
            metavar="N", to="load"),
-    Option(("--vision-batch",), "frames per vision call (default: the most whose activations fit half the "
-           "available memory; exact for any value)", type=int, check=checks.split_size, metavar="N", to="load"),
+    Option(("--vision-batch",), "frames per vision call (default: the most whose activations fit a fifth "
+           "of the available memory; exact for any value)", type=int, check=checks.split_size, metavar="N", to="load"),
     Option(("--prefill-chunk",), "prompt tokens per decoder prefill call (default: the most whose activations "
-           "fit half the available memory)", type=int, check=checks.split_size, metavar="N", to="load"),
+           "fit a fifth of the available memory)", type=int, check=checks.split_size, metavar="N", to="load"),
     Option(("--provider",), "execution provider: auto picks TensorRT EP, then CUDA EP, then CPU (onnxruntime); "
            "trt-native runs the bundle's TensorRT engines (built by hulurt.engines; not yet run on a GPU)",
            choices=PROVIDERS, default="auto",

@@ -38,14 +38,15 @@ def round_bf16(x: NDArray[np.floating]) -> NDArray[np.float32]:
     return np.where(np.isnan(x32), x32, out)
 
 
-def frame_token_diffs(frames: NDArray[np.floating], mode: str = "bf16") -> NDArray[np.float32]:
-    """d[t, b] for t >= 1 as the comparison operand: frames [T, nb, D] -> d [T-1, nb] (float32)."""
-    if mode not in MODES:
-        raise ValueError(f"token reduction mode {mode!r}; expected one of {MODES}")
-    x = np.asarray(frames, dtype=np.float32)
-    if x.ndim != 3:
-        raise ValueError(f"frames must be [T, n_tokens, D]; got shape {x.shape}")
-    d_len = np.float32(x.shape[2])
+# Values (frames x tokens x D) per pass of frame_token_diffs. The bf16 rounding holds a few uint64 temporaries
+# of its operand (8 bytes a value); over a whole 160-slice 512x512 CT at once (16000 tokens x 2352) the
+# reduction stage peaked 1.6 GiB above the resident weights, more than the vision calls
+# (benchmarks/results/volume_160.md). 4M values keep each pass near 100 MiB whatever the input.
+DIFF_PASS_VALUES = 1 << 22
+
+
+def _pass_diffs(x: NDArray[np.float32], mode: str, d_len: np.float32) -> NDArray[np.float32]:
+    """d for frames 1.. of x [t, nb, D] against their predecessors in x."""
     if mode == "bf16":
         x = round_bf16(x)
         diff = np.abs(round_bf16(x[1:] - x[:-1]))
@@ -56,6 +57,25 @@ def frame_token_diffs(frames: NDArray[np.floating], mode: str = "bf16") -> NDArr
     if mode == "bf16":
         mean = round_bf16(round_bf16(round_bf16(mean) * np.float32(255.0)) / np.float32(255.0))
     return mean.astype(np.float32)
+
+
+def frame_token_diffs(frames: NDArray[np.floating], mode: str = "bf16") -> NDArray[np.float32]:
+    """d[t, b] for t >= 1 as the comparison operand: frames [T, nb, D] -> d [T-1, nb] (float32). Computed a
+    few frames at a time (DIFF_PASS_VALUES); every value depends on frames t-1 and t only, so the passes give
+    the whole-input arithmetic exactly."""
+    if mode not in MODES:
+        raise ValueError(f"token reduction mode {mode!r}; expected one of {MODES}")
+    x = np.asarray(frames, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"frames must be [T, n_tokens, D]; got shape {x.shape}")
+    d_len = np.float32(x.shape[2])
+    t_count = x.shape[0]
+    out = np.empty((max(t_count - 1, 0), x.shape[1]), dtype=np.float32)
+    step = max(1, DIFF_PASS_VALUES // max(x.shape[1] * x.shape[2], 1))
+    for a in range(1, t_count, step):
+        b = min(a + step, t_count)
+        out[a - 1 : b - 1] = _pass_diffs(x[a - 1 : b], mode, d_len)
+    return out
 
 
 def threshold_value(threshold: float, mode: str = "bf16") -> np.float32:

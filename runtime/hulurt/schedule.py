@@ -17,9 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# A default split leaves this share of the host's available memory to everything else (weights are already
-# resident when a request runs; the KV cache and the kept visual rows are counted on top of the activations)
-BUDGET_FRACTION = 0.5
+# A default split may give one call's activations this share of the memory available when the request starts
+# (Linux MemAvailable: the bundle's weights are already resident and not in it). The rest covers what the
+# activation formulas leave out (the request's patches, kept rows, KV cache, the decoder's arena beside the
+# vision calls) and the host's other work. A fifth: the rule and what it gives are in docs/inputs.md ("Vision
+# batches and prefill chunks"); on the 24 GB test host it keeps a 160-slice CT through the 7B-width 2-layer
+# fp32 slice under 10 GB (benchmarks/results/volume_160.md, the "default" row).
+BUDGET_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -49,26 +53,42 @@ class ModelShape:
             return None
 
 
+# onnxruntime's CPU allocation plan for one vision call, counted per node from its profiler (mem_in_use_delta of
+# every kernel, 1, 4 and 16 frames of 400 patches, the 7B-width vision piece; benchmarks/results/volume_160.md).
+# At its peak, the MLP of the first encoder layer (later layers reuse these buffers), the arena holds buffers of
+# the [frames, patches, vision_hidden] stream ("h") for: the patch embedding and its bias add (2), the key
+# projection and its bias add (2), the key's rotary embedding (split 1, negated half 0.5, concat 1, product 1,
+# sum 1; the query's reuses them), the key and query transposes (2), the attention-weighted values (1), and
+# FusedMatMul's workspace beside the scores (1.5): 13 h, plus 0.5 h of arena rounding measured at 16 frames.
+ORT_CPU_VISION_STREAM_BUFFERS = 13.5
+# ... one [frames, heads, patches, patches] score buffer (the softmax runs in place in it) and three
+# [frames, patches, vision_intermediate] buffers: fc1's output, FastGelu's output and FastGelu's scratch.
+ORT_CPU_VISION_MLP_BUFFERS = 3
+
+
 def vision_activation_bytes(
     s: ModelShape, frames: int, patches_per_frame: int, out_rows: int, act_bytes: int, fused_attention: bool
 ) -> dict[str, int]:
     """Peak live bytes of one vision call over `frames` frames of `patches_per_frame` patches each, with
-    `out_rows` projected rows of width `hidden` alive at the end.
+    `out_rows` projected rows of width `hidden` alive at the end, plus the call's fp32 input patches.
 
-    Live at the peak of one encoder layer: the fp32 input patches, residual + normed stream, then either
-    q/k/v/out (+ the [frames, heads, n, n] scores and softmax, unless attention is fused) or the MLP hidden
-    twice (fc1 out, gelu out); plus the projected output rows.
+    fused_attention (GPU engines): at the peak of one encoder layer, the residual + normed stream, then either
+    q/k/v/out or the MLP hidden twice (fc1 out, gelu out). Unfused (onnxruntime on a CPU): onnxruntime's
+    allocation plan as measured (ORT_CPU_VISION_*), the score buffer included.
     """
     if frames == 0:
         return {"total": 0, "attention_scores_unfused": 0}
     t, n = frames, patches_per_frame
     patches = t * n * s.patch_dim * 4
-    stream = 2 * t * n * s.vision_hidden * act_bytes
-    scores = 2 * t * s.vision_heads * n * n * act_bytes
-    attn = 4 * t * n * s.vision_hidden * act_bytes + (0 if fused_attention else scores)
-    mlp = 2 * t * n * s.vision_intermediate * act_bytes
+    h = t * n * s.vision_hidden * act_bytes
+    score = t * s.vision_heads * n * n * act_bytes
+    mlp = t * n * s.vision_intermediate * act_bytes
     out = out_rows * s.hidden * act_bytes
-    return {"total": patches + stream + max(attn, mlp) + out, "attention_scores_unfused": scores}
+    if fused_attention:
+        body = 2 * h + max(4 * h, 2 * mlp)
+    else:
+        body = int(ORT_CPU_VISION_STREAM_BUFFERS * h) + score + ORT_CPU_VISION_MLP_BUFFERS * mlp
+    return {"total": patches + body + out, "attention_scores_unfused": score}
 
 
 def prefill_activation_bytes(

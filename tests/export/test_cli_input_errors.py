@@ -89,11 +89,12 @@ def test_checkpoint_and_config_errors_exit_2(ckpt_qwen2: Path, tmp_path: Path, c
 
 
 def test_build_prints_no_third_party_notices(tmp_path: Path) -> None:
-    """A whole CLI build (tiny, one layer) as a user runs it: stdout says where the bundle is, stderr is empty
-    (torch.onnx warned once per torchvision op it could not register, four lines per piece, on every build)."""
+    """A whole CLI build (tiny, one layer) as a user runs it with -q: stdout says where the bundle is, stderr is
+    empty (torch.onnx warned once per torchvision op it could not register, four lines per piece, on every build).
+    Without -q, tests/export/test_progress_cli.py checks every stderr line is one of the progress lines."""
     out = tmp_path / "b"
     r = subprocess.run(
-        [sys.executable, "-c", "from huluexport.cli import main; main()", "build", "--size", "tiny",
+        [sys.executable, "-c", "from huluexport.cli import main; main()", "-q", "build", "--size", "tiny",
          "--random-weights", "--layers", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=900, check=False, env={**os.environ, "PYTHONWARNINGS": ""},
     )

@@ -136,6 +136,48 @@ def test_nifti_slices_equal_the_whole_volume_reader(name: str, axis: int, tmp_pa
         np.testing.assert_array_equal(got, _reference_nifti(path, axis, profile, k))
 
 
+@pytest.mark.parametrize("inflate", ["isal", "zlib"])
+def test_nifti_gz_both_inflaters_give_get_fdata_slices(inflate: str, tmp_path: Path, monkeypatch) -> None:
+    """A .nii.gz goes through ISA-L's inflate where python-isal is installed and through nibabel's zlib reader
+    where it is not: both give the whole-volume reader's slices, 4-D singleton volumes included, and both
+    refuse a cut-short file in one line."""
+    from hulurt.media import nifti
+
+    if inflate == "isal":
+        assert nifti._igzip() is not None, "python-isal is pinned in requirements/dev.txt"
+    else:
+        monkeypatch.setattr(nifti, "_igzip", lambda: None)
+    scaled = _scaled_nii(tmp_path)
+    four = tmp_path / "four.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(5).normal(size=(20, 18, 16, 1)).astype(np.float32), np.eye(4)), four)
+    for path in (scaled, four):
+        for axis in (0, 1, 2):
+            got = md.load_nifti(path, axis=axis, num_slices=5).frames[..., 0]
+            np.testing.assert_array_equal(got, _reference_nifti(path, axis, "hf", 5))
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(scaled.read_bytes()[: scaled.stat().st_size // 2])
+    with pytest.raises(md.CorruptInputError) as e:
+        md.load_nifti(cut)
+    _one_line(e, cut, "cannot read NIfTI volume")
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8, np.int8])
+def test_nifti_small_int_table_equals_the_float_formula(dtype: type, tmp_path: Path) -> None:
+    """Unscaled 8/16-bit voxels go through the per-slice lookup table: equal to the float64 formula, a
+    constant slice included (hf: zeros; original: upstream's wrapped cast)."""
+    info = np.iinfo(dtype)
+    vol = np.random.default_rng(7).integers(info.min, int(info.max) + 1, (24, 20, 16)).astype(dtype)
+    vol[:, :, 4] = info.max - 3  # constant slice
+    vol[:, :, 6] = np.clip(vol[:, :, 6], info.min, info.min + 2)  # three values only
+    p = tmp_path / "ints.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), p)
+    assert nib.load(str(p)).dataobj.slope == 1.0
+    for profile in ("hf", "original"):
+        for axis in (0, 1, 2):
+            got = md.load_nifti(p, profile=profile, axis=axis).frames[..., 0]
+            np.testing.assert_array_equal(got, _reference_nifti(p, axis, profile, None))
+
+
 def test_nifti_num_slices_above_the_bundle_frames_refused(tmp_path: Path) -> None:
     p = tmp_path / "v.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 20, 30)).astype(np.float32), np.eye(4)), p)

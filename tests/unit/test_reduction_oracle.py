@@ -91,3 +91,19 @@ def test_kept_rows_and_positions_apply_one_mask() -> None:
     assert stay.tolist() == [True, True, True, True, False, True, False, True]
     with pytest.raises(ValueError, match="5 image ids"):
         kept_positions(ids[2:], 9, keep)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp32"])
+@pytest.mark.parametrize("pass_values", [1, 3 * 7 * 12 + 1, 10**9])
+def test_diffs_in_passes_equal_the_whole_input(mode: str, pass_values: int, monkeypatch) -> None:
+    """frame_token_diffs works a few frames per pass (bounded memory on a thin-slice CT): one frame per pass,
+    three, or all at once give the same bits."""
+    from hulurt import reduction
+
+    x = _pixel_frames(np.random.default_rng(11), 10, 7, 12)
+    whole = frame_token_diffs(x, mode)
+    monkeypatch.setattr(reduction, "DIFF_PASS_VALUES", pass_values)
+    got = frame_token_diffs(x, mode)
+    assert got.shape == (9, 7) and got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), whole.view(np.uint32))
+    assert frame_token_diffs(x[:1], mode).shape == (0, 7)

@@ -70,6 +70,9 @@ class BackendOptions:
     trt_cache_dir: str | None = None
     engines_dir: str | None = None  # trt-native: engine directory (default: BUNDLE/engines/ matching this TensorRT)
     cuda_graph: bool = False  # CUDA EP: enable_cuda_graph (hulurt.static_decode captures the decode step)
+    # hand the memory of a call's activations back after every call (onnxruntime: arena shrinkage), so the next
+    # piece can use it; for pieces called a few times with big activations (the vision graph's frame batches)
+    release_after_run: bool = False
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:

@@ -85,12 +85,19 @@ def provider_list(name: str, options: BackendOptions, path: Path | None = None) 
 
 def session_options(options: BackendOptions) -> Any:
     """Latency-tuned: full graph optimisation, one request at a time (sequential execution, one inter-op
-    thread), intra-op threads as asked, spinning kept on so the short decode steps do not pay thread wake-ups."""
+    thread), intra-op threads as asked, spinning kept on so the short decode steps do not pay thread wake-ups;
+    memory patterns off (below)."""
     ort = _ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.inter_op_num_threads = 1
+    # No memory patterns: onnxruntime records the allocations of each new set of input shapes and, from the
+    # next call with those shapes on, holds one block for them on top of the arena that served the first call.
+    # A volume's vision batches (and the decode steps, whose past grows every step) keep that block resident:
+    # a second 16-frame vision call of the 160-slice CT grew RSS by 0.70 GiB with patterns and by 0 without,
+    # both calls ~0.80 GiB above the session (benchmarks/results/volume_160.md).
+    so.enable_mem_pattern = False
     if options.threads:
         so.intra_op_num_threads = options.threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
@@ -115,6 +122,15 @@ class OrtSession:
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BackendError(f"{path}: onnxruntime could not load this graph: {exc}") from exc
+        self._run_options = None
+        if options.release_after_run:
+            # onnxruntime's arena keeps the peak of a call (a 16-frame vision batch of the 160-slice CT: 0.80 GiB
+            # above the session, RSS unchanged after the call); shrinkage returns its free regions at the end of
+            # each call, so the decoder's prefill runs in the memory the vision calls used
+            # (benchmarks/results/volume_160.md)
+            self._run_options = ort.RunOptions()
+            arenas = ["cpu:0"] + ([f"gpu:{options.device_id}"] if self.provider == "cuda" else [])
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", ";".join(arenas))
         self._inputs = [i.name for i in self._sess.get_inputs()]
         self._outputs = [o.name for o in self._sess.get_outputs()]
         log.info("opened %s on %s (%s)", path.name, self.provider, self._sess.get_providers()[0])
@@ -151,7 +167,7 @@ class OrtSession:
         return list(self._outputs)
 
     def run(self, feeds: dict[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]:
-        outs = self._sess.run(None, feeds)
+        outs = self._sess.run(None, feeds, self._run_options)
         return dict(zip(self._outputs, outs))
 
     # ---- IO binding (GPU providers): inputs may be OrtValues already on the device ------------------
