@@ -10,6 +10,8 @@ terms, the session settings in runtime/hulurt/backends/ort.py and the token redu
    hulurt opens the vision piece with).
 3. The token reduction's keep mask over the 160-slice CT's patches ([160, 100, 2352] fp32, bf16 mode): traced
    peak (numpy allocations, tracemalloc) with the whole input in one pass and in the default passes.
+4. Opening the bundle's sessions with hulurt's session options: RSS before, peak and after each piece,
+   with onnxruntime's weight prepacking on (hulurt's setting) and off (`session.disable_prepacking`).
 
 Each case runs in a fresh process. Writes benchmarks/results/volume_memory.{md,json}:
 
@@ -116,6 +118,32 @@ print(json.dumps({"passes": "one" if one_pass else "default", "peak": tracemallo
 """
 
 
+LOAD = r"""
+import json, sys, threading, time
+import onnxruntime as ort
+from hulurt.backends.base import BackendOptions
+from hulurt.backends.ort import session_options
+bundle, variant = sys.argv[1], sys.argv[2]
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+keep, rows = [], []
+for piece in ("vision", "embed", "decoder"):
+    so = session_options(BackendOptions(provider="cpu"))
+    if variant == "off":
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    peak, stop = [0], [False]
+    def sample():
+        while not stop[0]:
+            peak[0] = max(peak[0], rss()); time.sleep(0.005)
+    th = threading.Thread(target=sample); th.start(); before = rss()
+    keep.append(ort.InferenceSession(f"{bundle}/{piece}.onnx", sess_options=so, providers=["CPUExecutionProvider"]))
+    stop[0] = True; th.join()
+    rows.append({"piece": piece, "before": before, "peak": max(peak[0], rss()), "after": rss()})
+print(json.dumps({"prepacking": variant, "rows": rows}))
+"""
+
+
 def child(code: str, *args: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=1200,
                          check=False)
@@ -137,11 +165,12 @@ def main() -> int:
     prof = [child(PROFILE, str(a.bundle), str(f), str(a.out.parent / f"prof{f}")) for f in (1, 4, 16)]
     rss = [child(RSS, str(a.bundle), m) for m in ("default", "nopattern", "shrink")]
     red = [child(REDUCTION, m) for m in ("one", "default")]
+    load = [child(LOAD, str(a.bundle), v) for v in ("on", "off")]
     import onnxruntime
 
     doc = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "onnxruntime": onnxruntime.__version__,
            "bundle": str(a.bundle), "load_before": load_before, "load_after": os.getloadavg(), "profile": prof,
-           "rss": rss, "reduction": red}
+           "rss": rss, "reduction": red, "load": load}
     lines = [
         "# Where a volume request's memory goes (onnxruntime CPU)",
         "",
@@ -188,6 +217,16 @@ def main() -> int:
                      f"| {mib(r['peak'])} | {r['seconds']:.2f} | {r['kept']} |")
     if (red[0]["kept"], red[0]["mask"]) != (red[1]["kept"], red[1]["mask"]):
         raise SystemExit("the passes changed the keep mask")
+    lines += ["", "## 4. Opening the sessions (GiB of process RSS)", "",
+              ("hulurt opens the pieces in this order with its session options. With prepacking on (hulurt's "
+               "setting), opening the decoder makes its weights resident and peaks above that while it does; with "
+               "it off, opening reads no weight (the pages of the external data are touched only when a run uses "
+               "them), which moves the cost into the first request."), "",
+              "| prepacking | piece | RSS before | peak while opening | after |", "|---|---|---|---|---|"]
+    for v in load:
+        for r in v["rows"]:
+            lines.append(f"| {v['prepacking']} | {r['piece']} | {r['before'] / 2**30:.2f} | {r['peak'] / 2**30:.2f} "
+                         f"| {r['after'] / 2**30:.2f} |")
     a.out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
     a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
