@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from hulurt.reduction import kept_rows
 from huluexport.config import HuluConfig
 from huluexport.errors import ManifestError
 from huluexport.export.bundle_reference import reference_for_bundle
+from huluexport.progress import phase  # (not the module: verify() has a `progress` argument)
 from huluexport.tolerances import Tolerance, get
 
 log = logging.getLogger(__name__)
@@ -250,13 +252,16 @@ def _reference_pass(m: rt.Manifest, model: Any, cfg: HuluConfig, steps: int, see
     from huluexport.reference.model import VisualInput
 
     vision = []
-    for i, case in enumerate(CASES):
-        patches = case_patches(case, m.dims.patch_dim, seed + i)
-        vis = VisualInput(patches, case.grid, case.merge, case.modal)
-        with torch.no_grad():
-            want = model.encode(vis).numpy()  # (T, G, H)
-        keep = model.keep_mask(vis)  # host-side token reduction (the runtime's job too)
-        vision.append((case, vis, patches, want, keep))
+    with phase("reference: vision", total=len(CASES), unit="cases") as ph:
+        for i, case in enumerate(CASES):
+            ph.note(case.name)
+            patches = case_patches(case, m.dims.patch_dim, seed + i)
+            vis = VisualInput(patches, case.grid, case.merge, case.modal)
+            with torch.no_grad():
+                want = model.encode(vis).numpy()  # (T, G, H)
+            keep = model.keep_mask(vis)  # host-side token reduction (the runtime's job too)
+            vision.append((case, vis, patches, want, keep))
+            ph.advance()
 
     rng = np.random.default_rng(seed)
     t = cfg.tokens
@@ -273,8 +278,9 @@ def _reference_pass(m: rt.Manifest, model: Any, cfg: HuluConfig, steps: int, see
         "text-only": ([t.im_start, *text(6)], []),
     }
     out = {}
-    with torch.no_grad():
+    with torch.no_grad(), phase("reference: prefill + decode", total=len(prompts), unit="prompts") as ph:
         for pname, (ids, vis_list) in prompts.items():
+            ph.note(pname)
             prep = model.prepare_inputs(ids, vis_list)
             run = model.steps(prep)  # greedy: each step fed the previous argmax
             first = next(run)
@@ -295,6 +301,7 @@ def _reference_pass(m: rt.Manifest, model: Any, cfg: HuluConfig, steps: int, see
                 np.concatenate(step_logits) if step_logits else prefill[:0],
                 tokens,
             )
+            ph.advance()
     return vision, out
 
 
@@ -313,16 +320,19 @@ def verify(
     t0 = time.perf_counter()
     from huluexport.export.graph_io import check_graphs
 
-    m = rt.load_manifest(bundle, verify_hashes=verify_hashes)
-    check_graphs(m)  # the manifest's dims are the graphs' own, before the reference is sized from them
-    cfg, model = reference_for_bundle(m, checkpoint)
+    with phase("check the bundle" + (" (sha256)" if verify_hashes else "")):
+        m = rt.load_manifest(bundle, verify_hashes=verify_hashes)
+        check_graphs(m)  # the manifest's dims are the graphs' own, before the reference is sized from them
+    with phase("reference model (PyTorch, fp32)"):
+        cfg, model = reference_for_bundle(m, checkpoint)
     say = progress or (lambda s: log.info("%s", s))
     vision, prompts = _reference_pass(m, model, cfg, steps, seed)
     del model
     gc.collect()
     say("reference done")
 
-    runner = BundleRunner(m)
+    with phase("open the bundle (onnxruntime)"):
+        runner = BundleRunner(m)
     prec = m.precision
     # per piece: a quantized bundle's decoder is "int4"/"int8" while the others stay at the bundle's precision
     # a QDQ int4 decoder (quantize --format qdq) has its own entry: "int4-qdq"
@@ -333,81 +343,88 @@ def verify(
         if p in m.pieces
     }
     need = max(r.inputs_embeds.shape[1] for r in prompts.values()) + steps
-    gqa = _gqa_decoder(m, need) if "decoder_gqa" in m.pieces else None
+    with phase("open decoder_gqa (onnxruntime)") if "decoder_gqa" in m.pieces else nullcontext():
+        gqa = _gqa_decoder(m, need) if "decoder_gqa" in m.pieces else None
     rows: list[Row] = []
     bundle_rows, ref_rows = [], []
-    for case, _vis, patches, want, keep in vision:  # compared before any compaction
-        got = runner.vision(patches, case)
-        rows.append(compare("vision", case.name, "visual_embeds", got, want, tol["vision"]))
-        bundle_rows.append(kept_rows(got, keep))
-        ref_rows.append(kept_rows(want, keep))
-        say(case.name)
-
+    with phase("bundle: vision rows", total=len(vision), unit="cases") as ph:
+        for case, _vis, patches, want, keep in vision:  # compared before any compaction
+            ph.note(case.name)
+            got = runner.vision(patches, case)
+            rows.append(compare("vision", case.name, "visual_embeds", got, want, tol["vision"]))
+            bundle_rows.append(kept_rows(got, keep))
+            ref_rows.append(kept_rows(want, keep))
+            say(case.name)
+            ph.advance()
     none = np.zeros((0, m.dims.hidden), np.float32)
     tokens_ref: dict[str, list[int]] = {}
     tokens_bundle: dict[str, list[int]] = {}
-    for pname, ref in prompts.items():
-        # embed alone: fed the reference's visual rows, so only the gather/scatter is compared
-        emb = runner.embed(ref.input_ids, np.concatenate(ref_rows) if ref.has_visual else none)
-        rows.append(compare("embed", pname, "inputs_embeds", emb, ref.inputs_embeds, tol["embed"]))
-        # end to end: the bundle's own visual rows feed its embed and decoder
-        emb = runner.embed(ref.input_ids, np.concatenate(bundle_rows) if ref.has_visual else none)
-        if gqa is not None:  # the gqa-static form (decoder_gqa.onnx) on the same embeddings, same steps
-            got_rows, got_tok = _gqa_pass(gqa, emb, ref.tokens[:steps])
-            rows.append(compare("decoder_gqa", f"{pname} prefill", "logits", got_rows[:1], ref.prefill_logits,
-                                tol["decoder_gqa"], logits=True))
-            if steps:
-                rows.append(compare("decoder_gqa", f"{pname} decode x{steps}", "logits", got_rows[1:],
-                                    ref.step_logits, tol["decoder_gqa"], logits=True))
-            tokens_ref[f"{pname} gqa-static"], tokens_bundle[f"{pname} gqa-static"] = ref.tokens, got_tok
-        if "decoder" not in m.pieces:
-            say(pname)
-            continue
-        cache = runner.gen.new_cache(emb.shape[1] + steps)
-        logits = runner.gen.decode(emb, 0, cache)
-        rows.append(
-            compare(
-                "decoder",
-                f"{pname} prefill",
-                "logits",
-                logits,
-                ref.prefill_logits,
-                tol["decoder"],
-                logits=True,
-            )
-        )
-        rows.append(
-            compare(
-                "decoder",
-                f"{pname} prefill",
-                "present.*",
-                np.concatenate([np.asarray(p).ravel() for p in cache.feeds().values()]),
-                ref.prefill_present,
-                tol["decoder"],
-            )
-        )
-        # decode teacher-forced with the reference's greedy tokens: bundle argmax == reference token at every
-        # step <=> the bundle's own greedy run produces the same tokens
-        got_tok = [int(logits[0].argmax())]
-        step_got = []
-        for tok in ref.tokens[:steps]:
-            e = runner.embed(np.array([tok], np.int64), none)
-            logits = runner.gen.decode(e, cache.length, cache)
-            step_got.append(logits)
-            got_tok.append(int(logits[0].argmax()))
-        if steps:
+    with phase("bundle: embed + decoder rows", total=len(prompts), unit="prompts") as ph:
+        for pname, ref in prompts.items():
+            ph.note(pname)
+            # embed alone: fed the reference's visual rows, so only the gather/scatter is compared
+            emb = runner.embed(ref.input_ids, np.concatenate(ref_rows) if ref.has_visual else none)
+            rows.append(compare("embed", pname, "inputs_embeds", emb, ref.inputs_embeds, tol["embed"]))
+            # end to end: the bundle's own visual rows feed its embed and decoder
+            emb = runner.embed(ref.input_ids, np.concatenate(bundle_rows) if ref.has_visual else none)
+            if gqa is not None:  # the gqa-static form (decoder_gqa.onnx) on the same embeddings, same steps
+                got_rows, got_tok = _gqa_pass(gqa, emb, ref.tokens[:steps])
+                rows.append(compare("decoder_gqa", f"{pname} prefill", "logits", got_rows[:1], ref.prefill_logits,
+                                    tol["decoder_gqa"], logits=True))
+                if steps:
+                    rows.append(compare("decoder_gqa", f"{pname} decode x{steps}", "logits", got_rows[1:],
+                                        ref.step_logits, tol["decoder_gqa"], logits=True))
+                tokens_ref[f"{pname} gqa-static"], tokens_bundle[f"{pname} gqa-static"] = ref.tokens, got_tok
+            if "decoder" not in m.pieces:
+                say(pname)
+                ph.advance()
+                continue
+            cache = runner.gen.new_cache(emb.shape[1] + steps)
+            logits = runner.gen.decode(emb, 0, cache)
             rows.append(
                 compare(
                     "decoder",
-                    f"{pname} decode x{steps}",
+                    f"{pname} prefill",
                     "logits",
-                    np.concatenate(step_got),
-                    ref.step_logits,
+                    logits,
+                    ref.prefill_logits,
                     tol["decoder"],
                     logits=True,
                 )
             )
-        tokens_ref[pname], tokens_bundle[pname] = ref.tokens, got_tok
-        say(pname)
+            rows.append(
+                compare(
+                    "decoder",
+                    f"{pname} prefill",
+                    "present.*",
+                    np.concatenate([np.asarray(p).ravel() for p in cache.feeds().values()]),
+                    ref.prefill_present,
+                    tol["decoder"],
+                )
+            )
+            # decode teacher-forced with the reference's greedy tokens: bundle argmax == reference token at every
+            # step <=> the bundle's own greedy run produces the same tokens
+            got_tok = [int(logits[0].argmax())]
+            step_got = []
+            for tok in ref.tokens[:steps]:
+                e = runner.embed(np.array([tok], np.int64), none)
+                logits = runner.gen.decode(e, cache.length, cache)
+                step_got.append(logits)
+                got_tok.append(int(logits[0].argmax()))
+            if steps:
+                rows.append(
+                    compare(
+                        "decoder",
+                        f"{pname} decode x{steps}",
+                        "logits",
+                        np.concatenate(step_got),
+                        ref.step_logits,
+                        tol["decoder"],
+                        logits=True,
+                    )
+                )
+            tokens_ref[pname], tokens_bundle[pname] = ref.tokens, got_tok
+            say(pname)
+            ph.advance()
     seen = {k: tuple(sorted(v)) for k, v in runner.seen.items()}
     return Report(Path(bundle), prec, tuple(rows), tokens_ref, tokens_bundle, time.perf_counter() - t0, seen)

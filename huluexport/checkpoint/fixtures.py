@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from huluexport import progress
 from huluexport.checkpoint.names import LAYOUTS, LM_HEAD, checkpoint_name
 from huluexport.config import SIZES, HuluConfig, TokenConfig, slice_layers
 from huluexport.errors import ConfigError
@@ -281,6 +282,7 @@ def write_checkpoint(
     layers: int | None = None,
     use_token_compression: bool | None = None,
     workers: int = 2,
+    cfg: HuluConfig | None = None,
 ) -> Path:
     """Write a random Hulu-Med checkpoint directory in the real layout and return its path.
 
@@ -289,6 +291,8 @@ def write_checkpoint(
     pytorch_model.bin, no vision_encoder_config (the vision config sits in ./siglip-navit/config.json, as the
     separate encoder directory upstream points to), model_type hulumed_qwen2 even for Qwen3.
     lm_head: "auto" stores it iff the config is untied; "stored"/"absent" force it (tie flag unchanged).
+    cfg: written instead of the preset (size, decoder, layers then only name it), e.g. a tiny model deeper
+    than the preset's 2 layers.
     The hf shards are streamed (huluexport/checkpoint/stream_writer.py: bounded memory, `workers` threads),
     so any size can be written at full depth; the original layout's pytorch_model.bin is made in memory.
     A marker file (OUTPUT_MARKER) says the directory is this writer's output (init-checkpoint may replace it).
@@ -307,7 +311,7 @@ def write_checkpoint(
             f"--size {size} --layout original: pytorch_model.bin is written from memory (tens of GB at full "
             "depth); pass --layers N, or use --layout hf (streamed shards)"
         )
-    cfg = fixture_config(size, decoder, layers, full_depth=layout == "hf")
+    cfg = cfg or fixture_config(size, decoder, layers, full_depth=layout == "hf")
     if use_token_compression is not None:
         cfg = cfg.replace(reduction=dataclasses.replace(cfg.reduction, enabled=use_token_compression))
     stored = (not cfg.decoder.tie_embeddings) if lm_head == "auto" else lm_head == "stored"
@@ -323,9 +327,11 @@ def write_checkpoint(
     else:
         from huluexport.checkpoint.random_weights import random_state
 
-        state = random_state(cfg, seed, lm_head=stored)
-        tensors = {checkpoint_name(ref, layout): t.to(dtypes[dtype]).contiguous() for ref, t in state.items()}
-        torch.save(tensors, str(out / "pytorch_model.bin"))
+        with progress.phase("write pytorch_model.bin", unit="B") as step:
+            state = random_state(cfg, seed, lm_head=stored)
+            tensors = {checkpoint_name(ref, layout): t.to(dtypes[dtype]).contiguous() for ref, t in state.items()}
+            torch.save(tensors, str(out / "pytorch_model.bin"))
+            step.advance((out / "pytorch_model.bin").stat().st_size)
         vdir = out / ORIGINAL_VISION_DIR
         vdir.mkdir(exist_ok=True)
         _write_json(vdir / "config.json", _vision_json(cfg))
@@ -343,7 +349,8 @@ def write_checkpoint(
             "repetition_penalty": 1.05,
         },
     )
-    write_tokenizer(out, cfg.tokens)
+    with progress.phase("tokenizer"):
+        write_tokenizer(out, cfg.tokens)
     _write_json(out / OUTPUT_MARKER, {"tool": "huluexport init-checkpoint", "size": cfg.name, "seed": seed,
                                       "layout": layout, "dtype": dtype})
     log.info(
@@ -381,13 +388,15 @@ def _write_shards(out: Path, cfg: HuluConfig, seed: int, dtype: Any, stored: boo
         for k, names in enumerate(shards)
     }
     weight_map = {n: path.name for path, tensors in files.items() for n, _ in tensors}
-    write_files(
-        files,
-        lambda name, shape: random_chunks(refs[name], shape, seed),
-        dtype,
-        metadata={"format": "pt"},
-        workers=workers,
-    )
+    with progress.phase(f"write {len(files)} safetensors shards", total=sum(nbytes.values()), unit="B") as step:
+        write_files(
+            files,
+            lambda name, shape: random_chunks(refs[name], shape, seed),
+            dtype,
+            metadata={"format": "pt"},
+            workers=workers,
+            done=step.advance,
+        )
     _write_json(
         out / "model.safetensors.index.json",
         {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map},

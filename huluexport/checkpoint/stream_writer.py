@@ -75,9 +75,11 @@ def write_files(
     *,
     metadata: dict[str, str] | None = None,
     workers: int = 2,
+    done: Callable[[int], None] | None = None,
 ) -> None:
     """Write each safetensors file of `files` (path -> [(tensor name, shape)]); `chunks(name, shape)` yields the
-    tensor's values flattened, in pieces (any float dtype, cast to `dtype` here). Files must not exist."""
+    tensor's values flattened, in pieces (any float dtype, cast to `dtype` here). Files must not exist.
+    `done(nbytes)` is called after each piece is written, from the writer threads (a progress phase's advance)."""
     fds: list[int] = []
     jobs: list[_Job] = []
     try:
@@ -91,7 +93,7 @@ def write_files(
             for name, shape in tensors:
                 begin, end = spans[name]
                 jobs.append(_Job(fd, name, tuple(shape), len(head) + begin, end - begin))
-        _run(jobs, chunks, dtype, max(1, workers))
+        _run(jobs, chunks, dtype, max(1, workers), done or _ignore)
         for fd in fds:
             os.fsync(fd)
     finally:
@@ -99,7 +101,11 @@ def write_files(
             os.close(fd)
 
 
-def _run(jobs: list[_Job], chunks: Chunks, dtype: torch.dtype, workers: int) -> None:
+def _ignore(nbytes: int) -> None:
+    pass
+
+
+def _run(jobs: list[_Job], chunks: Chunks, dtype: torch.dtype, workers: int, done: Callable[[int], None]) -> None:
     lock = threading.Lock()
     todo = iter(jobs)
     failed = threading.Event()
@@ -112,7 +118,7 @@ def _run(jobs: list[_Job], chunks: Chunks, dtype: torch.dtype, workers: int) -> 
             if job is None:
                 return
             try:
-                out = _write_tensor(job, chunks, dtype, out)
+                out = _write_tensor(job, chunks, dtype, out, done)
             except BaseException:
                 failed.set()
                 raise
@@ -123,7 +129,9 @@ def _run(jobs: list[_Job], chunks: Chunks, dtype: torch.dtype, workers: int) -> 
             f.result()
 
 
-def _write_tensor(job: _Job, chunks: Chunks, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor | None:
+def _write_tensor(
+    job: _Job, chunks: Chunks, dtype: torch.dtype, out: torch.Tensor | None, done: Callable[[int], None]
+) -> torch.Tensor | None:
     pos = job.offset
     for piece in chunks(job.name, job.shape):
         piece = piece.reshape(-1)
@@ -134,6 +142,7 @@ def _write_tensor(job: _Job, chunks: Chunks, dtype: torch.dtype, out: torch.Tens
         raw = piece.contiguous().view(torch.uint8).numpy()
         _pwrite_all(job.fd, memoryview(raw), pos)
         pos += raw.nbytes
+        done(raw.nbytes)
     if pos != job.offset + job.nbytes:
         raise RuntimeError(f"tensor {job.name!r}: wrote {pos - job.offset} bytes; its header says {job.nbytes}")
     return out

@@ -92,8 +92,12 @@ def register(group: click.Group) -> None:
         overwrite: bool,
     ) -> None:
         """Write a random checkpoint: config.json, sharded weights + index, tokenizer and side files."""
+        from huluexport import progress
         from huluexport.checkpoint.fixtures import write_checkpoint
         from huluexport.export.staging import staged
+
+        with progress.phase("load torch"):
+            import torch  # noqa: F401  (seconds; write_checkpoint needs it)
 
         # overwrite=True: which existing --out may be replaced is decided by `replaceable`, not the bundle rule
         with staged(out, (), overwrite=True, replaceable=replaceable(overwrite)) as tmp:

@@ -48,4 +48,6 @@ def engines_cmd(target: str | None, args: tuple[str, ...]) -> None:
         ns = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or argparse's own usage error (it printed the message)
         raise click.exceptions.Exit(int(exc.code or 0)) from None
-    run(ns, echo=click.echo)
+    from huluexport import progress
+
+    run(ns, echo=click.echo, phase=progress.phase)

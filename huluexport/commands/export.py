@@ -106,6 +106,8 @@ def register(group: click.Group) -> None:
     help=HELP["decoder_form"],
 )
 @click.option("--trt-check", is_flag=True, help=HELP["trt_check"])
+@click.option("--trace-all-layers", is_flag=True, hidden=True,
+              help="Trace every layer instead of cloning layer 1 of a 3-layer trace (slower; for comparisons).")
 def build_cmd(
     checkpoint: str | None,
     revision: str | None,
@@ -123,6 +125,7 @@ def build_cmd(
     dump_dir: Path | None,
     decoder_forms: tuple[str, ...],
     trt_check: bool,
+    trace_all_layers: bool,
 ) -> None:
     import logging
 
@@ -149,6 +152,7 @@ def build_cmd(
         overwrite=overwrite,
         dump_dir=dump_dir,
         decoder_forms=tuple(dict.fromkeys(decoder_forms)),
+        trace_all_layers=trace_all_layers,
     )
     path = build(opts)
     click.echo(f"bundle: {path}")
@@ -175,8 +179,11 @@ def inspect_cmd(bundle: Path, no_hash: bool) -> None:
 @click.option("--steps", type=click.IntRange(min=0), default=16, show_default=True, help=HELP["steps"])
 @click.option("--no-hash", is_flag=True, help=HELP["no_hash"])
 def verify_cmd(bundle: Path, checkpoint: str | None, steps: int, no_hash: bool) -> None:
+    from huluexport import progress
     from huluexport.errors import ParityError
-    from huluexport.validate import verify
+
+    with progress.phase("load the reference (torch) and onnxruntime"):
+        from huluexport.validate import verify
 
     report = verify(bundle, checkpoint, steps=steps, verify_hashes=not no_hash)
     click.echo(report.table())
@@ -221,7 +228,10 @@ def trt_check_cmd(bundle: Path, engines: Path | None) -> None:
 def quantize_cmd(
     bundle: Path, out: Path, bits: str, block_size: str | None, fmt: str, accuracy_level: str, overwrite: bool
 ) -> None:
-    from huluexport.export.quantize import QuantizeOptions, quantize
+    from huluexport import progress
+
+    with progress.phase("load the quantizer (onnx, onnxruntime)"):
+        from huluexport.export.quantize import QuantizeOptions, quantize
 
     opts = QuantizeOptions(
         src=bundle,

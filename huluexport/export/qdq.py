@@ -24,8 +24,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from hulurt import manifest as rt
 
+from huluexport import progress
 from huluexport.errors import ConfigError, ExportError
-from huluexport.export.pipeline import INLINE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,17 @@ def dequantize(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
 def quantize_graph(model: onnx.ModelProto, base_dir: Path, block: int) -> tuple[onnx.ModelProto, int]:
     """Rewrite every candidate matmul (see the module docstring); returns the model and how many were rewritten.
     Weights are read one matrix at a time from the external data file."""
-    from huluexport.export.quantize import initializers_and_uses, matmul_weight, read_weight, replace_weights
+    from huluexport.export.quantize import (
+        count_candidates,
+        initializers_and_uses,
+        matmul_weight,
+        read_weight,
+        replace_weights,
+    )
 
     graph = model.graph
     inits, uses = initializers_and_uses(graph)
+    step = count_candidates(graph, inits, uses)
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     consumed: set[str] = set()
@@ -129,6 +136,7 @@ def quantize_graph(model: onnx.ModelProto, base_dir: Path, block: int) -> tuple[
             new_nodes.append(node)
             continue
         w = inits[node.input[1]]
+        step.note(w.name)
         arr = read_weight(w, base_dir)  # Gemm(transB=1) holds [N, K]
         qname, sname, dname = f"{w.name}_int4", f"{w.name}_scale", f"{w.name}_dq"
         packed, scale = quantize_streamed(arr, bool(transposed), block, w.name, arr.dtype)
@@ -141,6 +149,7 @@ def quantize_graph(model: onnx.ModelProto, base_dir: Path, block: int) -> tuple[
         )
         new_nodes.append(onnx.helper.make_node("MatMul", [node.input[0], dname], list(node.output), name=node.name))
         consumed.add(w.name)
+        step.advance()
     replace_weights(graph, new_nodes, new_inits, consumed, base_dir)
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx") and o.version < OPSET:
@@ -169,8 +178,11 @@ def quantize_piece(src: Path, dst: Path, entry: rt.PieceEntry, block: int) -> di
         model = onnx.load(str(path), load_external_data=False)
     except (OSError, ValueError, DecodeError) as exc:
         raise ExportError(f"{path}: cannot load the graph ({exc})") from None
+    from huluexport.export.quantize import save_piece
+
     try:
-        model, rewritten = quantize_graph(model, src, block)
+        with progress.phase(f"{entry.file}: quantize to int4 (QDQ)", unit="matrices"):
+            model, rewritten = quantize_graph(model, src, block)
     except (OSError, ValueError) as exc:
         raise ExportError(
             f"{path}: cannot read its external weights ({exc}); check the bundle with `huluexport inspect`"
@@ -178,12 +190,7 @@ def quantize_piece(src: Path, dst: Path, entry: rt.PieceEntry, block: int) -> di
     if rewritten == 0:
         raise ExportError(f"{path}: no MatMul with a constant weight was quantized; is this a huluexport graph?")
     data = f"{entry.file}.data"
-    onnx.save_model(model, str(dst / entry.file), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data, size_threshold=INLINE_BYTES)
-    for f in (dst / entry.file, dst / data):
-        if f.exists():
-            f.chmod(0o644)
-    q_bytes = (dst / data).stat().st_size if (dst / data).exists() else 0
+    q_bytes = save_piece(model, dst, entry.file, data)
     seconds = time.perf_counter() - t0
     log.info("quantize qdq: %s: %d matrices -> int4 block %d, %.2f GB (%.1f s)", entry.file, rewritten, block,
              q_bytes / 1e9, seconds)

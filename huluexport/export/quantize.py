@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from hulurt import manifest as rt
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
+from huluexport import progress
 from huluexport.errors import ConfigError, ExportError, ManifestError
 from huluexport.export.manifest import list_files, tool_versions, write_manifest
 from huluexport.export.pipeline import INLINE_BYTES
@@ -164,6 +165,15 @@ def matmul_weight(
     return attrs.get("transB", 0) == 1
 
 
+def count_candidates(
+    graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], uses: dict[str, int]
+) -> progress.Phase:
+    """The caller's progress phase, its total set to the number of matmul weights a quantizer will rewrite."""
+    step = progress.current()
+    step.set_total(sum(matmul_weight(n, inits, uses) is not None for n in graph.node))
+    return step
+
+
 def quantize_graph(
     model: onnx.ModelProto, base_dir: Path, opts: QuantizeOptions
 ) -> tuple[onnx.ModelProto, int]:
@@ -198,6 +208,7 @@ def quantize_graph(
     quantizer = DefaultWeightOnlyQuantizer(config)
     graph = model.graph
     inits, uses = initializers_and_uses(graph)
+    step = count_candidates(graph, inits, uses)
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     consumed: set[str] = set()
@@ -208,6 +219,7 @@ def quantize_graph(
             new_nodes.append(node)
             continue
         w = inits[node.input[1]]
+        step.note(w.name)
         arr = read_weight(w, base_dir)
         act = arr.dtype  # MatMulNBits' scales share the activation type (fp32 or fp16 bundles)
         arr = arr.astype(np.float32, copy=False)
@@ -240,6 +252,7 @@ def quantize_graph(
         )
         consumed.add(w.name)
         gemms += node.op_type == "Gemm"
+        step.advance()
     replace_weights(graph, new_nodes, new_inits, consumed, base_dir)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
@@ -299,6 +312,19 @@ def _check_graph_file(src: Path, rel: str, listed: set[str]) -> None:
     check_external_data(model, src, path, listed)
 
 
+def save_piece(model: onnx.ModelProto, dst: Path, file: str, data: str) -> int:
+    """Save a quantized piece with its weights in `data` (a progress phase); returns the data file's bytes."""
+    with progress.phase(f"{file}: save", unit="B") as step:
+        onnx.save_model(model, str(dst / file), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data, size_threshold=INLINE_BYTES)
+        for f in (dst / file, dst / data):
+            if f.exists():
+                f.chmod(0o644)  # onnx writes external data 0600
+        q_bytes = (dst / data).stat().st_size if (dst / data).exists() else 0
+        step.advance(q_bytes)  # onnx reports nothing while it writes: the amount for the summary
+    return q_bytes
+
+
 def quantize_piece(
     src: Path, dst: Path, entry: rt.PieceEntry, opts: QuantizeOptions, listed: set[str] | None = None
 ) -> dict[str, Any]:
@@ -314,7 +340,8 @@ def quantize_piece(
         for t in model.graph.initializer
     )
     try:
-        model, rewritten = quantize_graph(model, src, opts)
+        with progress.phase(f"{entry.file}: quantize to int{opts.bits}", unit="matrices"):
+            model, rewritten = quantize_graph(model, src, opts)
     except (OSError, ValueError) as exc:  # missing/short external data file
         raise ExportError(
             f"{path}: cannot read its external weights ({exc}); check the bundle with `huluexport inspect`"
@@ -325,18 +352,7 @@ def quantize_piece(
             f"{path}: no MatMul with a constant weight was quantized; is this a huluexport graph?"
         )
     data = f"{entry.file}.data"
-    onnx.save_model(
-        model,
-        str(dst / entry.file),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data,
-        size_threshold=INLINE_BYTES,
-    )
-    for f in (dst / entry.file, dst / data):
-        if f.exists():
-            f.chmod(0o644)  # onnx writes external data 0600
-    q_bytes = (dst / data).stat().st_size if (dst / data).exists() else 0
+    q_bytes = save_piece(model, dst, entry.file, data)
     seconds = time.perf_counter() - t0
     log.info(
         "quantize: %s: %d MatMulNBits (%d Gemm rewritten), %d const MatMul left, %.2f -> %.2f GB (%.1f s)",
@@ -387,7 +403,8 @@ def quantize(opts: QuantizeOptions) -> Path:
     check_out(opts.out, [opts.src], overwrite=opts.overwrite)  # the --out rules, before any work
     t_start = time.perf_counter()
     # hashes checked as hulurt.load checks them: a damaged bundle must not come out re-signed with fresh hashes
-    m = rt.load_manifest(opts.src, verify_hashes=True)
+    with progress.phase("check the source bundle (sha256)"):
+        m = rt.load_manifest(opts.src, verify_hashes=True)
     for p in opts.pieces:
         if p not in m.pieces:
             raise ConfigError(f"{m.path}: bundle has no piece {p!r} to quantize; it has {sorted(m.pieces)}")
@@ -401,9 +418,12 @@ def quantize(opts: QuantizeOptions) -> Path:
         skip = {rt.MANIFEST}
         for p in opts.pieces:
             skip |= {f for f in (m.pieces[p].file, m.pieces[p].data) if f is not None}
-        for rel in m.files:
-            if rel not in skip:
+        copy = [rel for rel in m.files if rel not in skip]
+        with progress.phase("copy the other files", total=sum(m.files[r].bytes for r in copy), unit="B") as step:
+            for rel in copy:
+                step.note(rel)
                 _copy_regular(m.root, rel, tmp)
+                step.advance(m.files[rel].bytes)
         for p in opts.pieces:
             e = m.pieces[p]
             compute = dict(e.compute)
@@ -421,9 +441,10 @@ def quantize(opts: QuantizeOptions) -> Path:
                 e, data=res["data"], precision=precision_name(opts.bits), compute=compute
             )
             raw["pieces"][p] = dataclasses.asdict(new)
-        raw["files"] = {k: dataclasses.asdict(v) for k, v in list_files(tmp).items()}
-        raw["tools"] = {**raw.get("tools", {}), **tool_versions()}
-        write_manifest(tmp, raw)
+        with progress.phase("manifest (hash the bundle)", unit="B"):
+            raw["files"] = {k: dataclasses.asdict(v) for k, v in list_files(tmp).items()}
+            raw["tools"] = {**raw.get("tools", {}), **tool_versions()}
+            write_manifest(tmp, raw)
     log.info("quantize: %s done in %.1f s", out, time.perf_counter() - t_start)
     return out
 

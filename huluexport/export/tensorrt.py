@@ -13,6 +13,7 @@ from hulurt.engines.device import load_trt
 from hulurt.engines.profiles import profile_shapes
 from hulurt.errors import HuluRuntimeError
 
+from huluexport import progress
 from huluexport.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def check_bundle(
         opts = BuildOptions(bundle=Path(bundle), out=engines_dir, pieces=tuple(pieces), module=prefer,
                             overwrite=True)
         if engines_dir is not None:
-            meta = build_engines(opts, trt)
+            meta = build_engines(opts, trt, phase=progress.phase)
             return [
                 EngineResult(p, meta.module, meta.version, e.build_seconds, e.bytes, meta.root / e.file)
                 for p, e in meta.engines.items()
@@ -52,7 +53,8 @@ def check_bundle(
         plan = plan_build(opts, trt)
         results = []
         for pp in plan.pieces:
-            engine, _, seconds = build_piece(trt, plan, pp, b"")
+            with progress.phase(f"{pp.piece}: {plan.module} engine"):
+                engine, _, seconds = build_piece(trt, plan, pp, b"")
             results.append(EngineResult(pp.piece, plan.module, plan.version, seconds, engine.nbytes, None))
         return results
     except HuluRuntimeError as exc:

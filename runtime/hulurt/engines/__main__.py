@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, echo=print) -> int:
+def run(args: argparse.Namespace, echo=print, phase=None) -> int:
+    """`phase(name)`: a context manager around each engine build (huluexport engines passes its progress.phase)."""
     from hulurt.engines import meta as em
     from hulurt.engines.build import build_engines, plan_build
     from hulurt.engines.device import load_trt, query_gpu
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace, echo=print) -> int:
         for line in command_lines(plan_build(opts, trt)):
             echo(line)
         return 0
-    meta = build_engines(opts)
+    meta = build_engines(opts, phase=phase)
     for piece, e in meta.engines.items():
         echo(f"{piece:8} {meta.module} {meta.version}: {e.file} {e.bytes / 1e6:.1f} MB in {e.build_seconds:.1f} s")
     echo(f"engines: {meta.root}")

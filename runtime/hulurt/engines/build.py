@@ -14,6 +14,8 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,13 @@ def _config(trt: Any, builder: Any, plan: BuildPlan, cache_blob: bytes) -> tuple
     return config, cache
 
 
+Phase = Callable[[str], AbstractContextManager[Any]]
+
+
+def _no_phase(name: str) -> AbstractContextManager[Any]:
+    return nullcontext()
+
+
 def build_piece(trt: Any, plan: BuildPlan, pp: PiecePlan, cache_blob: bytes) -> tuple[memoryview, bytes, float]:
     """Parse and build one engine; returns (serialized engine, updated timing cache, seconds)."""
     t0 = time.perf_counter()
@@ -207,8 +216,10 @@ def build_piece(trt: Any, plan: BuildPlan, pp: PiecePlan, cache_blob: bytes) -> 
     return memoryview(serialized), blob, time.perf_counter() - t0
 
 
-def build_engines(o: BuildOptions, trt: Any | None = None) -> em.EngineMeta:
-    """Build every piece's engine into a staging directory, write engines.json, move it to plan.out."""
+def build_engines(o: BuildOptions, trt: Any | None = None, phase: Phase | None = None) -> em.EngineMeta:
+    """Build every piece's engine into a staging directory, write engines.json, move it to plan.out. `phase(name)`
+    (a context manager, e.g. huluexport's progress.phase) wraps each piece's build, for a caller that shows it."""
+    phase = phase or _no_phase
     trt = trt if trt is not None else load_trt(o.module)
     plan = plan_build(o, trt)
     m = plan.manifest
@@ -218,7 +229,8 @@ def build_engines(o: BuildOptions, trt: Any | None = None) -> em.EngineMeta:
     entries: dict[str, em.EngineEntry] = {}
     with staged_dir(plan.out, overwrite=o.overwrite, marker=em.META) as tmp:
         for pp in plan.pieces:
-            engine, blob, seconds = build_piece(trt, plan, pp, blob)
+            with phase(f"{pp.piece}: {plan.module} engine"):
+                engine, blob, seconds = build_piece(trt, plan, pp, blob)
             f = tmp / pp.plan_file
             with open(f, "wb") as fh:
                 fh.write(engine)
