@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MODES = ("rich", "plain", "quiet")
 PLAIN_AFTER_S = 1.0  # plain mode: a phase gets its own lines once it has run this long (the summary lists all)
 PLAIN_EVERY_S = 5.0  # plain mode: at most one progress line per phase this often
+PLAIN_STILL_S = 30.0  # plain mode: a phase that reports no progress (a trace) says it is still running this often
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,7 +269,8 @@ class _Quiet(_Reporter):
 class _Plain(_Reporter):
     """Lines for a log: a phase is announced once it has run PLAIN_AFTER_S (so a quick phase, or a command that
     stops at once on bad input, prints nothing but its summary or its error), then a line at most every
-    PLAIN_EVERY_S while it advances, and a line when an announced phase ends."""
+    PLAIN_EVERY_S while it advances (every PLAIN_STILL_S when it does not), and a line when an announced phase
+    ends."""
 
     def __init__(self, file: TextIO | None = None) -> None:
         super().__init__()
@@ -290,22 +292,28 @@ class _Plain(_Reporter):
             self._announce(PLAIN_AFTER_S)
 
     def _announce(self, after: float) -> None:
+        now = time.perf_counter()
         with self.lock:
             for key, p in list(self.open.items()):
                 if key not in self.last and p.elapsed >= after:
-                    self.last[key] = time.perf_counter()
+                    self.last[key] = now
                     self._line(f"{p.name} ...")
-
-    def start(self) -> None:
-        self.ticker.start()
+                elif key in self.last and now - self.last[key] >= PLAIN_STILL_S:
+                    self.last[key] = now
+                    status = p.status()
+                    self._line(f"{p.name}: still running after {seconds_text(p.elapsed)}"
+                               + (f", {status}" if status else "") + (f" ({p.text})" if p.text else ""))
 
     def stop(self) -> None:
         self.done.set()
-        self.ticker.join()
+        if self.ticker.is_alive():
+            self.ticker.join()
 
     def started(self, p: Phase) -> None:
         with self.lock:
             self.open[id(p)] = p
+            if not self.ticker.is_alive() and not self.done.is_set():
+                self.ticker.start()  # on the first phase: a command without phases runs no thread
 
     def advanced(self, p: Phase) -> None:
         now = time.perf_counter()
@@ -408,6 +416,7 @@ class _Rich(_Reporter):
         with self.lock:
             self._live(True)
             self.tasks[id(p)] = self.progress.add_task(self._describe(p), total=p.total, phase=p)
+            self.progress.refresh()  # shown now, not at the next tick
 
     def advanced(self, p: Phase) -> None:
         with self.lock:

@@ -282,6 +282,7 @@ def write_checkpoint(
     layers: int | None = None,
     use_token_compression: bool | None = None,
     workers: int = 2,
+    cfg: HuluConfig | None = None,
 ) -> Path:
     """Write a random Hulu-Med checkpoint directory in the real layout and return its path.
 
@@ -290,6 +291,8 @@ def write_checkpoint(
     pytorch_model.bin, no vision_encoder_config (the vision config sits in ./siglip-navit/config.json, as the
     separate encoder directory upstream points to), model_type hulumed_qwen2 even for Qwen3.
     lm_head: "auto" stores it iff the config is untied; "stored"/"absent" force it (tie flag unchanged).
+    cfg: written instead of the preset (size, decoder, layers then only name it), e.g. a tiny model deeper
+    than the preset's 2 layers.
     The hf shards are streamed (huluexport/checkpoint/stream_writer.py: bounded memory, `workers` threads),
     so any size can be written at full depth; the original layout's pytorch_model.bin is made in memory.
     A marker file (OUTPUT_MARKER) says the directory is this writer's output (init-checkpoint may replace it).
@@ -308,7 +311,7 @@ def write_checkpoint(
             f"--size {size} --layout original: pytorch_model.bin is written from memory (tens of GB at full "
             "depth); pass --layers N, or use --layout hf (streamed shards)"
         )
-    cfg = fixture_config(size, decoder, layers, full_depth=layout == "hf")
+    cfg = cfg or fixture_config(size, decoder, layers, full_depth=layout == "hf")
     if use_token_compression is not None:
         cfg = cfg.replace(reduction=dataclasses.replace(cfg.reduction, enabled=use_token_compression))
     stored = (not cfg.decoder.tie_embeddings) if lm_head == "auto" else lm_head == "stored"

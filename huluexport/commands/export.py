@@ -106,6 +106,8 @@ def register(group: click.Group) -> None:
     help=HELP["decoder_form"],
 )
 @click.option("--trt-check", is_flag=True, help=HELP["trt_check"])
+@click.option("--trace-all-layers", is_flag=True, hidden=True,
+              help="Trace every layer instead of cloning layer 1 of a 3-layer trace (slower; for comparisons).")
 def build_cmd(
     checkpoint: str | None,
     revision: str | None,
@@ -123,6 +125,7 @@ def build_cmd(
     dump_dir: Path | None,
     decoder_forms: tuple[str, ...],
     trt_check: bool,
+    trace_all_layers: bool,
 ) -> None:
     import logging
 
@@ -149,6 +152,7 @@ def build_cmd(
         overwrite=overwrite,
         dump_dir=dump_dir,
         decoder_forms=tuple(dict.fromkeys(decoder_forms)),
+        trace_all_layers=trace_all_layers,
     )
     path = build(opts)
     click.echo(f"bundle: {path}")

@@ -44,7 +44,13 @@ from huluexport.errors import ConfigError
 from huluexport.export import onnx as onnx_export
 from huluexport.export import pieces as P
 from huluexport.export.manifest import build_manifest, write_manifest
-from huluexport.export.passes import attach_weights, fold_constants, fold_weight_transposes, name_dims
+from huluexport.export.passes import (
+    attach_weights,
+    fold_constants,
+    fold_weight_transposes,
+    name_dims,
+    replicate_layers,
+)
 from huluexport.export.staging import check_out, staged
 
 log = logging.getLogger(__name__)
@@ -86,6 +92,9 @@ class BuildOptions:
     # decoder forms to export (hulurt.contract.DECODER_FORMS): "v1-concat" (decoder.onnx, every backend) and/or
     # "gqa-static" (decoder_gqa.onnx: in-place KV buffers, CUDA-graph friendly; onnxruntime CPU/CUDA only)
     decoder_forms: tuple[str, ...] = ("v1-concat",)
+    # trace every layer (slow, the old path: parity tests and debugging); default: trace 3 layers, fold them and
+    # clone layer 1 for the rest (passes/replicate_layers.py)
+    trace_all_layers: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,7 +268,61 @@ def _dump(model: ir.Model, dump_dir: Path | None, name: str) -> None:
         ir.save(model, dump_dir / f"{name}.onnx")
     finally:
         for v in inits.values():
-            model.graph.register_initializer(v)
+            model.graph.initializers.add(v)  # detached weights (no data) too
+
+
+def piece_graph(
+    name: str,
+    module: torch.nn.Module,
+    cfg: HuluConfig,
+    precision: str,
+    source: Callable[[str], torch.Tensor],
+    dump_dir: Path | None = None,
+    trace_cfg: HuluConfig | None = None,
+) -> ir.Model:
+    """Trace `module` (built from `trace_cfg`, default `cfg`) and run the passes; weights attached lazily.
+    When `trace_cfg` is replicate_layers.shallow(cfg), a layered piece is folded shallow, then deepened to `cfg`."""
+    act = rt.ACT_DTYPE[precision]
+    spec = contract_pieces(to_dims(cfg, act))[name]
+    trace_cfg = trace_cfg or cfg
+    trace_spec = contract_pieces(to_dims(trace_cfg, act))[name]
+    translations = None
+    if name == "decoder_gqa":
+        from huluexport.export.gqa import TRANSLATIONS as translations
+    with progress.phase(f"{name}: trace"):
+        model = onnx_export.export_graph(
+            module, trace_spec, image_token_id=cfg.tokens.image, translations=translations
+        )
+    _dump(model, dump_dir, f"{name}.0-exported")
+    attach = ("attach_weights", lambda m: attach_weights.run(m, source, lambda n: P.reference_name(name, n)))
+    depth, traced = replicate_layers.depths(name, cfg, trace_cfg)
+    phases: list[tuple[str, Callable[[ir.Model], ir.Model]]]
+    if depth == traced:
+        phases = [
+            ("name_dims", lambda m: name_dims.run(m, spec)),
+            attach,
+            ("fold_weight_transposes", fold_weight_transposes.run),
+            ("fold_constants", fold_constants.run),
+            ("name_dims (after folding)", lambda m: name_dims.run(m, spec)),
+        ]
+    else:  # fold the shallow graph with its weights detached, then clone layer 1 up to the full depth
+        phases = [
+            ("detach_weights", replicate_layers.detach),
+            ("name_dims", lambda m: name_dims.run(m, trace_spec)),
+            ("fold_constants", replicate_layers.folding(fold_constants.run)),
+            ("name_dims (after folding)", lambda m: name_dims.run(m, trace_spec)),
+            ("replicate_layers", lambda m: replicate_layers.run(m, name, spec, depth)),
+            ("name_dims (after replicating)", lambda m: name_dims.run(m, spec)),
+            attach,
+            ("fold_weight_transposes", fold_weight_transposes.run),
+        ]
+    for i, (phase, fn) in enumerate(phases, start=1):
+        with progress.phase(f"{name}: {phase}"):
+            model = fn(model)
+        _dump(model, dump_dir, f"{name}.{i}-{phase}")
+    model.producer_name = "huluexport"
+    model.doc_string = f"huluexport {name} piece ({precision})"
+    return model
 
 
 def external_bytes(model: ir.Model) -> int:
@@ -276,27 +339,11 @@ def export_piece(
     source: Callable[[str], torch.Tensor],
     out_dir: Path,
     dump_dir: Path | None = None,
+    trace_cfg: HuluConfig | None = None,
 ) -> rt.PieceEntry:
+    """Trace and rewrite the piece (piece_graph), then save it with its weights into `out_dir`."""
+    model = piece_graph(name, module, cfg, precision, source, dump_dir, trace_cfg)
     spec = contract_pieces(to_dims(cfg, rt.ACT_DTYPE[precision]))[name]
-    translations = None
-    if name == "decoder_gqa":
-        from huluexport.export.gqa import TRANSLATIONS as translations
-    with progress.phase(f"{name}: trace"):
-        model = onnx_export.export_graph(module, spec, image_token_id=cfg.tokens.image, translations=translations)
-    _dump(model, dump_dir, f"{name}.0-exported")
-    phases: list[tuple[str, Callable[[ir.Model], ir.Model]]] = [
-        ("name_dims", lambda m: name_dims.run(m, spec)),
-        ("attach_weights", lambda m: attach_weights.run(m, source, lambda n: P.reference_name(name, n))),
-        ("fold_weight_transposes", fold_weight_transposes.run),
-        ("fold_constants", fold_constants.run),
-        ("name_dims (after folding)", lambda m: name_dims.run(m, spec)),
-    ]
-    for i, (phase, fn) in enumerate(phases, start=1):
-        with progress.phase(f"{name}: {phase}"):
-            model = fn(model)
-        _dump(model, dump_dir, f"{name}.{i}-{phase}")
-    model.producer_name = "huluexport"
-    model.doc_string = f"huluexport {name} piece ({precision})"
     path = out_dir / spec.file
     data = f"{spec.file}.data"
     with progress.phase(f"{name}: save", total=external_bytes(model), unit="B") as step:
@@ -349,14 +396,17 @@ def build(opts: BuildOptions) -> Path:
     with staged(out, inputs, overwrite=opts.overwrite) as tmp:
         from huluexport.reference.model import HuluMed
 
+        trace_cfg = cfg if opts.trace_all_layers else replicate_layers.shallow(cfg)
         with progress.phase("model on the meta device"):
             with torch.device("meta"):
-                model = HuluMed(cfg)
+                model = HuluMed(trace_cfg)
             pieces = P.make_pieces(model, opts.decoder_forms)
         entries = {}
         for name, module in pieces.items():
             module = P.to_precision(module, opts.precision, copy_first=False)
-            entries[name] = export_piece(name, module, cfg, opts.precision, source, tmp, opts.dump_dir)
+            entries[name] = export_piece(
+                name, module, cfg, opts.precision, source, tmp, opts.dump_dir, trace_cfg=trace_cfg
+            )
         del model
         with progress.phase("manifest (hash the bundle)", unit="B"):
             tok = _copy_side_files(wspec, tmp)

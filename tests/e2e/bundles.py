@@ -66,6 +66,42 @@ def bundle(kind: str, compression: bool = True, gqa: bool = False) -> Path:
     return _cached(f"bundle-{'gqa-' if gqa else ''}{kind}-{int(compression)}", make)  # globs must not overlap
 
 
+DEEP_LAYERS = (5, 4)  # (decoder, vision) layers of the deep tiny models: deeper than the 3 layers build traces
+
+
+def deep_checkpoint(kind: str) -> Path:
+    """A tiny random checkpoint of `kind` with DEEP_LAYERS layers (the presets have 2), so that `build` clones
+    layers (huluexport/export/passes/replicate_layers.py)."""
+
+    def make(out: Path) -> None:
+        import dataclasses
+
+        from huluexport.checkpoint.fixtures import write_checkpoint
+        from huluexport.config import preset
+
+        size, flavour = KINDS[kind]
+        base = preset(size)
+        cfg = base.replace(decoder=dataclasses.replace(base.decoder, layers=DEEP_LAYERS[0]),
+                           vision=dataclasses.replace(base.vision, layers=DEEP_LAYERS[1]))
+        write_checkpoint(out, size=size, seed=3, decoder=flavour, cfg=cfg)
+
+    return _cached(f"deepckpt-{kind}", make)
+
+
+def deep_bundle(kind: str, trace_all_layers: bool, precision: str = "fp32") -> Path:
+    """deep_checkpoint(kind) built with both decoder forms, by cloning layers (the default) or by tracing
+    every layer (`trace_all_layers`, the old path)."""
+    ck = deep_checkpoint(kind)
+
+    def make(out: Path) -> None:
+        from huluexport.export.pipeline import BuildOptions, build
+
+        build(BuildOptions(out=out, checkpoint=ck, precision=precision, decoder_forms=("v1-concat", "gqa-static"),
+                           trace_all_layers=trace_all_layers))
+
+    return _cached(f"deepbundle-{kind}-{precision}-{'traced' if trace_all_layers else 'replicated'}", make)
+
+
 def _write_checkpoint(kind: str, compression: bool, out: Path) -> None:
     from huluexport.checkpoint.fixtures import write_checkpoint
 

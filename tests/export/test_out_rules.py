@@ -102,7 +102,7 @@ def test_current_directory_is_never_replaced(job: Path, capsys, monkeypatch) -> 
 
 def test_overwrite_replaces_an_existing_bundle(job: Path, capsys) -> None:
     out = job / "q"
-    assert _cli(capsys, "quantize", str(job / "bundle"), "--out", str(out), "--bits", "8") == (0, "")
+    assert _cli(capsys, "-q", "quantize", str(job / "bundle"), "--out", str(out), "--bits", "8") == (0, "")
     first = load_manifest(out).files["decoder.onnx.data"].sha256
     around = {k: v for k, v in snapshot(job).items() if not k.startswith("q")}
     code, err = _cli(capsys, "quantize", str(job / "bundle"), "--out", str(out), "--bits", "4", "--overwrite")
@@ -115,7 +115,7 @@ def test_overwrite_replaces_an_existing_bundle(job: Path, capsys) -> None:
     (job / "empty").mkdir()  # made beforehand: nothing to lose, replaced with --overwrite only
     assert "already exists" in _refused(capsys, job.parent, "quantize", str(job / "bundle"), "--out",
                                         str(job / "empty"), "--bits", "8")
-    assert _cli(capsys, "quantize", str(job / "bundle"), "--out", str(job / "empty"), "--bits", "8",
+    assert _cli(capsys, "-q", "quantize", str(job / "bundle"), "--out", str(job / "empty"), "--bits", "8",
                 "--overwrite") == (0, "")
     assert load_manifest(job / "empty").pieces["decoder"].precision == "int8"
 

@@ -135,6 +135,17 @@ def test_plain_lines_for_phases_that_take_time(monkeypatch: pytest.MonkeyPatch) 
     assert lines[head + 2].split()[0] == "save" and "4.00 MB" in lines[head + 2]
 
 
+def test_plain_says_a_silent_phase_is_still_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "PLAIN_AFTER_S", 0.1)
+    monkeypatch.setattr(progress, "PLAIN_STILL_S", 0.3)
+    out = io.StringIO()
+    with progress.reporting("plain", file=out), progress.phase("trace decoder"):
+        time.sleep(1.5)  # no advance: like a trace, whose length is unknown
+    live = [ln.split("] ", 1)[1] for ln in out.getvalue().splitlines() if ln.startswith("[")]
+    assert live[0] == "trace decoder ..." and live[-1].startswith("trace decoder: done in")
+    assert any(ln.startswith("trace decoder: still running after ") for ln in live[1:-1]), live
+
+
 def test_quiet_prints_nothing_but_records(capsys: pytest.CaptureFixture[str]) -> None:
     with progress.reporting("quiet"):
         with progress.phase("work", total=2) as p:
