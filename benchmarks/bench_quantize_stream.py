@@ -26,7 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- bench_quantize_stream: begin -->", "<!-- bench_quantize_stream: end -->"
-CLI = "import sys; from huluexport.cli import main; sys.argv[0] = 'huluexport'; sys.exit(main())"
+CLI = ("import sys, huluexport; print('huluexport from', huluexport.__file__, flush=True); "
+       "from huluexport.cli import main; sys.argv[0] = 'huluexport'; sys.exit(main())")
 
 
 def timed(root: Path, args: list[str], log: Path) -> dict[str, float]:
@@ -34,10 +35,13 @@ def timed(root: Path, args: list[str], log: Path) -> dict[str, float]:
     cmd = ["/usr/bin/time", "-v", sys.executable, "-c", CLI, *args]
     la0 = os.getloadavg()
     with log.open("w") as f:
-        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+        # cwd=root: `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH
+        rc = subprocess.run(cmd, env=env, cwd=root, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
     text = log.read_text()
     if rc != 0:
         raise SystemExit(f"{' '.join(args)} failed (rc {rc}); see {log}")
+    if f"huluexport from {root.resolve()}/" not in text:
+        raise SystemExit(f"{log}: huluexport was not imported from {root}")
 
     def field(name: str) -> str:
         m = re.search(rf"^\s*{re.escape(name)}: (.+)$", text, re.M)
