@@ -209,6 +209,20 @@ def markdown(doc: dict[str, Any]) -> str:
         if "error" not in r:
             parts = ", ".join(f"{k} {gib(v)}" for k, v in r["predicted"]["memory"].items())
             lines.append(f"- {r['input']}, batch {r['vision_batch']}, chunk {r['prefill_chunk']}: {parts}")
+    lines += [
+        "", "## Reading the numbers", "",
+        ("- The request peak is the vision phase: the RSS after load, the request's preprocessed patches and one "
+         "vision batch's activations as onnxruntime's CPU allocation plan holds them (counted per node in "
+         "`benchmarks/results/volume_memory.md`; `hulurt.schedule.vision_activation_bytes`). The vision session "
+         "runs without memory patterns and hands its arena back after every batch "
+         "(`runtime/hulurt/backends/ort.py`), so the prefill runs in the same memory and stays below it."),
+        ("- `batch (asked)`: the batch and chunk the runtime used, and what the run asked for; `default` is the "
+         "runtime's own choice, the largest batch whose planned activations fit a fifth of the memory available "
+         "when the request starts (docs/inputs.md), so it depends on what else the host holds at that moment."),
+        ("- The load peak (VmHWM during `hulurt.load`) is a separate, earlier peak: the plan covers the request. "
+         "Times are under the load averages shown (2 cores shared with other jobs): upper bounds, not speed "
+         "figures."),
+    ]
     return "\n".join(lines) + "\n"
 
 

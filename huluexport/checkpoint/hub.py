@@ -161,15 +161,23 @@ def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def file_hashes(ckpt_dir: Path) -> dict[str, str]:
-    """name -> sha256 of every file a build reads from the checkpoint (weights, index, config, side files)."""
+def read_files(ckpt_dir: Path) -> list[str]:
+    """Every file a build reads from the checkpoint (weights, index, config, side files), relative, sorted."""
     root = root_of(ckpt_dir)
     index, files = weight_files(root)
     names = {f.relative_to(root).as_posix() for f in files.values()}
     if index is not None:
         names.add(index.name)
     names.update(n for n in READ_SIDE_FILES if side_file(root, n) is not None)
-    step = progress.current()  # the caller's phase ("hash checkpoint"): bytes, one file at a time
+    return sorted(names)
+
+
+def file_hashes(ckpt_dir: Path, names: list[str] | None = None) -> dict[str, str]:
+    """name -> sha256 of `names` (default: every file a build reads, `read_files`), advancing the caller's
+    progress phase ("hash checkpoint") by bytes, one file at a time."""
+    root = root_of(ckpt_dir)
+    names = read_files(root) if names is None else names
+    step = progress.current()
     step.set_total(sum(inside(root, n).stat().st_size for n in names))
     out = {}
     for n in sorted(names):

@@ -18,6 +18,7 @@ from hulurt.contract import CONTRACT_VERSION, OPS, to_json
 from huluexport import __version__, progress
 from huluexport.config import HuluConfig, to_dims
 from huluexport.devices import Target
+from huluexport.errors import ExportError
 from huluexport.export.staging import MARKER
 
 log = logging.getLogger(__name__)
@@ -45,19 +46,42 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
+def file_names(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST, MARKER)) -> list[str]:
+    """Every regular file under `root` but the manifest and the staging marker (relative, sorted)."""
+    return [
+        rel for p in sorted(root.rglob("*")) if p.is_file() and (rel := p.relative_to(root).as_posix()) not in exclude
+    ]
+
+
 def list_files(root: Path, *, exclude: tuple[str, ...] = (rt.MANIFEST, MARKER)) -> dict[str, rt.FileEntry]:
     """Every regular file under `root` but the manifest and the staging marker, hashed (advancing the caller's
     progress phase by each file's bytes)."""
-    paths = [p for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() not in exclude]
+    names = file_names(root, exclude=exclude)
     step = progress.current()
-    step.set_total(sum(p.stat().st_size for p in paths))
+    step.set_total(sum((root / n).stat().st_size for n in names))
     files = {}
-    for p in paths:
-        rel = p.relative_to(root).as_posix()
+    for rel in names:
         step.note(rel)
-        files[rel] = rt.FileEntry(sha256=rt.sha256_file(p), bytes=p.stat().st_size)
+        files[rel] = rt.FileEntry(sha256=rt.sha256_file(root / rel), bytes=(root / rel).stat().st_size)
         step.advance(files[rel].bytes)
     return files
+
+
+def checked_files(root: Path, hashed: dict[str, rt.FileEntry]) -> dict[str, rt.FileEntry]:
+    """`hashed` (file -> entry, computed while the files were written) in file order, after checking that it
+    names exactly the files under root (every file listed, nothing listed that is not there) and their sizes."""
+    names = file_names(root)
+    missing, extra = sorted(set(names) - set(hashed)), sorted(set(hashed) - set(names))
+    if missing or extra:
+        raise ExportError(
+            f"{root}: the manifest's file list does not match the directory: not hashed {missing or 'none'}, "
+            f"hashed but absent {extra or 'none'}"
+        )
+    for n in names:
+        size = (root / n).stat().st_size
+        if hashed[n].bytes != size:
+            raise ExportError(f"{root / n}: {size} bytes on disk; {hashed[n].bytes} when it was hashed")
+    return {n: hashed[n] for n in names}
 
 
 def build_manifest(
@@ -69,8 +93,11 @@ def build_manifest(
     pieces: dict[str, rt.PieceEntry],
     tokenizer: rt.TokenizerFiles,
     max_new_tokens_default: int = 1024,
+    files: dict[str, rt.FileEntry] | None = None,
 ) -> dict[str, Any]:
-    """The manifest as a JSON-ready dict; `files` lists every file under root (hashed now)."""
+    """The manifest as a JSON-ready dict; `files` lists every file under root: `files` when given (hashes
+    computed while writing; checked to name exactly the files there), else hashed now."""
+    listed = list_files(root) if files is None else checked_files(root, files)
     dims = to_dims(cfg, rt.ACT_DTYPE[precision])
     ranges = target.ranges(cfg.decoder.max_position)
     t = cfg.tokens
@@ -88,7 +115,7 @@ def build_manifest(
         "pieces": {k: dataclasses.asdict(v) for k, v in pieces.items()},
         "contract": contract["pieces"],
         "ops": {k: dataclasses.asdict(v) for k, v in OPS.items()},
-        "files": {k: dataclasses.asdict(v) for k, v in list_files(root).items()},
+        "files": {k: dataclasses.asdict(v) for k, v in listed.items()},
         "tokens": {
             "image": t.image,
             "endoftext": t.endoftext,

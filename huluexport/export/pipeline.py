@@ -9,10 +9,12 @@ The bundle is written into a hidden sibling directory and moved into place only 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,17 @@ from hulurt.contract import DECODER_FORMS
 from hulurt.contract import pieces as contract_pieces
 
 from huluexport import progress
-from huluexport.checkpoint import EMBED, LM_HEAD, from_checkpoint, parameter_shapes, plan, root_of, side_file
-from huluexport.checkpoint.hub import file_hashes, locate
+from huluexport.checkpoint import (
+    EMBED,
+    LM_HEAD,
+    from_checkpoint,
+    inside,
+    parameter_shapes,
+    plan,
+    root_of,
+    side_file,
+)
+from huluexport.checkpoint.hub import file_hashes, locate, read_files
 from huluexport.checkpoint.random_weights import random_tensor
 from huluexport.config import (
     DecoderConfig,
@@ -43,6 +54,7 @@ from huluexport.devices import get_target
 from huluexport.errors import ConfigError
 from huluexport.export import onnx as onnx_export
 from huluexport.export import pieces as P
+from huluexport.export.hashing import Background, copy_hashed, save_hashed
 from huluexport.export.manifest import build_manifest, write_manifest
 from huluexport.export.passes import (
     attach_weights,
@@ -55,10 +67,18 @@ from huluexport.export.staging import check_out, staged
 
 log = logging.getLogger(__name__)
 
+# source(reference name, dtype=None) -> tensor (see weight_source)
+WeightSource = Callable[..., torch.Tensor]
+
 PIECES = ("vision", "embed", "decoder")
 INLINE_BYTES = (
     1024  # tensors up to this size stay inside the .onnx (shape constants must: ORT infers with them)
 )
+# ir.save: two loader threads read + cast the next tensors while others are written; at most this many bytes
+# of loaded tensors at once (one tensor larger than that is let through alone: the 7B's 1.1 GB embedding).
+# Measured in benchmarks/results/build_7b.md ("save phase").
+SAVE_WORKERS = 2
+SAVE_IN_FLIGHT_BYTES = 512 << 20
 SIDE_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -144,7 +164,9 @@ def check_size(cfg: HuluConfig, size: str, where: Path, sliced: bool) -> None:
         )
 
 
-def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
+def resolve(opts: BuildOptions, hash_files: bool = True) -> tuple[HuluConfig, WeightSpec]:
+    """The config and the weight spec of a build; `hash_files=False` leaves the checkpoint's file hashes to the
+    caller (`build` computes them in the background, see `_checkpoint_hashes`)."""
     bad = [f for f in opts.decoder_forms if f not in DECODER_FORMS]
     if bad or not opts.decoder_forms:
         raise ConfigError(
@@ -161,8 +183,10 @@ def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
             full = from_checkpoint(found.path)  # config.json checked before anything else is read
             if opts.size is not None:
                 check_size(full, opts.size, found.path, sliced=opts.layers is not None)
-        with progress.phase("hash checkpoint", unit="B"):
-            hashes = file_hashes(found.path)
+        hashes = None
+        if hash_files:
+            with progress.phase("hash checkpoint", unit="B"):
+                hashes = file_hashes(found.path)
         return full, WeightSpec(
             "checkpoint", str(found.path), 0, opts.layers, opts.vision_layers, found.source, hashes
         )
@@ -175,34 +199,45 @@ def resolve(opts: BuildOptions) -> tuple[HuluConfig, WeightSpec]:
     return preset(opts.size), WeightSpec("random", None, opts.seed, opts.layers, opts.vision_layers)
 
 
-def weight_source(full_cfg: HuluConfig, spec: WeightSpec) -> Callable[[str], torch.Tensor]:
-    """reference name -> tensor (stored dtype), read one at a time. Names/shapes checked up front (plan)."""
+def weight_source(full_cfg: HuluConfig, spec: WeightSpec) -> WeightSource:
+    """reference name -> tensor, read one at a time. Names/shapes checked up front (plan).
+
+    `source(ref, dtype)` returns the tensor in `dtype` (default: as stored) in memory of its own: for
+    safetensors the one copy is that cast, straight from the shard's mapping (huluexport/checkpoint/shards.py,
+    each shard mapped once); safe to call from several threads (ir.save's loader workers)."""
+    from huluexport.checkpoint.shards import ShardReader
     from huluexport.reference.weights import load_bin
 
     if spec.kind == "random":
         shapes = parameter_shapes(full_cfg)
-        return lambda ref: random_tensor(ref, shapes[ref], spec.seed)
+
+        def generate(ref: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+            t = random_tensor(ref, shapes[ref], spec.seed)
+            return t if dtype is None else t.to(dtype)
+
+        return generate
     assert spec.checkpoint is not None
     p = plan(spec.checkpoint, full_cfg)
+    shards = ShardReader()
     bins: dict[Path, dict[str, torch.Tensor]] = {}  # .bin files load memory-mapped, once
+    bins_lock = threading.Lock()
 
-    def read(ref: str) -> torch.Tensor:
+    def read(ref: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         if ref == LM_HEAD and p.tie_lm_head:
             ref = EMBED
         e = p.entries[ref]
         if e.file.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(e.file), framework="pt") as f:
-                return f.get_tensor(e.stored)
-        if e.file not in bins:
-            bins[e.file] = load_bin(e.file)
-        return bins[e.file][e.stored]
+            return shards.read(e.file, e.stored, dtype)
+        with bins_lock:
+            if e.file not in bins:
+                bins[e.file] = load_bin(e.file)
+        t = bins[e.file][e.stored]
+        return t if dtype is None else t.to(dtype)
 
     return read
 
 
-def reference_model(cfg: HuluConfig, source: Callable[[str], torch.Tensor], dtype=torch.float32):
+def reference_model(cfg: HuluConfig, source: WeightSource, dtype=torch.float32):
     """The reference HuluMed (CPU, `dtype`) filled from `source`: what `verify` compares against."""
     from huluexport.reference.model import HuluMed
 
@@ -213,7 +248,7 @@ def reference_model(cfg: HuluConfig, source: Callable[[str], torch.Tensor], dtyp
         setattr(
             model.get_submodule(mod_path),
             attr,
-            torch.nn.Parameter(source(ref).to(dtype).contiguous(), requires_grad=False),
+            torch.nn.Parameter(source(ref, dtype).contiguous(), requires_grad=False),
         )
     return model.eval()
 
@@ -340,8 +375,10 @@ def export_piece(
     out_dir: Path,
     dump_dir: Path | None = None,
     trace_cfg: HuluConfig | None = None,
+    files: dict[str, rt.FileEntry] | None = None,
 ) -> rt.PieceEntry:
-    """Trace and rewrite the piece (piece_graph), then save it with its weights into `out_dir`."""
+    """Trace and rewrite the piece (piece_graph), then save it with its weights into `out_dir`; `files` (if
+    given) receives the sha256 and size of each file written (hashed while written: huluexport/export/hashing.py)."""
     model = piece_graph(name, module, cfg, precision, source, dump_dir, trace_cfg)
     spec = contract_pieces(to_dims(cfg, rt.ACT_DTYPE[precision]))[name]
     path = out_dir / spec.file
@@ -352,15 +389,17 @@ def export_piece(
             step.note(str(tensor.name))
             step.advance(tensor.nbytes)
 
-        ir.save(
+        written = save_hashed(
             model,
             path,
-            external_data=data,
+            data,
             size_threshold_bytes=INLINE_BYTES,
             callback=saved,
-            max_workers=1,
-            max_in_flight_bytes=256 << 20,
+            max_workers=SAVE_WORKERS,
+            max_in_flight_bytes=SAVE_IN_FLIGHT_BYTES,
         )
+    if files is not None:
+        files.update(written)
     return rt.PieceEntry(
         file=spec.file,
         data=data if (out_dir / data).exists() else None,
@@ -371,11 +410,16 @@ def export_piece(
 
 
 def build(opts: BuildOptions) -> Path:
-    """Run every phase; return the bundle directory. Nothing is written at `opts.out` until the end."""
+    """Run every phase; return the bundle directory. Nothing is written at `opts.out` until the end.
+
+    Every file is read and hashed once: the checkpoint's files on a background thread while the pieces are
+    traced (which also brings them into the page cache for the save), each bundle file while it is written
+    (huluexport/export/hashing.py), the side files while they are copied (their hash serves the checkpoint's
+    record and the bundle's file list)."""
     t_start = time.perf_counter()
     inputs = [opts.checkpoint] if opts.checkpoint is not None and Path(opts.checkpoint).is_dir() else []
     check_out(opts.out, inputs, overwrite=opts.overwrite)  # the --out rules, before any work
-    full_cfg, wspec = resolve(opts)
+    full_cfg, wspec = resolve(opts, hash_files=False)
     if wspec.checkpoint is not None and not inputs:  # a Hub repo id: its cache snapshot is the input
         inputs = [wspec.checkpoint]
         check_out(opts.out, inputs, overwrite=opts.overwrite)
@@ -393,41 +437,67 @@ def build(opts: BuildOptions) -> Path:
         target.name,
     )
     out = Path(opts.out)
-    with staged(out, inputs, overwrite=opts.overwrite) as tmp:
-        from huluexport.reference.model import HuluMed
+    background = Background()
+    try:
+        weights_hashed: dict[str, Future] = {}
+        copied: list[str] = []
+        if wspec.checkpoint is not None:  # hashed from now on: the trace below runs on the other core
+            ckpt_root = root_of(wspec.checkpoint)
+            ckpt_names = read_files(ckpt_root)
+            copied = [n for n in SIDE_FILES if n in ckpt_names]
+            weights_hashed = {n: background.file(inside(ckpt_root, n)) for n in ckpt_names if n not in copied}
+        with staged(out, inputs, overwrite=opts.overwrite) as tmp:
+            from huluexport.reference.model import HuluMed
 
-        trace_cfg = cfg if opts.trace_all_layers else replicate_layers.shallow(cfg)
-        with progress.phase("model on the meta device"):
-            with torch.device("meta"):
-                model = HuluMed(trace_cfg)
-            pieces = P.make_pieces(model, opts.decoder_forms)
-        entries = {}
-        for name, module in pieces.items():
-            module = P.to_precision(module, opts.precision, copy_first=False)
-            entries[name] = export_piece(
-                name, module, cfg, opts.precision, source, tmp, opts.dump_dir, trace_cfg=trace_cfg
-            )
-        del model
-        with progress.phase("manifest (hash the bundle)", unit="B"):
-            tok = _copy_side_files(wspec, tmp)
-            manifest = build_manifest(
-                root=tmp, cfg=cfg, precision=opts.precision, target=target, pieces=entries, tokenizer=tok
-            )
-            manifest["model"]["weights"] = wspec.record()
-            write_manifest(tmp, manifest)
+            trace_cfg = cfg if opts.trace_all_layers else replicate_layers.shallow(cfg)
+            with progress.phase("model on the meta device"):
+                with torch.device("meta"):
+                    model = HuluMed(trace_cfg)
+                pieces = P.make_pieces(model, opts.decoder_forms)
+            entries = {}
+            files: dict[str, rt.FileEntry] = {}
+            for name, module in pieces.items():
+                module = P.to_precision(module, opts.precision, copy_first=False)
+                entries[name] = export_piece(
+                    name, module, cfg, opts.precision, source, tmp, opts.dump_dir, trace_cfg=trace_cfg, files=files
+                )
+            del model
+            # the bundle's files were hashed as they were written; this waits for the checkpoint's, if need be
+            with progress.phase("manifest", unit="B") as step:
+                side = _copy_side_files(wspec, tmp, copied)
+                files.update(side)
+                tok = _tokenizer_files(tmp)
+                ckpt_hashes = {n: f.result().sha256 for n, f in weights_hashed.items()}
+                if wspec.kind == "checkpoint":
+                    ckpt_hashes.update({n: side[n].sha256 for n in copied})
+                    wspec = dataclasses.replace(wspec, files=dict(sorted(ckpt_hashes.items())))
+                step.advance(sum(e.bytes for e in side.values()))
+                manifest = build_manifest(
+                    root=tmp, cfg=cfg, precision=opts.precision, target=target, pieces=entries, tokenizer=tok,
+                    files=files,
+                )
+                manifest["model"]["weights"] = wspec.record()
+                write_manifest(tmp, manifest)
+    finally:
+        background.close()
     log.info("build: %s done in %.1f s", out, time.perf_counter() - t_start)
     return out
 
 
-def _copy_side_files(wspec: WeightSpec, dst: Path) -> rt.TokenizerFiles:
+def _copy_side_files(wspec: WeightSpec, dst: Path, names: list[str]) -> dict[str, rt.FileEntry]:
+    """Copy the checkpoint's side files `names` into the bundle, hashing each while it is copied."""
     if wspec.kind != "checkpoint" or wspec.checkpoint is None:
-        return rt.TokenizerFiles(None, None, None)
+        return {}
     src = root_of(wspec.checkpoint)
-    for name in SIDE_FILES:
+    out = {}
+    for name in names:
         path = side_file(src, name)  # refuses a side file that resolves outside the checkpoint
         if path is not None:
-            shutil.copy2(path, dst / name)
+            out[name] = copy_hashed(path, dst / name)
+    return out
 
+
+def _tokenizer_files(dst: Path) -> rt.TokenizerFiles:
     def have(n: str) -> str | None:
         return n if (dst / n).is_file() else None
 

@@ -23,9 +23,11 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from hulurt import manifest as rt
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from huluexport import progress
 from huluexport.errors import ConfigError, ExportError
+from huluexport.export.pipeline import INLINE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,6 @@ def quantize_graph(model: onnx.ModelProto, base_dir: Path, block: int) -> tuple[
         initializers_and_uses,
         matmul_weight,
         read_weight,
-        replace_weights,
     )
 
     graph = model.graph
@@ -178,8 +179,6 @@ def quantize_piece(src: Path, dst: Path, entry: rt.PieceEntry, block: int) -> di
         model = onnx.load(str(path), load_external_data=False)
     except (OSError, ValueError, DecodeError) as exc:
         raise ExportError(f"{path}: cannot load the graph ({exc})") from None
-    from huluexport.export.quantize import save_piece
-
     try:
         with progress.phase(f"{entry.file}: quantize to int4 (QDQ)", unit="matrices"):
             model, rewritten = quantize_graph(model, src, block)
@@ -195,3 +194,33 @@ def quantize_piece(src: Path, dst: Path, entry: rt.PieceEntry, block: int) -> di
     log.info("quantize qdq: %s: %d matrices -> int4 block %d, %.2f GB (%.1f s)", entry.file, rewritten, block,
              q_bytes / 1e9, seconds)
     return {"ops": count_ops(model), "rewritten": rewritten, "seconds": seconds, "data": data if q_bytes else None}
+
+
+def replace_weights(
+    graph: onnx.GraphProto, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], consumed: set[str],
+    base_dir: Path,
+) -> None:
+    """Swap in the rewritten nodes and quantized initializers; the float weights in `consumed` go, every other
+    initializer is kept with its external data loaded (norms, biases, tables: small), so the output is self-contained
+    before it is saved next to new data."""
+    kept = [t for t in graph.initializer if t.name not in consumed]
+    for t in kept:
+        if uses_external_data(t):
+            load_external_data_for_tensor(t, str(base_dir))
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept + inits)
+
+
+def save_piece(model: onnx.ModelProto, dst: Path, file: str, data: str) -> int:
+    """Save a quantized piece with its weights in `data` (a progress phase); returns the data file's bytes."""
+    with progress.phase(f"{file}: save", unit="B") as step:
+        onnx.save_model(model, str(dst / file), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data, size_threshold=INLINE_BYTES)
+        for f in (dst / file, dst / data):
+            if f.exists():
+                f.chmod(0o644)  # onnx writes external data 0600
+        q_bytes = (dst / data).stat().st_size if (dst / data).exists() else 0
+        step.advance(q_bytes)  # onnx reports nothing while it writes: the amount for the summary
+    return q_bytes

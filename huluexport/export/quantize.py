@@ -1,7 +1,8 @@
 """`huluexport quantize`: an fp32/fp16 bundle -> a bundle whose chosen pieces carry weight-only int8/int4 matmuls
 (onnxruntime's own block quantizer -> com.microsoft MatMulNBits), for memory-bound decode on CPU/edge.
 
-Memory: weights are read one matrix at a time (see quantize_graph); the quantized piece is held whole until saved.
+Memory: weights are read, quantized and written one matrix at a time (see quantize_graph): bounded by the largest
+matrix, not the model.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from hulurt import manifest as rt
-from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from huluexport import progress
 from huluexport.errors import ConfigError, ExportError, ManifestError
+from huluexport.export.extdata import DataWriter, copy_kept, external, read_weight, write_subgraph_tensors
 from huluexport.export.manifest import list_files, tool_versions, write_manifest
 from huluexport.export.pipeline import INLINE_BYTES
 from huluexport.export.staging import check_out, staged
@@ -104,23 +106,6 @@ def check_options(opts: QuantizeOptions) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def read_weight(t: onnx.TensorProto, base_dir: Path) -> np.ndarray:
-    """One initializer as a numpy array, read straight from its external data file (never stored in the proto:
-    protobuf keeps the bytes of a loaded field in its arena until the whole model is freed)."""
-    if not uses_external_data(t):
-        return onnx.numpy_helper.to_array(t)
-    info = ExternalDataInfo(t)
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-    count = int(np.prod(t.dims))
-    path = base_dir / info.location
-    arr = np.fromfile(path, dtype=dtype, count=count, offset=info.offset or 0)
-    if arr.size != count:
-        raise ExportError(
-            f"{path}: {t.name!r} needs {count} values at offset {info.offset}, the file ends first"
-        )
-    return arr.reshape(tuple(t.dims))
-
-
 def initializers_and_uses(graph: onnx.GraphProto) -> tuple[dict[str, onnx.TensorProto], dict[str, int]]:
     """The graph's initializers by name, and how many node inputs read each name (both quantizers' scan)."""
     uses: dict[str, int] = {}
@@ -128,23 +113,6 @@ def initializers_and_uses(graph: onnx.GraphProto) -> tuple[dict[str, onnx.Tensor
         for i in n.input:
             uses[i] = uses.get(i, 0) + 1
     return {t.name: t for t in graph.initializer}, uses
-
-
-def replace_weights(
-    graph: onnx.GraphProto, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], consumed: set[str],
-    base_dir: Path,
-) -> None:
-    """Swap in the rewritten nodes and quantized initializers; the float weights in `consumed` go, every other
-    initializer is kept with its external data loaded (norms, biases, tables: small), so the output is self-contained
-    before it is saved next to new data."""
-    kept = [t for t in graph.initializer if t.name not in consumed]
-    for t in kept:
-        if uses_external_data(t):
-            load_external_data_for_tensor(t, str(base_dir))
-    graph.ClearField("node")
-    graph.node.extend(nodes)
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept + inits)
 
 
 def matmul_weight(
@@ -166,24 +134,68 @@ def matmul_weight(
 
 
 def count_candidates(
-    graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], uses: dict[str, int]
+    graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], uses: dict[str, int],
+    step: progress.Phase | None = None,
 ) -> progress.Phase:
-    """The caller's progress phase, its total set to the number of matmul weights a quantizer will rewrite."""
-    step = progress.current()
+    """`step` (default: the caller's progress phase), its total set to the number of matmul weights a quantizer
+    will rewrite."""
+    step = step or progress.current()
     step.set_total(sum(matmul_weight(n, inits, uses) is not None for n in graph.node))
     return step
 
 
+def _as_kn(arr: np.ndarray, transposed: bool) -> np.ndarray:
+    """The weight as contiguous fp32 [K, N] in one copy (the cast and the transpose together; fp16 -> fp32 is
+    exact, so the quantizer sees the same values as after astype + .T + ascontiguousarray)."""
+    return np.ascontiguousarray(arr.T if transposed else arr, dtype=np.float32)
+
+
+def output_bytes(graph: onnx.GraphProto, opts: QuantizeOptions, threshold: int) -> int:
+    """The size of the output's external data file, known before any weight is read (the save phase's total):
+    the kept initializers that go external, then per weight MatMulNBits' packed blocks, scales, zero points."""
+    inits, uses = initializers_and_uses(graph)
+    kpack = 8 // opts.bits
+    total, weights = 0, set()
+    for node in graph.node:
+        transposed = matmul_weight(node, inits, uses)
+        if transposed is None:
+            continue
+        w = inits[node.input[1]]
+        weights.add(w.name)
+        k, n = (w.dims[1], w.dims[0]) if transposed else (w.dims[0], w.dims[1])
+        k_blocks = -(-k // opts.block_size)
+        act = onnx.helper.tensor_dtype_to_np_dtype(w.data_type).itemsize
+        sizes = [n * k_blocks * -(-opts.block_size // kpack), n * k_blocks * act]
+        if not opts.symmetric:
+            sizes.append(n * -(-k_blocks // kpack))
+        total += sum(b for b in sizes if external(b, threshold))
+    for t in graph.initializer:
+        if t.name in weights:
+            continue
+        if uses_external_data(t):
+            b = int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        elif t.HasField("raw_data"):
+            b = len(t.raw_data)
+        else:
+            continue
+        total += b if external(b, threshold) else 0
+    return total
+
+
 def quantize_graph(
-    model: onnx.ModelProto, base_dir: Path, opts: QuantizeOptions
+    model: onnx.ModelProto, base_dir: Path, opts: QuantizeOptions, writer: DataWriter,
+    step: progress.Phase | None = None,
 ) -> tuple[onnx.ModelProto, int]:
     """Every MatMul (and bias-free Gemm, e.g. our lm_head) with a constant 2-D weight -> com.microsoft MatMulNBits.
 
     The block quantization is onnxruntime's own (DefaultWeightOnlyQuantizer.qbits_block_quant, the C++ RTN kernels
     behind MatMulNBitsQuantizer, onnxruntime/python/tools/quantization/matmul_nbits_quantizer.py); the node is
-    built the way its quantize_matmul builds it. We drive it one weight at a time from the external data file,
-    so the peak is the quantized weights so far + ~3 copies of the largest fp matrix (MatMulNBitsQuantizer.
-    process() holds the whole fp graph and its quantized copy: 10.6 GB for the 4 GB 7B-slice decoder).
+    built the way its quantize_matmul builds it. Streamed: the kept initializers are copied to `writer` first,
+    then each weight is read from the source's external data file, quantized, and handed to `writer` (which
+    writes it on its thread while the next is quantized); the proto keeps only external-data references. Peak
+    memory: ~2 fp32 copies of the largest matrix (MatMulNBitsQuantizer.process() holds the whole fp graph and its
+    quantized copy: 10.6 GB for the 4 GB 7B-slice decoder). The output is the bytes the whole-model
+    onnx.save_model wrote before (huluexport/export/extdata.py).
         before:  A [M, K] -> MatMul <- W [K, N]          (or Gemm(transB=1) <- W [N, K])
         after:   A [M, K] -> MatMulNBits(K, N, bits, block_size, accuracy_level)
                                <- W_q [N, ceil(K/block), block*bits/8] uint8, scales [N, ceil(K/block)],
@@ -208,10 +220,13 @@ def quantize_graph(
     quantizer = DefaultWeightOnlyQuantizer(config)
     graph = model.graph
     inits, uses = initializers_and_uses(graph)
-    step = count_candidates(graph, inits, uses)
+    step = count_candidates(graph, inits, uses, step)
+    weights = {n.input[1] for n in graph.node if matmul_weight(n, inits, uses) is not None}
+    kept = [t for t in graph.initializer if t.name not in weights]
+    for t in kept:  # written first: the whole-model save put them before the quantized weights
+        copy_kept(t, base_dir, writer)
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
-    consumed: set[str] = set()
     gemms = 0
     for node in graph.node:
         transposed = matmul_weight(node, inits, uses)
@@ -220,40 +235,44 @@ def quantize_graph(
             continue
         w = inits[node.input[1]]
         step.note(w.name)
-        arr = read_weight(w, base_dir)
-        act = arr.dtype  # MatMulNBits' scales share the activation type (fp32 or fp16 bundles)
-        arr = arr.astype(np.float32, copy=False)
-        if transposed:
-            arr = arr.T  # (N, K) -> (K, N)
+        src = read_weight(w, base_dir)
+        act = onnx.helper.tensor_dtype_to_np_dtype(w.data_type)  # MatMulNBits' scales share the activation type
+        arr = _as_kn(src, bool(transposed))
+        del src
         k, n = arr.shape
-        packed, scales, zero_points = quantizer.qbits_block_quant(np.ascontiguousarray(arr))
+        packed, scales, zero_points = quantizer.qbits_block_quant(arr)
         del arr
         q = f"{w.name}_Q{opts.bits}"
-        inputs = [node.input[0], q, f"{w.name}_scales"]
-        new_inits += [
-            onnx.numpy_helper.from_array(packed, q),
-            onnx.numpy_helper.from_array(scales.astype(act, copy=False), f"{w.name}_scales"),
-        ]
+        outs = [(q, packed), (f"{w.name}_scales", scales.astype(act, copy=False))]
         if not opts.symmetric:
-            inputs.append(f"{w.name}_zero_points")
-            new_inits.append(onnx.numpy_helper.from_array(zero_points, f"{w.name}_zero_points"))
+            outs.append((f"{w.name}_zero_points", zero_points))
+        for name, value in outs:
+            t = onnx.TensorProto(name=name, dims=value.shape,
+                                 data_type=onnx.helper.np_dtype_to_tensor_dtype(value.dtype))
+            writer.put(t, value)
+            new_inits.append(t)
+        names = [name for name, _ in outs]
+        del packed, scales, zero_points, outs
         attrs: dict[str, int] = {"K": k, "N": n, "bits": opts.bits, "block_size": opts.block_size}
         if opts.accuracy_level:
             attrs["accuracy_level"] = opts.accuracy_level
         new_nodes.append(
             onnx.helper.make_node(
                 "MatMulNBits",
-                inputs,
+                [node.input[0], *names],
                 list(node.output),
                 name=f"{node.name}_Q{opts.bits}",
                 domain="com.microsoft",
                 **attrs,
             )
         )
-        consumed.add(w.name)
         gemms += node.op_type == "Gemm"
         step.advance()
-    replace_weights(graph, new_nodes, new_inits, consumed, base_dir)
+    graph.ClearField("node")
+    graph.node.extend(new_nodes)
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept + new_inits)
+    write_subgraph_tensors(graph, base_dir, writer)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return model, gemms
@@ -312,19 +331,6 @@ def _check_graph_file(src: Path, rel: str, listed: set[str]) -> None:
     check_external_data(model, src, path, listed)
 
 
-def save_piece(model: onnx.ModelProto, dst: Path, file: str, data: str) -> int:
-    """Save a quantized piece with its weights in `data` (a progress phase); returns the data file's bytes."""
-    with progress.phase(f"{file}: save", unit="B") as step:
-        onnx.save_model(model, str(dst / file), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data, size_threshold=INLINE_BYTES)
-        for f in (dst / file, dst / data):
-            if f.exists():
-                f.chmod(0o644)  # onnx writes external data 0600
-        q_bytes = (dst / data).stat().st_size if (dst / data).exists() else 0
-        step.advance(q_bytes)  # onnx reports nothing while it writes: the amount for the summary
-    return q_bytes
-
-
 def quantize_piece(
     src: Path, dst: Path, entry: rt.PieceEntry, opts: QuantizeOptions, listed: set[str] | None = None
 ) -> dict[str, Any]:
@@ -339,20 +345,28 @@ def quantize_piece(
         int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         for t in model.graph.initializer
     )
+    data = f"{entry.file}.data"
     try:
-        with progress.phase(f"{entry.file}: quantize to int{opts.bits}", unit="matrices"):
-            model, rewritten = quantize_graph(model, src, opts)
+        with progress.phase(f"{entry.file}: quantize to int{opts.bits}", unit="matrices") as matrices, \
+                progress.phase(f"{entry.file}: save", output_bytes(model.graph, opts, INLINE_BYTES), "B") as saving:
+            # the save phase runs alongside: it counts the bytes as the writer thread writes them
+            with DataWriter(dst / data, data, INLINE_BYTES, saving) as writer:
+                model, rewritten = quantize_graph(model, src, opts, writer, matrices)
+            q_bytes = writer.offset
+            ops = count_ops(model)
+            if ops["MatMulNBits"] == 0:
+                raise ExportError(
+                    f"{path}: no MatMul with a constant weight was quantized; is this a huluexport graph?"
+                )
+            onnx.save_model(model, str(dst / entry.file))
+            for f in (dst / entry.file, dst / data):
+                f.chmod(0o644)
+            if not q_bytes:
+                (dst / data).unlink()
     except (OSError, ValueError) as exc:  # missing/short external data file
         raise ExportError(
             f"{path}: cannot read its external weights ({exc}); check the bundle with `huluexport inspect`"
         ) from None
-    ops = count_ops(model)
-    if ops["MatMulNBits"] == 0:
-        raise ExportError(
-            f"{path}: no MatMul with a constant weight was quantized; is this a huluexport graph?"
-        )
-    data = f"{entry.file}.data"
-    q_bytes = save_piece(model, dst, entry.file, data)
     seconds = time.perf_counter() - t0
     log.info(
         "quantize: %s: %d MatMulNBits (%d Gemm rewritten), %d const MatMul left, %.2f -> %.2f GB (%.1f s)",

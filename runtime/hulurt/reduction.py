@@ -39,9 +39,9 @@ def round_bf16(x: NDArray[np.floating]) -> NDArray[np.float32]:
 
 
 # Values (frames x tokens x D) per pass of frame_token_diffs. The bf16 rounding holds a few uint64 temporaries
-# of its operand (8 bytes a value); over a whole 160-slice 512x512 CT at once (16000 tokens x 2352) the
-# reduction stage peaked 1.6 GiB above the resident weights, more than the vision calls
-# (benchmarks/results/volume_160.md). 4M values keep each pass near 100 MiB whatever the input.
+# of its operand (8 bytes a value): over a whole 160-slice 512x512 CT at once (16000 tokens x 2352, 144 MiB of
+# fp32) the keep mask allocated 1.4 GiB at its peak, more than a 16-frame vision call; in passes of 4M values,
+# about the input's size (benchmarks/results/volume_memory.md, section 3).
 DIFF_PASS_VALUES = 1 << 22
 
 

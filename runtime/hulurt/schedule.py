@@ -54,7 +54,7 @@ class ModelShape:
 
 
 # onnxruntime's CPU allocation plan for one vision call, counted per node from its profiler (mem_in_use_delta of
-# every kernel, 1, 4 and 16 frames of 400 patches, the 7B-width vision piece; benchmarks/results/volume_160.md).
+# every kernel, 1, 4 and 16 frames of 400 patches, the 7B-width vision piece; benchmarks/results/volume_memory.md).
 # At its peak, the MLP of the first encoder layer (later layers reuse these buffers), the arena holds buffers of
 # the [frames, patches, vision_hidden] stream ("h") for: the patch embedding and its bias add (2), the key
 # projection and its bias add (2), the key's rotary embedding (split 1, negated half 0.5, concat 1, product 1,

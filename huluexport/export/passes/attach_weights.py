@@ -18,9 +18,9 @@ _NP = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}
 _TORCH = {np.float32: torch.float32, np.float16: torch.float16}
 
 
-def run(model: ir.Model, source: Callable[[str], torch.Tensor], name_map: Callable[[str], str]) -> ir.Model:
-    """source(reference_name) -> torch tensor (any float dtype, cast here one tensor at a time);
-    name_map(initializer name) -> reference name."""
+def run(model: ir.Model, source: Callable[..., torch.Tensor], name_map: Callable[[str], str]) -> ir.Model:
+    """source(reference_name, dtype) -> torch tensor in that dtype (huluexport.export.pipeline.weight_source: the
+    cast is its one copy), read one tensor at a time; name_map(initializer name) -> reference name."""
     for name, value in model.graph.initializers.items():
         if value.dtype not in _NP:  # int constants the exporter lifted: keep their values
             if value.const_value is None or _is_meta(value.const_value):
@@ -47,9 +47,9 @@ def _is_meta(t: object) -> bool:
     return bool(getattr(raw, "is_meta", False))
 
 
-def _loader(source: Callable[[str], torch.Tensor], ref: str, dtype: type, shape: tuple[int, ...], name: str):
+def _loader(source: Callable[..., torch.Tensor], ref: str, dtype: type, shape: tuple[int, ...], name: str):
     def load() -> ir.Tensor:
-        t = source(ref)
+        t = source(ref, _TORCH[dtype])
         if tuple(t.shape) != shape:
             raise ExportError(
                 f"weight {ref!r} has shape {list(t.shape)}; the graph's {name!r} needs {list(shape)}"

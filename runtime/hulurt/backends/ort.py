@@ -96,7 +96,7 @@ def session_options(options: BackendOptions) -> Any:
     # next call with those shapes on, holds one block for them on top of the arena that served the first call.
     # A volume's vision batches (and the decode steps, whose past grows every step) keep that block resident:
     # a second 16-frame vision call of the 160-slice CT grew RSS by 0.70 GiB with patterns and by 0 without,
-    # both calls ~0.80 GiB above the session (benchmarks/results/volume_160.md).
+    # both calls 0.81 GiB above the session (benchmarks/results/volume_memory.md).
     so.enable_mem_pattern = False
     if options.threads:
         so.intra_op_num_threads = options.threads
@@ -124,10 +124,10 @@ class OrtSession:
             raise BackendError(f"{path}: onnxruntime could not load this graph: {exc}") from exc
         self._run_options = None
         if options.release_after_run:
-            # onnxruntime's arena keeps the peak of a call (a 16-frame vision batch of the 160-slice CT: 0.80 GiB
+            # onnxruntime's arena keeps the peak of a call (a 16-frame vision batch of the 160-slice CT: 0.81 GiB
             # above the session, RSS unchanged after the call); shrinkage returns its free regions at the end of
-            # each call, so the decoder's prefill runs in the memory the vision calls used
-            # (benchmarks/results/volume_160.md)
+            # each call (0.06 GiB left), so the decoder's prefill runs in the memory the vision calls used
+            # (benchmarks/results/volume_memory.md)
             self._run_options = ort.RunOptions()
             arenas = ["cpu:0"] + ([f"gpu:{options.device_id}"] if self.provider == "cuda" else [])
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", ";".join(arenas))
