@@ -62,6 +62,7 @@ from huluexport.export.passes import (
     fold_weight_transposes,
     name_dims,
     replicate_layers,
+    strip_build_paths,
 )
 from huluexport.export.staging import check_out, staged
 
@@ -355,6 +356,7 @@ def piece_graph(
         with progress.phase(f"{name}: {phase}"):
             model = fn(model)
         _dump(model, dump_dir, f"{name}.{i}-{phase}")
+    strip_build_paths.run(model)  # no source path of this machine in a shipped graph
     model.producer_name = "huluexport"
     model.doc_string = f"huluexport {name} piece ({precision})"
     return model
