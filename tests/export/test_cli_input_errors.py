@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from e2e.hostile import edit_manifest
 from hulurt.errors import ManifestError
+from stderr_lines import error_lines
 
 from huluexport.cli import main
 from huluexport.errors import CheckpointError, ConfigError
@@ -28,7 +29,7 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def _one_line(code: int, err: str) -> str:
-    lines = err.strip().splitlines()
+    lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
     return lines[0]
 

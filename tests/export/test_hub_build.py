@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from hubcache import COMMIT, REPO, make_hub_cache
+from stderr_lines import error_text
 
 from huluexport.checkpoint.hub import file_hashes
 from huluexport.cli import main
@@ -93,7 +94,7 @@ def test_build_from_a_hub_id_in_the_cache_offline(
         "--out",
         str(tmp_path / "b2"),
     )
-    assert code == 2 and err.count("\n") == 1, err
+    assert code == 2 and error_text(err).count("\n") == 1, err
     assert f"download it first with: hf download {REPO} --revision v9 --cache-dir {cache}" in err
     assert not (tmp_path / "b2").exists()
 
@@ -102,5 +103,5 @@ def test_verify_of_a_folder_build_asks_for_the_checkpoint(
     bundle_factory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = _run(capsys, "verify", str(bundle_factory("qwen2", "fp32")), "--steps", "1")
-    assert code == 2 and err.count("\n") == 1
+    assert code == 2 and error_text(err).count("\n") == 1, err
     assert "built from the local folder tiny-qwen2" in err and "pass --checkpoint DIR" in err

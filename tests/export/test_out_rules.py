@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from e2e.hostile import snapshot
 from hulurt.manifest import load_manifest
+from stderr_lines import error_lines
 
 from huluexport.cli import main
 from huluexport.export.staging import MARKER
@@ -33,7 +34,7 @@ def _refused(capsys, root: Path, *args: str) -> str:
     """Run the CLI; assert exit 2, one `error: --out ...` line, and the tree under `root` unchanged."""
     before = snapshot(root)
     code, err = _cli(capsys, *args)
-    lines = err.strip().splitlines()
+    lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --out "), (code, err)
     assert snapshot(root) == before, "a refused command changed files around the job"
     return lines[0]

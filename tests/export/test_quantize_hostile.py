@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 from e2e.hostile import Sentinel, resign, snapshot
+from stderr_lines import error_lines
 
 from huluexport.cli import main
 
@@ -33,7 +34,7 @@ def _refused(capsys, job: Path, sentinel: Sentinel | None, *extra: str) -> str:
         sentinel.reset()  # the snapshot read it
     bits = ("--bits", "4") if extra else ("--bits", "8")
     code, err = _cli(capsys, "quantize", str(job / "bundle"), "--out", str(job / "q"), *bits, *extra)
-    lines = err.strip().splitlines()
+    lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
     if sentinel is not None:
         assert sentinel.untouched(), f"{sentinel.path} outside the bundle was read"

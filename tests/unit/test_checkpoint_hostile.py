@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from stderr_lines import error_text
 
 from huluexport.checkpoint import from_checkpoint, plan, side_file
 from huluexport.errors import CheckpointError, ConfigError
@@ -243,5 +244,6 @@ def test_build_refuses_in_one_line(
     out = tmp_path / "bundle"
     code, err = _build(capsys, "--checkpoint", str(ckpt), "--out", str(out))
     assert code == 2, err
+    err = error_text(err)
     assert err.count("\n") == 1 and err.startswith("error: ") and expect in err, err
     assert not out.exists() and not list(tmp_path.glob(".bundle.partial-*"))
