@@ -127,8 +127,12 @@ def test_overwrite_replaces_an_existing_bundle(job: Path, capsys) -> None:
 
 _STAGE = textwrap.dedent(
     """
-    import os, sys, time
+    import os, signal, sys, time
     from huluexport.export.staging import staged
+    # as a run from a terminal: the test runner itself may have been started with SIGHUP/SIGINT ignored (nohup, a
+    # background job), which the child inherits and staged() rightly leaves ignored
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with staged(sys.argv[1]) as tmp:
         (tmp / "decoder.onnx.data").write_bytes(b"x" * 1000)
         print(tmp, flush=True)
