@@ -17,8 +17,9 @@ from huluexport.bench.schema import STAGES
 
 
 def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "float32") -> PreparedSide:
-    """The reference on `cfg.extra["reference_device"]`: "cpu" (default), or "cuda", in fp16 there unless
-    `reference_dtype` says otherwise: PyTorch eager fp16 on the same GPU, the baseline of a GPU bundle."""
+    """The reference on `cfg.extra["reference_device"]`: "cpu" (default, in `dtype`), or "cuda", in fp16 there:
+    PyTorch eager fp16 on the same GPU, the baseline of a GPU bundle; `cfg.extra["reference_dtype"]` overrides
+    either (`--reference-dtype`; fp16 on the CPU: the GPU baseline's dtype in scripts/gpu_bench.py's rehearsal)."""
     import torch
     from hulurt.clock import StageClock
 
@@ -34,6 +35,8 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
         dtype = str(cfg.extra.get("reference_dtype") or "float16")
     elif device != "cpu":
         raise ConfigError(f"--reference-device {device!r}: expected cpu or cuda")
+    else:
+        dtype = str(cfg.extra.get("reference_dtype") or dtype)
     dev = torch.device(device)
 
     def sync() -> None:  # stage clocks read the host clock: wait for the queued device work first

@@ -177,6 +177,12 @@ def plan_cmd(
     help="Where the PyTorch reference runs: cpu (fp32), or cuda (fp16 eager, the GPU baseline).",
 )
 @click.option(
+    "--reference-dtype",
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    default=None,
+    help="The reference's dtype (default: float32 on cpu, float16 on cuda).",
+)
+@click.option(
     "--decoder-form",
     type=click.Choice(["v1-concat", "gqa-static"]),
     default=None,
@@ -208,6 +214,7 @@ def bench_cmd(
     target: str,
     compare_reference: bool,
     reference_device: str,
+    reference_dtype: str | None,
     decoder_form: str | None,
     no_cuda_graph: bool,
     sequential: bool,
@@ -236,6 +243,7 @@ def bench_cmd(
             "sequential": sequential,
             "provider": provider,
             "reference_device": reference_device,
+            "reference_dtype": reference_dtype,
             "decoder_form": decoder_form,
             "no_cuda_graph": no_cuda_graph,
         },

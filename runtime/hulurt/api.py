@@ -301,8 +301,9 @@ class Model:
         frames = self.manifest.limits.max_frames
         if not upstream_frames:
             frames = max(1, min(frames, budget // max(1, pp.min_tokens)))
+        compression = f.reduction_enabled if token_reduction is None else token_reduction
         opts = InputOptions(
-            compression=f.reduction_enabled if token_reduction is None else token_reduction,
+            compression=compression,
             compression_mode=f.reduction_mode,
             threshold=f.reduction_threshold,
             min_kept=f.reduction_min_tokens,
@@ -312,7 +313,9 @@ class Model:
             series=series,
             num_slices=num_slices,
             max_frames=frames,
-            keep_mask_fn=self.keep_mask_fn,
+            # only asked for with reduction on: finding the GPU reducer opens the decoder session, which a Model
+            # used for its input code alone (huluexport bench's reference side) must never load
+            keep_mask_fn=self.keep_mask_fn if compression else None,
         )
         if max_pixels is not None:
             opts = replace(opts, max_pixels=max_pixels)

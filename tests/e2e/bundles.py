@@ -102,6 +102,21 @@ def deep_bundle(kind: str, trace_all_layers: bool, precision: str = "fp32") -> P
     return _cached(f"deepbundle-{kind}-{precision}-{'traced' if trace_all_layers else 'replicated'}", make)
 
 
+def sliced_bundle(kind: str, layers: int) -> Path:
+    """deep_checkpoint(kind) built as its first `layers` decoder layers and one vision layer (`build --layers N
+    --vision-layers 1`), both decoder forms: the 2- and 4-layer slices from which scripts/gpu_bench.py
+    extrapolates per-layer figures (tests/bench/test_gpu_bench_report.py)."""
+    ck = deep_checkpoint(kind)
+
+    def make(out: Path) -> None:
+        from huluexport.export.pipeline import BuildOptions, build
+
+        build(BuildOptions(out=out, checkpoint=ck, precision="fp32", layers=layers, vision_layers=1,
+                           decoder_forms=("v1-concat", "gqa-static")))
+
+    return _cached(f"slice{layers}-{kind}", make)
+
+
 def _write_checkpoint(kind: str, compression: bool, out: Path) -> None:
     from huluexport.checkpoint.fixtures import write_checkpoint
 

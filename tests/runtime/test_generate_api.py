@@ -110,3 +110,18 @@ def test_media_objects_and_a_caller_tokenizer(model) -> None:
     feed = own.prepare("abc")
     assert b"abc" in bytes(i for i in feed.input_ids.tolist() if i < 256)
     assert own.run(feed, max_new_tokens=2, stop_ids=()).result().text.count(" ") == 1
+
+
+def test_input_code_alone_opens_no_graph(model) -> None:
+    """A Model used for its input code only (huluexport bench's reference side) loads no graph for a request
+    without token reduction: looking for the GPU reducer used to open the decoder session, which on the
+    7B-width slice held 5.6 GB beside the reference on the CPU (docs/gpu.md, the CPU rehearsal)."""
+    from hulurt.api import Model
+    from hulurt.media import Media
+
+    frames = np.random.default_rng(1).integers(0, 256, size=(4, 56, 56, 3), dtype=np.uint8)
+    inputs_only = Model(model.manifest, model.options)
+    mi = inputs_only.media_inputs("What is shown?", [Media(frames, "3d", "synthetic volume")], token_reduction=False)
+    assert len(mi.visuals) == 1 and inputs_only._sessions == {}
+    reduced = inputs_only.media_inputs("What is shown?", [Media(frames, "3d", "synthetic volume")])
+    assert reduced.visuals[0].keep is not None  # with reduction the reducer is chosen (this opens the decoder)

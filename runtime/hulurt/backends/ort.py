@@ -122,6 +122,7 @@ class OrtSession:
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BackendError(f"{path}: onnxruntime could not load this graph: {exc}") from exc
+        self._check_started(path, options.provider)
         self._run_options = None
         if options.release_after_run:
             # onnxruntime's arena keeps the peak of a call (a 16-frame vision batch of the 160-slice CT: 0.81 GiB
@@ -134,6 +135,25 @@ class OrtSession:
         self._inputs = [i.name for i in self._sess.get_inputs()]
         self._outputs = [o.name for o in self._sess.get_outputs()]
         log.info("opened %s on %s (%s)", path.name, self.provider, self._sess.get_providers()[0])
+
+    def _check_started(self, path: Path, requested: str) -> None:
+        """onnxruntime-gpu lists its CUDA and TensorRT providers even where their libraries cannot load (no driver,
+        no CUDA 13 cuBLAS/cuDNN on the library path); the session then runs on the CPU alone, with a logged error.
+        An explicit provider must have started: otherwise a "cuda" run would be CPU numbers under a GPU label.
+        With "auto" the session's own first provider is the one used."""
+        got = list(self._sess.get_providers())
+        if _EP[self.provider] in got:
+            return
+        ours = {v: k for k, v in _EP.items()}
+        if requested == "auto":
+            log.warning("%s: %s did not start; running on %s", path.name, _EP[self.provider], got[0])
+            self.provider = ours.get(got[0], "cpu")
+            return
+        raise BackendError(
+            f"{path}: provider {requested!r} was requested but onnxruntime could not start {_EP[self.provider]} "
+            f"(the session has only {', '.join(got)}): its libraries did not load (see onnxruntime's error above; "
+            "CUDA 13 cuBLAS/cuDNN must be on LD_LIBRARY_PATH); pass --provider cpu to run on the CPU"
+        )
 
     @property
     def on_device(self) -> bool:
