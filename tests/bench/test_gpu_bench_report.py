@@ -132,3 +132,22 @@ def test_report_plot(result: dict) -> None:
     with Image.open(result["out"] / "gpu_bench.png") as im:
         assert im.format == "PNG"
         assert np.asarray(im.convert("L"), dtype=np.float32).std() > 10
+
+
+def test_build_state_follows_the_latest_build(gpu_bench, tmp_path: Path) -> None:
+    """`measure` waits for the latest build's last line, or stops waiting when that build process is gone."""
+    import subprocess
+
+    assert gpu_bench.build_state(tmp_path) == "none"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        log = tmp_path / "build.log"
+        log.write_text(f"BUILD START pid=1\nBUILD DONE status=0\nBUILD START pid={child.pid}\nBUILT b4 rc=0\n")
+        assert gpu_bench.build_state(tmp_path) == "running"
+    finally:
+        child.kill()
+        child.wait()
+    assert gpu_bench.build_state(tmp_path) == "ended"
+    with open(log, "a") as f:
+        f.write("BUILD DONE status=0\n")
+    assert gpu_bench.build_state(tmp_path) == "done"
