@@ -128,24 +128,28 @@ def build(work: Path) -> int:
 
 
 def _build_steps(bdir: Path, log: Path, work: Path) -> int:
+    """b4 and b2 first (`measure` starts a bench as soon as its bundle is built), then the sm_90 kernels and the
+    tiny bundles that only tests/gpu (the fifth step) needs."""
     status = 0
-    with open(log, "a") as f:  # the token-reduction kernels for the CUDA path (hulurt.device_reduce), sm_90
-        try:
-            rc = subprocess.run(["make", "-C", "kernels", "lib", "ARCHS=90", "NVCC_THREADS=8",
-                                 f"PYTHON={sys.executable}"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                check=False).returncode
-        except OSError as e:  # no make: the bundles matter more; hulurt reduces with numpy without the library
-            f.write(f"make: {e}\n")
-            rc = 127
-        f.write(f"BUILT kernels rc={rc}\n")
     for name, extra in BUNDLES.items():
         if (bdir / name / "manifest.json").is_file():
+            with open(log, "a") as f:
+                f.write(f"BUILT {name} rc=0 (there already)\n")
             continue
         t0 = time.time()
         rc = _huluexport(["build", *COMMON_BUILD, *extra, "--out", str(bdir / name), "--overwrite"], log, 1500)
         with open(log, "a") as f:
             f.write(f"BUILT {name} rc={rc} in {time.time() - t0:.0f} s\n")
         status |= rc
+    with open(log, "a") as f:  # the token-reduction kernels for the CUDA path (hulurt.device_reduce), sm_90
+        try:
+            rc = subprocess.run(["make", "-C", "kernels", "lib", "ARCHS=90", "NVCC_THREADS=8",
+                                 f"PYTHON={sys.executable}"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                check=False).returncode
+        except OSError as e:  # no make: hulurt reduces with numpy without the library; tests/gpu say so
+            f.write(f"make: {e}\n")
+            rc = 127
+        f.write(f"BUILT kernels rc={rc}\n")
     # the tiny bundles tests/gpu uses (tests/e2e/bundles.py caches them here)
     code = "from e2e.bundles import bundle; print(bundle('qwen2', gqa=True)); print(bundle('qwen3', gqa=True))"
     env = _env() | {"HULU_TEST_BUNDLES": str(work / "test-bundles")}
@@ -236,38 +240,40 @@ def _versions(names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def build_state(work: Path) -> str:
-    """"done", "running" or "ended" (the build process is gone without its last line) for the latest build in
-    build.log; "none" when no build was started."""
+def build_state(work: Path) -> tuple[str, set[str]]:
+    """(state, what the latest build in build.log has finished: "BUILT <name>" lines). state: "done", "running",
+    "ended" (the build process is gone without its last line) or "none" (no build was started)."""
     log = work / "build.log"
     text = log.read_text() if log.is_file() else ""
     start = text.rfind("BUILD START pid=")
-    if start < 0:
-        return "done" if "BUILD DONE" in text else "none"
-    last = text[start:]
+    last = text[start:] if start >= 0 else text
+    built = {line.split()[1] for line in last.splitlines() if line.startswith("BUILT ") and len(line.split()) > 1}
     if "BUILD DONE" in last:
-        return "done"
+        return "done", built
+    if start < 0:
+        return "none", built
     pid = int(last.split("=", 1)[1].split()[0])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return "ended"
+        return "ended", built
     except PermissionError:
         pass
-    return "running"
+    return "running", built
 
 
-def _wait_for_bundles(work: Path, limit_s: float) -> None:
-    t0 = time.time()
-    while time.time() - t0 < limit_s:
-        state = build_state(work)
-        if state == "done":
+def _wait_for(work: Path, needs: tuple[str, ...], deadline: float) -> None:
+    """Until the running build has finished `needs` (bundle names, "kernels", "tiny") or `deadline` passes."""
+    while True:
+        state, built = build_state(work)
+        if state != "running" or set(needs) <= built:
+            if state in ("ended", "none"):
+                print(f"bundle build {state} (no BUILD DONE in build.log); measuring what exists", flush=True)
             return
-        if state in ("ended", "none"):
-            print(f"bundle build {state}: no BUILD DONE in build.log; measuring what exists", flush=True)
+        if time.time() >= deadline:
+            print(f"{', '.join(needs)} not built by the wait limit; measuring what exists", flush=True)
             return
-        time.sleep(5)
-    print(f"bundles not done after {limit_s:.0f} s; measuring what exists", flush=True)
+        time.sleep(2)
 
 
 def measure(work: Path, out: Path, only: list[str] | None, budget_s: float, rehearse: bool = False) -> int:
@@ -291,13 +297,15 @@ def measure(work: Path, out: Path, only: list[str] | None, budget_s: float, rehe
         result["copy"] = {"error": f"{type(e).__name__}: {e}"}
         print(f"copy bandwidth FAILED: {result['copy']['error']}", flush=True)
     save(out, result)
-    _wait_for_bundles(work, max(30.0, budget_s / 2 - (time.time() - start)))
+    # each step waits for what it needs from the background build, all steps together up to half the budget
+    deadline = time.time() + max(30.0, budget_s / 2 - (time.time() - start))
     result["benches"] = {}
     order = list(BENCHES)
     order.insert(4, GPU_TESTS)
     for name in order:
         if only and name not in only:
             continue
+        _wait_for(work, ("kernels", "tiny") if name == GPU_TESTS else (BENCHES[name][0],), deadline)
         left = budget_s - (time.time() - start)
         if left < 30:
             result.setdefault("skipped", []).append(name)

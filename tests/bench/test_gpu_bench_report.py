@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,19 +136,25 @@ def test_report_plot(result: dict) -> None:
 
 
 def test_build_state_follows_the_latest_build(gpu_bench, tmp_path: Path) -> None:
-    """`measure` waits for the latest build's last line, or stops waiting when that build process is gone."""
+    """`measure` starts a step once the latest build has built what it needs, or stops waiting when that build
+    is done or its process is gone (a killed build never writes BUILD DONE)."""
     import subprocess
 
-    assert gpu_bench.build_state(tmp_path) == "none"
+    assert gpu_bench.build_state(tmp_path) == ("none", set())
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    log = tmp_path / "build.log"
     try:
-        log = tmp_path / "build.log"
-        log.write_text(f"BUILD START pid=1\nBUILD DONE status=0\nBUILD START pid={child.pid}\nBUILT b4 rc=0\n")
-        assert gpu_bench.build_state(tmp_path) == "running"
+        log.write_text("BUILD START pid=1\nBUILT b4 rc=0 in 9 s\nBUILT b2 rc=0 in 5 s\nBUILD DONE status=0\n"
+                       f"BUILD START pid={child.pid}\nBUILT b4 rc=0 in 132 s\n")
+        assert gpu_bench.build_state(tmp_path) == ("running", {"b4"})
+        t0 = time.monotonic()
+        gpu_bench._wait_for(tmp_path, ("b4",), time.time() + 30)  # built: no wait
+        gpu_bench._wait_for(tmp_path, ("b2",), time.time() + 1)  # not built: waits until the deadline
+        assert time.monotonic() - t0 >= 1
     finally:
         child.kill()
         child.wait()
-    assert gpu_bench.build_state(tmp_path) == "ended"
+    assert gpu_bench.build_state(tmp_path) == ("ended", {"b4"})
     with open(log, "a") as f:
-        f.write("BUILD DONE status=0\n")
-    assert gpu_bench.build_state(tmp_path) == "done"
+        f.write("BUILT b2 rc=1 in 3 s\nBUILD DONE status=1\n")
+    assert gpu_bench.build_state(tmp_path) == ("done", {"b4", "b2"})
