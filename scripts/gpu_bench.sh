@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The GPU measurement of docs/gpu.md on the H200 device machine (CUDA 13 torch in python3, no network):
-#   scripts/gpu_bench.sh stage NN   keep wheel part NN (carried under .whl/) under $WORK/parts; show build progress
-#   scripts/gpu_bench.sh build      start the bundle builds (CPU) in the background with setsid; returns at once
-#   scripts/gpu_bench.sh measure    join + check + install onnxruntime-gpu, then scripts/gpu_bench.py measure:
-#                                   copy bandwidth, huluexport bench (text, 160-slice CT, 60-frame video) vs the
-#                                   PyTorch reference on CUDA fp16, tests/gpu; JSON/Markdown/PNG into $OUT
+#   scripts/gpu_bench.sh stage            keep the carried parts (.whl/ort-*.part-*, their .sha256/.name, the
+#                                         onnx-ir wheel) under $WORK/parts; show build progress
+#   scripts/gpu_bench.sh build            start the bundle builds (CPU) in the background with setsid; returns at once
+#   scripts/gpu_bench.sh measure KIND [BUDGET]
+#                                         KIND slim|full: join + check + install onnxruntime-gpu, scripts/gpu_smoke.py
+#                                         (exit 3 if its CUDA provider cannot run our operators), then
+#                                         scripts/gpu_bench.py measure within BUDGET s (default 540): copy bandwidth,
+#                                         huluexport bench (text, 160-slice CT, 60-frame video) vs the PyTorch
+#                                         reference on CUDA fp16, tests/gpu; JSON/Markdown/PNG into $OUT
 # Nothing is installed outside $WORK (default /tmp/hulu-gpu); the card's settings are never touched.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +33,9 @@ PYEOF
 
 case "${1:-}" in
   stage)
-    n="${2:?part number, e.g. 00}"
-    cp -f ".whl/ort.part-$n" "$WORK/parts/" || { echo "part $n was not carried"; exit 1; }
-    for f in .whl/ort.sha256 .whl/ort.name .whl/onnx_ir-*.whl; do [ -f "$f" ] && cp -f "$f" "$WORK/parts/"; done
+    ls .whl/ort-*.part-* >/dev/null 2>&1 || { echo "no .whl/ort-*.part-* was carried"; exit 1; }
+    cp -f .whl/ort-*.part-* "$WORK/parts/"
+    for f in .whl/ort-*.sha256 .whl/ort-*.name .whl/onnx_ir-*.whl; do [ -f "$f" ] && cp -f "$f" "$WORK/parts/"; done
     ls -l "$WORK/parts"
     if ls "$WORK"/parts/onnx_ir-*.whl >/dev/null 2>&1 && [ ! -d "$WORK/site/onnx_ir" ]; then
       "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
@@ -46,18 +50,24 @@ case "${1:-}" in
     ;;
   measure)
     t0=$(date +%s)
-    name=$(cat "$WORK/parts/ort.name")
-    cat "$WORK"/parts/ort.part-* > "$WORK/$name"
-    want=$(cat "$WORK/parts/ort.sha256"); got=$(sha256sum "$WORK/$name" | awk '{print $1}')
-    [ "$want" = "$got" ] || { echo "wheel sha256 $got != $want (parts: $(ls "$WORK/parts" | tr '\n' ' '))"; exit 1; }
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
-      "$WORK/$name" || exit 1
+    kind="${2:?slim or full}"; budget="${3:-540}"
+    name=$(cat "$WORK/parts/ort-$kind.name") || { echo "ort-$kind.name was not carried"; exit 1; }
+    cat "$WORK"/parts/ort-"$kind".*.part-* > "$WORK/$name"
+    want=$(cat "$WORK/parts/ort-$kind.sha256"); got=$(sha256sum "$WORK/$name" | awk '{print $1}')
+    [ "$want" = "$got" ] || { echo "$name: sha256 $got != $want (parts: $(ls "$WORK/parts" | tr '\n' ' '))"; exit 1; }
+    rm -rf "$WORK/site/onnxruntime" "$WORK"/site/onnxruntime_gpu-*.dist-info
+    case "$name" in
+      *.tar.xz) tar -xJf "$WORK/$name" -C "$WORK/site" || exit 1 ;;
+      *.whl) "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
+               "$WORK/$name" || exit 1 ;;
+    esac
     export LD_LIBRARY_PATH="$(nv_libs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())"
+    "$PY" scripts/gpu_smoke.py || { echo "$kind onnxruntime-gpu cannot run on this GPU: see docs/gpu.md (fallback)"; exit 3; }
     spent=$(( $(date +%s) - t0 ))
-    "$PY" scripts/gpu_bench.py measure --work "$WORK" --out "$OUT" --budget $(( 540 - spent ))
+    "$PY" scripts/gpu_bench.py measure --work "$WORK" --out "$OUT" --budget $(( budget - spent ))
     cp -f "$WORK/build.log" "$OUT/build.log" 2>/dev/null
     ;;
   *)
-    echo "usage: scripts/gpu_bench.sh stage NN | build | measure   (docs/gpu.md)"; exit 2 ;;
+    echo "usage: scripts/gpu_bench.sh stage | build | measure slim|full [BUDGET_S]   (docs/gpu.md)"; exit 2 ;;
 esac

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Run HERE (a machine with pip access), in the checkout the device tool sends: fetches the wheels the H200
-# machine lacks and splits onnxruntime-gpu into parts under 60 MiB, one per device call (docs/gpu.md).
-#   .whl/ort.part-00 .. ort.part-04   onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl (CUDA 13 build)
-#   .whl/ort.sha256                   sha256 of the whole wheel, checked after joining on the device
-#   .whl/onnx_ir-1.1.0-py3-none-any.whl   (the device image has onnx-ir 1.0.0; pyproject.toml needs >= 1.1)
-# .whl/ is ignored by git (.gitignore): the wheels are never committed.
+# Run HERE (a machine with pip access), in the checkout the device tool sends: fetches what the H200 machine
+# lacks and cuts it into parts that one device call each can carry (64 MiB a call, the working tree included).
+#   .whl/ort-slim.tar.xz.part-00, -01   onnxruntime-gpu 1.31.1 (CUDA 13 build) with the CUDA provider's fatbins cut
+#                                       to sm_9x (scripts/ort_slim.py): the plan, 2 device calls in all
+#   .whl/ort-full.whl.part-00 .. -04    the whole wheel, untouched: the fallback if scripts/gpu_smoke.py fails
+#   .whl/ort-{slim,full}.sha256, .name  checked on the device after joining
+#   .whl/onnx_ir-1.1.0-py3-none-any.whl (the device image has onnx-ir 1.0.0; pyproject.toml needs >= 1.1)
+# .whl/ is ignored by git (.gitignore): nothing of it is committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 ORT_VERSION="${ORT_VERSION:-1.31.1}"
-PART="${PART:-55M}"  # < 60 MiB: one part plus the working tree fits one call's 64 MiB
+SM="${SM:-90}"
+PART="${PART:-58M}"  # one part + the working tree (~2.5 MiB) + the onnx-ir wheel stay under one call's 64 MiB
 mkdir -p .whl/dl
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
       --platform manylinux2014_x86_64)
@@ -23,17 +26,26 @@ if command -v readelf >/dev/null; then
   readelf -d "$tmp/onnxruntime/capi/libonnxruntime_providers_cuda.so" | grep -o 'lib\(cudart\|cublas\)\.so\.[0-9]*' | sort -u
   rm -rf "$tmp"
 fi
-rm -f .whl/ort.part-*
-split -b "$PART" -d -a 2 "$whl" .whl/ort.part-
-sha256sum "$whl" | awk '{print $1}' > .whl/ort.sha256
-echo "$(basename "$whl")" > .whl/ort.name
-ls -l .whl/ort.part-* .whl/ort.sha256 .whl/onnx_ir-*.whl
-n=$(ls .whl/ort.part-* | wc -l)
+rm -f .whl/ort.part-* .whl/ort.sha256 .whl/ort.name .whl/ort-full.* .whl/ort-slim.*  # an earlier layout too
+split -b "$PART" -d -a 2 "$whl" .whl/ort-full.whl.part-
+sha256sum "$whl" | awk '{print $1}' > .whl/ort-full.sha256
+basename "$whl" > .whl/ort-full.name
+"$PY" scripts/ort_slim.py "$whl" --sm "$SM" --out .whl --part "$PART"
+ls -l .whl/ort-*.part-* .whl/onnx_ir-*.whl
+nf=$(ls .whl/ort-full.whl.part-* | wc -l)
+ns=$(ls .whl/ort-slim.tar.xz.part-* | wc -l)
+[ "$ns" = 2 ] || echo "NOTE: the slim archive has $ns parts, not 2: add one stage call per extra part"
 cat <<MSG
 
-Device calls, back to back (a warm machine goes back 30 s after a call; /tmp there is lost with it):
-  1. run(carry=[".whl/ort.part-00", ".whl/ort.sha256", ".whl/ort.name", ".whl/onnx_ir-1.1.0-py3-none-any.whl"],
-         command="scripts/gpu_bench.sh stage 00 && scripts/gpu_bench.sh build", timeout_s=120)
-$(for i in $(seq 1 $((n - 1))); do printf '  %d. run(carry=[".whl/ort.part-%02d"], command="scripts/gpu_bench.sh stage %02d", timeout_s=60)\n' $((i + 1)) "$i" "$i"; done)
-  $((n + 1)). run(command="scripts/gpu_bench.sh measure", timeout_s=600)   -> \$OUT/gpu_bench.{json,md,png}, logs
+Device calls, back to back (a warm machine goes back 30 s after a call, and /tmp there with it). docs/gpu.md.
+  1. run(carry=[".whl/ort-slim.tar.xz.part-00", ".whl/ort-slim.sha256", ".whl/ort-slim.name",
+                ".whl/onnx_ir-1.1.0-py3-none-any.whl"],
+         command="scripts/gpu_bench.sh stage && scripts/gpu_bench.sh build", timeout_s=60)
+  2. run(carry=[".whl/ort-slim.tar.xz.part-01"],
+         command="scripts/gpu_bench.sh stage && scripts/gpu_bench.sh measure slim BUDGET", timeout_s=BUDGET+30)
+     BUDGET: seconds for measuring, status()'s budget_left_s minus ~60, at most 560.
+     -> \$OUT/gpu_bench.{json,md,png}, gpu_bench.log, pytest_gpu.log, build.log
+  If call 2 prints "GPU SMOKE FAILED" (exit 3: the slim CUDA library did not run), the full wheel instead, at once:
+$(for i in $(seq 0 $((nf - 1))); do printf '     run(carry=[".whl/ort-full.whl.part-%02d"%s], command="scripts/gpu_bench.sh stage", timeout_s=60)\n' "$i" "$([ "$i" = 0 ] && echo ', ".whl/ort-full.sha256", ".whl/ort-full.name"')"; done)
+     run(command="scripts/gpu_bench.sh measure full BUDGET", timeout_s=BUDGET+30)
 MSG

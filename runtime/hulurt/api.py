@@ -127,8 +127,9 @@ class Model:
 
     @property
     def uses_cuda_graph(self) -> bool:
-        return self.decoder_piece == "decoder_gqa" and self._cuda_graph is not False and self.session(
-            "decoder").provider == "cuda"
+        sess = self.session("decoder")  # onnxruntime may have refused the graph (backends/ort.py)
+        return self.decoder_piece == "decoder_gqa" and self._cuda_graph is not False and sess.provider == "cuda" \
+            and bool(getattr(sess, "cuda_graph", False))
 
     @property
     def keep_mask_fn(self) -> Any:

@@ -7,18 +7,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
+from cli_main import run_main as _run
 from hulurt.manifest import sha256_file
-
-from huluexport.cli import main
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
 
 
 def test_inspect_prints_pieces_and_ranges(bundle_factory, capsys) -> None:

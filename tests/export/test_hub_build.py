@@ -10,19 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_main import run_main as _run
 from hubcache import COMMIT, REPO, make_hub_cache
 from stderr_lines import error_text
 
 from huluexport.checkpoint.hub import file_hashes
-from huluexport.cli import main
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
 
 
 def _strings(value: Any) -> list[str]:

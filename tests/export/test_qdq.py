@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_main import run_main as _run
 from hulurt.manifest import load_manifest
 from onnx import numpy_helper
 from stderr_lines import error_text
@@ -23,14 +24,6 @@ from huluexport.plan import INT4_GROUP, weight_bytes
 from huluexport.validate import verify
 
 BLOCK = 32  # the tiny decoder's input dims are 64 and 128; real sizes use the default 128
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
 
 
 @pytest.fixture(scope="module")

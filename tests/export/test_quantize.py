@@ -11,10 +11,10 @@ import hulurt
 import numpy as np
 import onnx
 import pytest
+from cli_main import run_main as _run
 from hulurt.errors import ManifestError
 from hulurt.manifest import load_manifest
 
-from huluexport.cli import main
 from huluexport.errors import ConfigError
 from huluexport.export.quantize import count_ops, quantize_bundle
 from huluexport.validate import verify
@@ -140,14 +140,6 @@ def test_verify_within_the_quantized_tolerances(quantized, ckpt_qwen2: Path, bit
         assert r.max_abs > 0  # a quantized decoder that matched bit for bit would mean nothing was quantized
     # the other pieces keep their fp32 entries
     assert all(r.tolerance.max_abs is not None for r in report.rows if r.piece in ("vision", "embed"))
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
 
 
 def test_cli_quantize_and_errors(src: Path, tmp_path: Path, capsys) -> None:

@@ -16,9 +16,11 @@ from hulurt.errors import HuluRuntimeError
 
 log = logging.getLogger(__name__)
 
-# user-facing provider names -> what they mean; "auto" picks the first available of GPU_PREFERENCE, else cpu
+# user-facing provider names -> what they mean; "auto" picks the first available of GPU_PREFERENCE, else cpu.
+# CUDA first: the gqa-static decode path (KV written in place, CUDA graph; docs/gpu.md) is built for the CUDA EP,
+# and onnxruntime-gpu lists the TensorRT EP even where no TensorRT library is installed; TensorRT when asked.
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt", "trt-native")
-GPU_PREFERENCE = ("tensorrt", "cuda")
+GPU_PREFERENCE = ("cuda", "tensorrt")
 
 
 class BackendError(HuluRuntimeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +116,24 @@ class OrtSession:
         self.path = path
         self.provider = resolve_provider(options.provider)
         self.options = options
+        self.cuda_graph = bool(options.cuda_graph) and self.provider == "cuda"
+        self.cuda_graph_note: str | None = None
         try:
-            self._sess = ort.InferenceSession(
-                os.fspath(path), sess_options=session_options(options),
-                providers=provider_list(self.provider, options, path),
-            )
+            self._sess = self._open(ort, path, options)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise BackendError(f"{path}: onnxruntime could not load this graph: {exc}") from exc
-        self._check_started(path, options.provider)
+            if not self.cuda_graph:
+                raise BackendError(f"{path}: onnxruntime could not load this graph: {exc}") from exc
+            # capture needs every compute node on the CUDA EP and no Memcpy node; the step still runs without it
+            self.cuda_graph_note = f"CUDA graph refused by onnxruntime, decoding without it: {exc}"
+            log.warning("%s: %s", path.name, self.cuda_graph_note)
+            self.cuda_graph = False
+            options = replace(options, cuda_graph=False)
+            self.options = options
+            try:
+                self._sess = self._open(ort, path, options)
+            except Exception as exc2:
+                raise BackendError(f"{path}: onnxruntime could not load this graph: {exc2}") from exc2
+        self._check_provider(ort, options)
         self._run_options = None
         if options.release_after_run:
             # onnxruntime's arena keeps the peak of a call (a 16-frame vision batch of the 160-slice CT: 0.81 GiB
@@ -136,24 +147,25 @@ class OrtSession:
         self._outputs = [o.name for o in self._sess.get_outputs()]
         log.info("opened %s on %s (%s)", path.name, self.provider, self._sess.get_providers()[0])
 
-    def _check_started(self, path: Path, requested: str) -> None:
-        """onnxruntime-gpu lists its CUDA and TensorRT providers even where their libraries cannot load (no driver,
-        no CUDA 13 cuBLAS/cuDNN on the library path); the session then runs on the CPU alone, with a logged error.
-        An explicit provider must have started: otherwise a "cuda" run would be CPU numbers under a GPU label.
-        With "auto" the session's own first provider is the one used."""
-        got = list(self._sess.get_providers())
-        if _EP[self.provider] in got:
+    def _open(self, ort: Any, path: Path, options: BackendOptions) -> Any:
+        return ort.InferenceSession(os.fspath(path), sess_options=session_options(options),
+                                    providers=provider_list(self.provider, options, path))
+
+    def _check_provider(self, ort: Any, options: BackendOptions) -> None:
+        """onnxruntime falls back to the CPU quietly when a GPU provider does not load (no driver, a missing
+        libcublas or libcudnn): a run would then be a CPU run under a GPU name. An explicit request fails with
+        the reason; "auto" goes on as a CPU session and says so."""
+        want = _EP[self.provider]
+        got = self._sess.get_providers()
+        if self.provider == "cpu" or got[0] == want:
             return
-        ours = {v: k for k, v in _EP.items()}
-        if requested == "auto":
-            log.warning("%s: %s did not start; running on %s", path.name, _EP[self.provider], got[0])
-            self.provider = ours.get(got[0], "cpu")
-            return
-        raise BackendError(
-            f"{path}: provider {requested!r} was requested but onnxruntime could not start {_EP[self.provider]} "
-            f"(the session has only {', '.join(got)}): its libraries did not load (see onnxruntime's error above; "
-            "CUDA 13 cuBLAS/cuDNN must be on LD_LIBRARY_PATH); pass --provider cpu to run on the CPU"
-        )
+        msg = (f"{self.path}: onnxruntime {ort.__version__} lists {want} but the session runs on {got}: the "
+               "provider did not load (driver, CUDA/cuDNN libraries or device; onnxruntime's log above says which)")
+        if options.provider != "auto":
+            raise BackendError(msg + "; pass --provider cpu to run on the CPU")
+        self.provider = next((k for k, v in _EP.items() if v == got[0]), "cpu")
+        log.warning("%s; running on %s", msg, self.provider)
+        self.cuda_graph = self.cuda_graph and self.provider == "cuda"
 
     @property
     def on_device(self) -> bool:

@@ -91,6 +91,16 @@ class ReadLimits:
             )
 
 
+def check_num_slices(num_slices: int, max_frames: int | None, source: object) -> None:
+    """An explicit slice count must be positive and within the bundle's frames per input."""
+    if num_slices < 1:
+        raise UnsupportedInputError(source, f"num_slices={num_slices}; expected a positive number")
+    if max_frames is not None and num_slices > max_frames:
+        raise UnsupportedInputError(
+            source, f"num_slices={num_slices} is above the {max_frames} frames this bundle takes per input"
+        )
+
+
 def pick_slices(
     n: int, num_slices: int | None, max_frames: int | None, source: object, unit: str = "slices"
 ) -> tuple[NDArray[np.int64], str | None]:
@@ -100,12 +110,7 @@ def pick_slices(
     (the bundle's frame range), sample down to max_frames and return a one-line note saying so.
     """
     if num_slices is not None:
-        if num_slices < 1:
-            raise UnsupportedInputError(source, f"num_slices={num_slices}; expected a positive number")
-        if max_frames is not None and num_slices > max_frames:
-            raise UnsupportedInputError(
-                source, f"num_slices={num_slices} is above the {max_frames} frames this bundle takes per input"
-            )
+        check_num_slices(num_slices, max_frames, source)
         if num_slices < n:
             return np.linspace(0, n - 1, num_slices).astype(np.int64), None
         return np.arange(n, dtype=np.int64), None

@@ -22,6 +22,7 @@ from hulurt.media.common import (
     _check_file,
     _lazy,
     _logs_warnings,
+    check_num_slices,
     log,
     pick_slices,
 )
@@ -44,12 +45,7 @@ def _slice_indices(
     if profile == "hf":
         return pick_slices(n, num_slices, max_frames, source)
     if num_slices is not None:
-        if num_slices < 1:
-            raise UnsupportedInputError(source, f"num_slices={num_slices}; expected a positive number")
-        if max_frames is not None and num_slices > max_frames:
-            raise UnsupportedInputError(
-                source, f"num_slices={num_slices} is above the {max_frames} frames this bundle takes per input"
-            )
+        check_num_slices(num_slices, max_frames, source)
         return np.linspace(0, n - 1, num_slices).astype(np.int64), None
     k, note = ORIGINAL_NIFTI_SLICES, None
     if max_frames is not None and k > max_frames:
