@@ -78,8 +78,8 @@ def bench_command(name: str, bundle: Path, js: Path, rehearse: bool) -> tuple[li
            "--json", str(js)]
     if compare:
         cmd += ["--compare-reference", "--reference-device", device]
-        if rehearse:  # sequential: this host holds b4 for the CPU provider (7.6 GiB: fp16 weights upcast) and
-            # the fp16 reference (5.5 GiB, 8.5 while it loads) one after the other, under ~12 GB (docs/gpu.md)
+        if rehearse:  # sequential: b4 on the CPU provider (7.6 GiB of RSS) and then the fp16 reference (8.9 GiB
+            # for the process at most) keep this host under ~12 GB; interleaved, 15.6 GiB (docs/gpu.md)
             cmd += ["--reference-dtype", "float16", "--sequential"]
     return cmd, timeout
 

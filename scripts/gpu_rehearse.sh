@@ -5,7 +5,8 @@
 #                                     1.31.1 under $R/ortgpu and onnx-ir 1.1.0 under $R/w/site (--target, as
 #                                     scripts/gpu_bench.sh installs them on the device)
 #   scripts/gpu_rehearse.sh build     scripts/gpu_bench.py build with that venv (b4 + b2 7B-width fp16 slices, the
-#                                     tiny test bundles, the kernels where nvcc exists): ~4 min, 5.6 GB peak, 13 GB
+#                                     tiny test bundles, the kernels where nvcc exists): ~4 min on 2 cores,
+#                                     5.5 GiB peak, 12.3 GB of bundles
 #   scripts/gpu_rehearse.sh measure   scripts/gpu_bench.py measure --rehearse-cpu, onnxruntime-gpu first on
 #                                     PYTHONPATH: every step on the CPU provider; report in $R/out (no GPU figure)
 #   scripts/gpu_rehearse.sh all       the three in turn
