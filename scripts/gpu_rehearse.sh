@@ -28,7 +28,8 @@ venv() {
 
 build() {  # the PYTHONPATH scripts/gpu_bench.sh gives its build step
   PYTHONPATH="$W/site:$PWD:$PWD/runtime" "$V" scripts/gpu_bench.py build --work "$W"
-  grep -E "^BUILT|^BUILD DONE" "$W/build.log"
+  awk '/^BUILD START/ {n = 0} /^BUILT|^BUILD DONE/ {line[n++] = $0} END {for (i = 0; i < n; i++) print line[i]}' \
+    "$W/build.log"  # this build's lines (the log is appended to)
 }
 
 measure() {  # onnxruntime-gpu first, as `gpu_bench.sh measure` has it after installing the wheel into $WORK/site
