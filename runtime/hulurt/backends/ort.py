@@ -116,16 +116,14 @@ class OrtSession:
         self.path = path
         self.provider = resolve_provider(options.provider)
         self.options = options
-        self.cuda_graph = bool(options.cuda_graph) and self.provider == "cuda"
-        self.cuda_graph_note: str | None = None
+        self.cuda_graph = bool(options.cuda_graph) and self.provider == "cuda"  # what the session really does
         try:
             self._sess = self._open(ort, path, options)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             if not self.cuda_graph:
                 raise BackendError(f"{path}: onnxruntime could not load this graph: {exc}") from exc
             # capture needs every compute node on the CUDA EP and no Memcpy node; the step still runs without it
-            self.cuda_graph_note = f"CUDA graph refused by onnxruntime, decoding without it: {exc}"
-            log.warning("%s: %s", path.name, self.cuda_graph_note)
+            log.warning("%s: CUDA graph refused by onnxruntime, decoding without it: %s", path.name, exc)
             self.cuda_graph = False
             options = replace(options, cuda_graph=False)
             self.options = options
