@@ -24,7 +24,7 @@ import math
 import torch
 
 from huluexport.export.pieces import DecoderPiece
-from huluexport.reference.decoder import Attention, rope_cos_sin, rotate_half
+from huluexport.reference.decoder import Attention, rope_cos_sin
 
 MS_DOMAIN = "com.microsoft"
 
@@ -90,51 +90,170 @@ def _gqa_onnx(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads: int, kv_
     return op(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads=num_heads, kv_num_heads=kv_num_heads)
 
 
-TRANSLATIONS = {torch.ops.hulu.gqa.default: _gqa_onnx}
+# --------------------------------------------------------------------------------------------------
+# RMSNorm and RoPE as one onnxruntime op each (the decode step's kernel count; docs/gpu.md "Kernels per layer")
+# --------------------------------------------------------------------------------------------------
 
 
-def gqa_attention(a: Attention, x, cos, sin, seqlens_k, total_len, past_k, past_v):
-    """The reference Attention `a` (its weights, Qwen3 q/k norm and RoPE) with the cache write and the
-    attention done by `hulu::gqa`. A function, not a module, so parameter names stay `layers.{i}.self_attn.*`."""
+@torch.library.custom_op("hulu::rms_norm", mutates_args=())
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """y = w * x / sqrt(mean(x^2) + eps) over the last axis, computed in fp32 and rounded once to x's dtype:
+    onnxruntime's SimplifiedLayerNormalization (stash_type fp32). In fp32 it is the reference RMSNorm."""
+    x32 = x.float()
+    y = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (weight.float() * y).to(x.dtype)
+
+
+@rms_norm.register_fake
+def _rms_norm_fake(x, weight, eps):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("hulu::rope", mutates_args=())
+def rope(x: torch.Tensor, position_ids: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE of x [1, L, n*d] at `position_ids` [1, L] from cos/sin tables [R, d/2] (x's dtype):
+    onnxruntime's RotaryEmbedding (interleaved=0). The tables hold the reference's cos/sin rows 0..R-1."""
+    b, seq, hd = x.shape
+    half = cos_cache.shape[-1]
+    xh = x.view(b, seq, hd // (2 * half), 2 * half)  # (B, L, n, d)
+    c = cos_cache[position_ids][:, :, None]  # (B, L, 1, d/2)
+    s = sin_cache[position_ids][:, :, None]
+    x1, x2 = xh[..., :half], xh[..., half:]
+    out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)  # x * cos + rotate_half(x) * sin, per half
+    return out.reshape(b, seq, hd)
+
+
+@rope.register_fake
+def _rope_fake(x, position_ids, cos_cache, sin_cache):
+    return torch.empty_like(x)
+
+
+def _schema(name: str, domain: str, version: int, inputs, outputs, constraints, attributes):
+    from onnx.defs import OpSchema
+
+    fp = OpSchema.FormalParameter
+    return OpSchema(
+        name, domain, version,
+        inputs=[fp(n, t) for n, t in inputs],
+        outputs=[fp(n, t) for n, t in outputs],
+        type_constraints=constraints,
+        attributes=[OpSchema.Attribute(n, kind, "") for n, kind in attributes],
+    )
+
+
+def _rms_norm_onnx(x, weight, eps: float):
+    """ORT registers SimplifiedLayerNormalization in the ONNX domain (since version 1; no ONNX schema)."""
+    import onnxscript
+    from onnx.defs import OpSchema
+
+    from huluexport.export.onnx import OPSET
+
+    floats = ["tensor(float)", "tensor(float16)"]
+    schema = _schema(
+        "SimplifiedLayerNormalization", "", OPSET, [("X", "T"), ("scale", "V")], [("Y", "V")],
+        [("T", floats, ""), ("V", floats, "")],
+        [("axis", OpSchema.AttrType.INT), ("epsilon", OpSchema.AttrType.FLOAT), ("stash_type", OpSchema.AttrType.INT)],
+    )
+    op = onnxscript.values.Op(onnxscript.values.Opset("", OPSET), "SimplifiedLayerNormalization", schema)
+    return op(x, weight, axis=-1, epsilon=eps, stash_type=1)
+
+
+def _rope_onnx(x, position_ids, cos_cache, sin_cache):
+    import onnxscript
+    from onnx.defs import OpSchema
+
+    schema = _schema(
+        "RotaryEmbedding", MS_DOMAIN, 1,
+        [("input", "T"), ("position_ids", "M"), ("cos_cache", "T"), ("sin_cache", "T")], [("output", "T")],
+        [("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int64)"], "")],
+        [("interleaved", OpSchema.AttrType.INT)],
+    )
+    op = onnxscript.values.Op(onnxscript.values.Opset(MS_DOMAIN, 1), "RotaryEmbedding", schema)
+    return op(x, position_ids, cos_cache, sin_cache, interleaved=0)
+
+
+TRANSLATIONS = {
+    torch.ops.hulu.gqa.default: _gqa_onnx,
+    torch.ops.hulu.rms_norm.default: _rms_norm_onnx,
+    torch.ops.hulu.rope.default: _rope_onnx,
+}
+
+
+def norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The reference RMSNorm `module` as one `hulu::rms_norm` (its fp32 island weight cast to the activation
+    dtype: a Cast of an initializer that onnxruntime folds when the session opens)."""
+    return torch.ops.hulu.rms_norm(x, module.weight.to(x.dtype), float(module.eps))
+
+
+def rope_tables(rows: int, head_dim: int, theta: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [rows, d/2] of the reference's rope_cos_sin at positions 0..rows-1 (fp32, then cast). Traced as a
+    constant subgraph (Range, Mul, Cos, Sin): onnxruntime folds it when the session opens; the bundle carries no
+    table."""
+    pos = torch.arange(rows, dtype=torch.int64, device=device)[None]
+    cos, sin = rope_cos_sin(pos, head_dim, theta, dtype)  # (1, R, d)
+    return cos[0, :, : head_dim // 2], sin[0, :, : head_dim // 2]
+
+
+def gqa_attention(a: Attention, x, cos_cache, sin_cache, position_ids, seqlens_k, total_len, past_k, past_v):
+    """The reference Attention `a` (its weights, Qwen3 q/k norm) with RoPE as `hulu::rope` and the cache write
+    and the attention as `hulu::gqa`. A function, not a module, so parameter names stay `layers.{i}.self_attn.*`."""
     b, seq, _ = x.shape
     d = a.head_dim
-    q = a.q_proj(x).view(b, seq, a.heads, d)
-    k = a.k_proj(x).view(b, seq, a.kv_heads, d)
-    v = a.v_proj(x)  # (B, L, nkv*d): GQA takes BSH
-    if a.qk_norm:
-        q, k = a.q_norm(q), a.k_norm(k)
-    c, s = cos[:, :, None], sin[:, :, None]  # (B, L, d) -> (B, L, 1, d): rotate in (B, L, n, d)
-    if a.rope_in_fp32:
-        q32, k32, c, s = q.float(), k.float(), c.float(), s.float()
-        q = (q32 * c + rotate_half(q32) * s).to(x.dtype)
-        k = (k32 * c + rotate_half(k32) * s).to(x.dtype)
-    else:
-        q = q * c + rotate_half(q) * s
-        k = k * c + rotate_half(k) * s
-    out, pk, pv = torch.ops.hulu.gqa(
-        q.reshape(b, seq, a.heads * d), k.reshape(b, seq, a.kv_heads * d), v, past_k, past_v,
-        seqlens_k, total_len, a.heads, a.kv_heads,
-    )
+    q = a.q_proj(x)  # (B, L, nh*d)
+    k = a.k_proj(x)  # (B, L, nkv*d)
+    v = a.v_proj(x)  # GQA takes BSH
+    if a.qk_norm:  # Qwen3: per-head RMSNorm before RoPE
+        q = norm(a.q_norm, q.view(b, seq, a.heads, d)).reshape(b, seq, a.heads * d)
+        k = norm(a.k_norm, k.view(b, seq, a.kv_heads, d)).reshape(b, seq, a.kv_heads * d)
+    q = torch.ops.hulu.rope(q, position_ids, cos_cache, sin_cache)
+    k = torch.ops.hulu.rope(k, position_ids, cos_cache, sin_cache)
+    out, pk, pv = torch.ops.hulu.gqa(q, k, v, past_k, past_v, seqlens_k, total_len, a.heads, a.kv_heads)
     return a.o_proj(out), pk, pv
+
+
+class GQALayer(torch.nn.Module):
+    """One decoder layer of the gqa-static form. Its children are the reference layer's own modules (shared
+    with the v1 piece), so parameter names and the `layers.{i}` scopes (passes/replicate_layers.py) are those
+    of the reference."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.input_layernorm = layer.input_layernorm
+        self.self_attn = layer.self_attn
+        self.post_attention_layernorm = layer.post_attention_layernorm
+        self.mlp = layer.mlp
+
+    def forward(self, x, cos_cache, sin_cache, position_ids, seqlens_k, total_len, past_k, past_v):
+        a, pk, pv = gqa_attention(
+            self.self_attn, norm(self.input_layernorm, x), cos_cache, sin_cache, position_ids, seqlens_k,
+            total_len, past_k, past_v,
+        )
+        x = x + a
+        x = x + self.mlp(norm(self.post_attention_layernorm, x))
+        return x, pk, pv
 
 
 class DecoderGQAPiece(DecoderPiece):
     """inputs_embeds [1, L, H], position_ids [1, L], seqlens_k [1] int32, total_sequence_length [] int32,
     past k/v buffers [1, nkv, C, d] -> logits [1, V] f32, next_token [1] int64 (greedy argmax, so a device
-    run can send 8 bytes to the host), present k/v [1, nkv, C, d] (the same buffers, rows [T-L, T) written)."""
+    run can send 8 bytes to the host), present k/v [1, nkv, C, d] (the same buffers, rows [T-L, T) written).
+
+    `rope_rows`: rows of the RoPE tables, the largest position + 1 (the bundle's max_context; default the
+    model's max_position). Norms are onnxruntime's SimplifiedLayerNormalization, RoPE its RotaryEmbedding, in
+    the activation dtype (fp32 inside the norm): the decode step runs a few kernels per layer, not dozens."""
+
+    def __init__(self, decoder: torch.nn.Module, rope_rows: int | None = None) -> None:
+        super().__init__(decoder)
+        self.layers = torch.nn.ModuleList(GQALayer(layer) for layer in decoder.layers)
+        self.rope_rows = int(rope_rows or self.cfg.max_position)
 
     def forward(self, inputs_embeds, position_ids, seqlens_k, total_sequence_length, *past):  # type: ignore[override]
         x = inputs_embeds
-        cos_dtype = torch.float32 if self.rope_fp32 else x.dtype
-        cos, sin = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta, cos_dtype)  # (1, L, d)
+        cos, sin = rope_tables(self.rope_rows, self.cfg.head_dim, self.cfg.rope_theta, x.dtype, x.device)
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
-            a, pk, pv = gqa_attention(
-                layer.self_attn, layer.input_layernorm(x), cos, sin, seqlens_k, total_sequence_length,
-                past[2 * i], past[2 * i + 1],
-            )
-            x = x + a
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x, pk, pv = layer(x, cos, sin, position_ids, seqlens_k, total_sequence_length,
+                              past[2 * i], past[2 * i + 1])
             presents += [pk, pv]
-        logits = self.lm_head(self.norm(x[:, -1])).float()  # (1, V)
+        logits = self.lm_head(norm(self.norm, x[:, -1])).float()  # (1, V)
         return (logits, torch.argmax(logits, dim=-1), *presents)

@@ -116,9 +116,12 @@ class DecoderPiece(nn.Module):
         return (self.lm_head(h).float(), *presents)
 
 
-def make_pieces(model: HuluMed, decoder_forms: tuple[str, ...] = ("v1-concat",)) -> dict[str, nn.Module]:
+def make_pieces(
+    model: HuluMed, decoder_forms: tuple[str, ...] = ("v1-concat",), max_context: int | None = None
+) -> dict[str, nn.Module]:
     """The pieces sharing the model's modules (no copies): vision, embed and one decoder per form
-    (hulurt.contract.DECODER_FORMS: "v1-concat" -> decoder, "gqa-static" -> decoder_gqa)."""
+    (hulurt.contract.DECODER_FORMS: "v1-concat" -> decoder, "gqa-static" -> decoder_gqa). `max_context`: the
+    bundle's (its positions are 0..max_context-1), the rows of decoder_gqa's RoPE tables."""
     cfg: HuluConfig = model.cfg
     out: dict[str, nn.Module] = {
         "vision": VisionPiece(model.vision_encoder, model.mm_projector).eval(),
@@ -129,7 +132,7 @@ def make_pieces(model: HuluMed, decoder_forms: tuple[str, ...] = ("v1-concat",))
     if "gqa-static" in decoder_forms:
         from huluexport.export.gqa import DecoderGQAPiece
 
-        out["decoder_gqa"] = DecoderGQAPiece(model.decoder).eval()
+        out["decoder_gqa"] = DecoderGQAPiece(model.decoder, rope_rows=max_context).eval()
     return out
 
 

@@ -59,6 +59,7 @@ from huluexport.export.manifest import build_manifest, write_manifest
 from huluexport.export.passes import (
     attach_weights,
     fold_constants,
+    fold_weight_casts,
     fold_weight_transposes,
     name_dims,
     replicate_layers,
@@ -338,6 +339,7 @@ def piece_graph(
             ("name_dims", lambda m: name_dims.run(m, spec)),
             attach,
             ("fold_weight_transposes", fold_weight_transposes.run),
+            ("fold_weight_casts", fold_weight_casts.run),
             ("fold_constants", fold_constants.run),
             ("name_dims (after folding)", lambda m: name_dims.run(m, spec)),
         ]
@@ -351,6 +353,7 @@ def piece_graph(
             ("name_dims (after replicating)", lambda m: name_dims.run(m, spec)),
             attach,
             ("fold_weight_transposes", fold_weight_transposes.run),
+            ("fold_weight_casts", fold_weight_casts.run),
         ]
     for i, (phase, fn) in enumerate(phases, start=1):
         with progress.phase(f"{name}: {phase}"):
@@ -455,7 +458,8 @@ def build(opts: BuildOptions) -> Path:
             with progress.phase("model on the meta device"):
                 with torch.device("meta"):
                     model = HuluMed(trace_cfg)
-                pieces = P.make_pieces(model, opts.decoder_forms)
+                max_context = target.ranges(cfg.decoder.max_position)["total_len"].max
+                pieces = P.make_pieces(model, opts.decoder_forms, max_context)
             entries = {}
             files: dict[str, rt.FileEntry] = {}
             for name, module in pieces.items():
