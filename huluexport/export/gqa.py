@@ -109,6 +109,24 @@ def _rms_norm_fake(x, weight, eps):
     return torch.empty_like(x)
 
 
+@torch.library.custom_op("hulu::add_rms_norm", mutates_args=())
+def add_rms_norm(
+    x: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + skip), x + skip): the residual add and the next norm in one op, onnxruntime's
+    SkipSimplifiedLayerNormalization (outputs 0 and 3). The sum is rounded to x's dtype first, as the
+    reference's residual stream is."""
+    s = x + skip
+    s32 = s.float()
+    y = s32 * torch.rsqrt(s32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (weight.float() * y).to(x.dtype), s
+
+
+@add_rms_norm.register_fake
+def _add_rms_norm_fake(x, skip, weight, eps):
+    return torch.empty_like(x), torch.empty_like(x)
+
+
 @torch.library.custom_op("hulu::rope", mutates_args=())
 def rope(x: torch.Tensor, position_ids: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE of x [1, L, n*d] at `position_ids` [1, L] from cos/sin tables [R, d/2] (x's dtype):
@@ -158,6 +176,23 @@ def _rms_norm_onnx(x, weight, eps: float):
     return op(x, weight, axis=-1, epsilon=eps, stash_type=1)
 
 
+def _add_rms_norm_onnx(x, skip, weight, eps: float):
+    """Outputs 1 and 2 (mean, inverse std) are not used; passes/drop_unused_outputs.py unnames them, as
+    onnxruntime's own fusion leaves them."""
+    import onnxscript
+    from onnx.defs import OpSchema
+
+    schema = _schema(
+        "SkipSimplifiedLayerNormalization", MS_DOMAIN, 1, [("input", "T"), ("skip", "T"), ("gamma", "T")],
+        [("output", "T"), ("mean", "U"), ("inv_std_var", "U"), ("input_skip_bias_sum", "T")],
+        [("T", ["tensor(float)", "tensor(float16)"], ""), ("U", ["tensor(float)"], "")],
+        [("epsilon", OpSchema.AttrType.FLOAT)],
+    )
+    op = onnxscript.values.Op(onnxscript.values.Opset(MS_DOMAIN, 1), "SkipSimplifiedLayerNormalization", schema)
+    out, _, _, total = op(x, skip, weight, epsilon=eps, _num_outputs=4)
+    return out, total
+
+
 def _rope_onnx(x, position_ids, cos_cache, sin_cache):
     import onnxscript
     from onnx.defs import OpSchema
@@ -175,6 +210,7 @@ def _rope_onnx(x, position_ids, cos_cache, sin_cache):
 TRANSLATIONS = {
     torch.ops.hulu.gqa.default: _gqa_onnx,
     torch.ops.hulu.rms_norm.default: _rms_norm_onnx,
+    torch.ops.hulu.add_rms_norm.default: _add_rms_norm_onnx,
     torch.ops.hulu.rope.default: _rope_onnx,
 }
 
@@ -183,6 +219,11 @@ def norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The reference RMSNorm `module` as one `hulu::rms_norm` (its fp32 island weight cast to the activation
     dtype: a Cast of an initializer that onnxruntime folds when the session opens)."""
     return torch.ops.hulu.rms_norm(x, module.weight.to(x.dtype), float(module.eps))
+
+
+def add_norm(module: torch.nn.Module, x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(module(x + skip), x + skip) as one `hulu::add_rms_norm`."""
+    return torch.ops.hulu.add_rms_norm(x, skip, module.weight.to(x.dtype), float(module.eps))
 
 
 def rope_tables(rows: int, head_dim: int, theta: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +255,11 @@ def gqa_attention(a: Attention, x, cos_cache, sin_cache, position_ids, seqlens_k
 class GQALayer(torch.nn.Module):
     """One decoder layer of the gqa-static form. Its children are the reference layer's own modules (shared
     with the v1 piece), so parameter names and the `layers.{i}` scopes (passes/replicate_layers.py) are those
-    of the reference."""
+    of the reference.
+
+    The residual stream travels as (x, delta): the previous layer's MLP output `delta` is added to x by this
+    layer's input norm (SkipSimplifiedLayerNormalization), and the attention output by the post-attention norm,
+    so no residual Add runs alone. Layer 0 receives delta None (plain norm)."""
 
     def __init__(self, layer: torch.nn.Module) -> None:
         super().__init__()
@@ -223,14 +268,16 @@ class GQALayer(torch.nn.Module):
         self.post_attention_layernorm = layer.post_attention_layernorm
         self.mlp = layer.mlp
 
-    def forward(self, x, cos_cache, sin_cache, position_ids, seqlens_k, total_len, past_k, past_v):
+    def forward(self, x, delta, cos_cache, sin_cache, position_ids, seqlens_k, total_len, past_k, past_v):
+        if delta is None:
+            h = norm(self.input_layernorm, x)
+        else:
+            h, x = add_norm(self.input_layernorm, x, delta)
         a, pk, pv = gqa_attention(
-            self.self_attn, norm(self.input_layernorm, x), cos_cache, sin_cache, position_ids, seqlens_k,
-            total_len, past_k, past_v,
+            self.self_attn, h, cos_cache, sin_cache, position_ids, seqlens_k, total_len, past_k, past_v
         )
-        x = x + a
-        x = x + self.mlp(norm(self.post_attention_layernorm, x))
-        return x, pk, pv
+        h, x = add_norm(self.post_attention_layernorm, x, a)
+        return x, self.mlp(h), pk, pv
 
 
 class DecoderGQAPiece(DecoderPiece):
@@ -251,9 +298,11 @@ class DecoderGQAPiece(DecoderPiece):
         x = inputs_embeds
         cos, sin = rope_tables(self.rope_rows, self.cfg.head_dim, self.cfg.rope_theta, x.dtype, x.device)
         presents: list[torch.Tensor] = []
+        delta = None
         for i, layer in enumerate(self.layers):
-            x, pk, pv = layer(x, cos, sin, position_ids, seqlens_k, total_sequence_length,
-                              past[2 * i], past[2 * i + 1])
+            x, delta, pk, pv = layer(x, delta, cos, sin, position_ids, seqlens_k, total_sequence_length,
+                                     past[2 * i], past[2 * i + 1])
             presents += [pk, pv]
-        logits = self.lm_head(norm(self.norm, x[:, -1])).float()  # (1, V)
+        h, _ = add_norm(self.norm, x, delta)  # (1, L, H): every row (cheap), then the last one
+        logits = self.lm_head(h[:, -1]).float()  # (1, V)
         return (logits, torch.argmax(logits, dim=-1), *presents)

@@ -58,6 +58,7 @@ from huluexport.export.hashing import Background, copy_hashed, save_hashed
 from huluexport.export.manifest import build_manifest, write_manifest
 from huluexport.export.passes import (
     attach_weights,
+    drop_unused_outputs,
     fold_constants,
     fold_weight_casts,
     fold_weight_transposes,
@@ -359,6 +360,7 @@ def piece_graph(
         with progress.phase(f"{name}: {phase}"):
             model = fn(model)
         _dump(model, dump_dir, f"{name}.{i}-{phase}")
+    drop_unused_outputs.run(model)
     strip_build_paths.run(model)  # no source path of this machine in a shipped graph
     model.producer_name = "huluexport"
     model.doc_string = f"huluexport {name} piece ({precision})"
