@@ -136,3 +136,54 @@ def test_verify_checks_the_gqa_form(gqa_bundle_factory, ckpt_qwen3) -> None:
     assert len(gqa_rows) == 4 and not [r for r in report.rows if r.piece == "decoder"]
     for name, ref in report.tokens_reference.items():
         assert name.endswith("gqa-static") and len(ref) == 17 and report.tokens_bundle[name] == ref
+
+
+# Per decoder layer of the gqa-static graph, the nodes a decode step runs (docs/gpu.md "Kernels per layer"):
+# 7 projections, RoPE on q and k, the attention, the two residual adds fused into the norms, SiLU (onnxruntime
+# fuses Sigmoid * x into QuickGelu) times up. Qwen2.5 adds the q/k/v bias Adds, Qwen3 its per-head q/k norms
+# (Reshapes are views). Layer 0 has a plain input norm instead of the fused add.
+_LAYER_OPS = {
+    "qwen2": {"MatMul": 7, "Add": 3, "RotaryEmbedding": 2, "GroupQueryAttention": 1,
+              "SkipSimplifiedLayerNormalization": 2, "Sigmoid": 1, "Mul": 2},
+    "qwen3": {"MatMul": 7, "SimplifiedLayerNormalization": 2, "Reshape": 4, "RotaryEmbedding": 2,
+              "GroupQueryAttention": 1, "SkipSimplifiedLayerNormalization": 2, "Sigmoid": 1, "Mul": 2},
+}
+# what must not survive onnxruntime's session optimisation anywhere in the graph: the unfused RMSNorm and
+# rotate-half chains, and the RoPE table subgraph (constant: folded when the session opens)
+_UNFUSED = {"Pow", "ReduceMean", "Sqrt", "Reciprocal", "Neg", "Slice", "Concat", "Cos", "Sin", "Range", "Sigmoid"}
+
+
+@pytest.mark.parametrize("flavor", ["qwen2", "qwen3"])
+def test_gqa_form_runs_a_few_fused_ops_per_layer(gqa_bundle_factory, flavor: str, tmp_path: Path) -> None:
+    import collections
+    import re
+
+    import onnx
+    import onnxruntime as ort
+
+    bundle = gqa_bundle_factory(flavor, "fp32")
+    path = bundle / "decoder_gqa.onnx"
+    model = onnx.load(path, load_external_data=False)
+    scope = re.compile(r"(?:^|[.'\s])layers\.(\d+)(?=[.'\]]|$)")
+    per_layer: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    for n in model.graph.node:
+        scopes = {p.key: p.value for p in n.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
+        found = set(scope.findall(scopes))
+        if len(found) == 1:
+            per_layer[int(found.pop())][n.op_type] += 1
+    layers = load_manifest(bundle, verify_hashes=False).dims.layers
+    assert sorted(per_layer) == list(range(layers)) and layers >= 2
+    for i in range(1, layers):
+        assert dict(per_layer[i]) == _LAYER_OPS[flavor], (i, dict(per_layer[i]))
+    first = dict(_LAYER_OPS[flavor])
+    first["SkipSimplifiedLayerNormalization"] -= 1
+    first["SimplifiedLayerNormalization"] = first.get("SimplifiedLayerNormalization", 0) + 1
+    assert dict(per_layer[0]) == first, dict(per_layer[0])
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
+    ops = collections.Counter(n.op_type for n in optimized.graph.node)
+    assert not _UNFUSED & set(ops), ops
+    assert ops["QuickGelu"] == layers and ops["GroupQueryAttention"] == layers, ops
