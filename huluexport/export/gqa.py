@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from huluexport.export.pieces import DecoderPiece
 from huluexport.reference.decoder import Attention, rope_cos_sin
@@ -68,18 +69,22 @@ def _gqa_fake(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads, kv_num_h
 
 def _gqa_schema():
     """The subset of the contrib op's signature this exporter emits (onnx has no schema for contrib ops;
-    onnxruntime's own is the authority: inputs 0-6, outputs 0-2, attributes num_heads / kv_num_heads)."""
+    onnxruntime's own is the authority): inputs 0-8 (key/value empty when q, k, v come packed; cos/sin tables
+    with do_rotary), outputs 0-2, attributes num_heads / kv_num_heads / do_rotary / rotary_interleaved."""
     from onnx.defs import OpSchema
 
     fp = OpSchema.FormalParameter
+    opt = OpSchema.FormalParameterOption.Optional
     ints = OpSchema.AttrType.INT
     return OpSchema(
         "GroupQueryAttention", MS_DOMAIN, 1,
-        inputs=[fp("query", "T"), fp("key", "T"), fp("value", "T"), fp("past_key", "T"), fp("past_value", "T"),
-                fp("seqlens_k", "M"), fp("total_sequence_length", "M")],
+        inputs=[fp("query", "T"), fp("key", "T", "", param_option=opt), fp("value", "T", "", param_option=opt),
+                fp("past_key", "T"), fp("past_value", "T"), fp("seqlens_k", "M"), fp("total_sequence_length", "M"),
+                fp("cos_cache", "T", "", param_option=opt), fp("sin_cache", "T", "", param_option=opt)],
         outputs=[fp("output", "T"), fp("present_key", "T"), fp("present_value", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int32)"], "")],
-        attributes=[OpSchema.Attribute("num_heads", ints, ""), OpSchema.Attribute("kv_num_heads", ints, "")],
+        attributes=[OpSchema.Attribute(n, ints, "") for n in ("num_heads", "kv_num_heads", "do_rotary",
+                                                               "rotary_interleaved")],
     )
 
 
@@ -88,6 +93,45 @@ def _gqa_onnx(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads: int, kv_
 
     op = onnxscript.values.Op(onnxscript.values.Opset(MS_DOMAIN, 1), "GroupQueryAttention", _gqa_schema())
     return op(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads=num_heads, kv_num_heads=kv_num_heads)
+
+
+@torch.library.custom_op("hulu::gqa_rope", mutates_args=())
+def gqa_rope(
+    qkv: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    total_len: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+    num_heads: int,
+    kv_num_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`hulu::gqa` on q, k, v packed in one tensor [1, L, (nh + 2 nkv) d], RoPE of q and k done inside at the
+    cache rows [T - L, T) (GroupQueryAttention with do_rotary): the rows a compacted sequence's positions are."""
+    _, seq, _ = qkv.shape
+    d = past_k.shape[-1]
+    q, k, v = qkv.split([num_heads * d, kv_num_heads * d, kv_num_heads * d], dim=-1)
+    total = int(seqlens_k.reshape(-1)[0]) + 1
+    pos = torch.arange(total - seq, total, dtype=torch.int64)[None]
+    q = torch.ops.hulu.rope(q.contiguous(), pos, cos_cache, sin_cache)
+    k = torch.ops.hulu.rope(k.contiguous(), pos, cos_cache, sin_cache)
+    return torch.ops.hulu.gqa(q, k, v.contiguous(), past_k, past_v, seqlens_k, total_len, num_heads, kv_num_heads)
+
+
+@gqa_rope.register_fake
+def _gqa_rope_fake(qkv, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, num_heads, kv_num_heads):
+    out = qkv.new_empty((qkv.shape[0], qkv.shape[1], num_heads * past_k.shape[-1]))
+    return out, torch.empty_like(past_k), torch.empty_like(past_v)
+
+
+def _gqa_rope_onnx(qkv, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, num_heads: int,
+                   kv_num_heads: int):
+    import onnxscript
+
+    op = onnxscript.values.Op(onnxscript.values.Opset(MS_DOMAIN, 1), "GroupQueryAttention", _gqa_schema())
+    return op(qkv, None, None, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, num_heads=num_heads,
+              kv_num_heads=kv_num_heads, do_rotary=1, rotary_interleaved=0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,6 +253,7 @@ def _rope_onnx(x, position_ids, cos_cache, sin_cache):
 
 TRANSLATIONS = {
     torch.ops.hulu.gqa.default: _gqa_onnx,
+    torch.ops.hulu.gqa_rope.default: _gqa_rope_onnx,
     torch.ops.hulu.rms_norm.default: _rms_norm_onnx,
     torch.ops.hulu.add_rms_norm.default: _add_rms_norm_onnx,
     torch.ops.hulu.rope.default: _rope_onnx,
@@ -235,20 +280,32 @@ def rope_tables(rows: int, head_dim: int, theta: float, dtype: torch.dtype, devi
     return cos[0, :, : head_dim // 2], sin[0, :, : head_dim // 2]
 
 
+def qkv_projection(a: Attention, x: torch.Tensor) -> torch.Tensor:
+    """q, k and v of the reference Attention `a` as one Linear [1, L, (nh + 2 nkv) d]: the exporter traces the
+    concatenation of the three weights (and biases), passes/fold_weight_concats.py stores it as one initializer."""
+    w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+    b = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+    return F.linear(x, w, b)
+
+
 def gqa_attention(a: Attention, x, cos_cache, sin_cache, position_ids, seqlens_k, total_len, past_k, past_v):
-    """The reference Attention `a` (its weights, Qwen3 q/k norm) with RoPE as `hulu::rope` and the cache write
-    and the attention as `hulu::gqa`. A function, not a module, so parameter names stay `layers.{i}.self_attn.*`."""
+    """The reference Attention `a` (its weights, Qwen3 q/k norm) with the cache write and the attention as one
+    GroupQueryAttention. Qwen2.5: one packed q/k/v projection and RoPE inside the attention op (`hulu::gqa_rope`,
+    positions = cache rows). Qwen3, whose q/k norms sit between projection and RoPE: three projections, the norms,
+    `hulu::rope` at `position_ids`, `hulu::gqa`. A function, not a module: parameter names stay
+    `layers.{i}.self_attn.*`."""
     b, seq, _ = x.shape
     d = a.head_dim
-    q = a.q_proj(x)  # (B, L, nh*d)
-    k = a.k_proj(x)  # (B, L, nkv*d)
-    v = a.v_proj(x)  # GQA takes BSH
-    if a.qk_norm:  # Qwen3: per-head RMSNorm before RoPE
-        q = norm(a.q_norm, q.view(b, seq, a.heads, d)).reshape(b, seq, a.heads * d)
-        k = norm(a.k_norm, k.view(b, seq, a.kv_heads, d)).reshape(b, seq, a.kv_heads * d)
+    if not a.qk_norm:
+        out, pk, pv = torch.ops.hulu.gqa_rope(
+            qkv_projection(a, x), past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, a.heads, a.kv_heads
+        )
+        return a.o_proj(out), pk, pv
+    q = norm(a.q_norm, a.q_proj(x).view(b, seq, a.heads, d)).reshape(b, seq, a.heads * d)
+    k = norm(a.k_norm, a.k_proj(x).view(b, seq, a.kv_heads, d)).reshape(b, seq, a.kv_heads * d)
     q = torch.ops.hulu.rope(q, position_ids, cos_cache, sin_cache)
     k = torch.ops.hulu.rope(k, position_ids, cos_cache, sin_cache)
-    out, pk, pv = torch.ops.hulu.gqa(q, k, v, past_k, past_v, seqlens_k, total_len, a.heads, a.kv_heads)
+    out, pk, pv = torch.ops.hulu.gqa(q, k, a.v_proj(x), past_k, past_v, seqlens_k, total_len, a.heads, a.kv_heads)
     return a.o_proj(out), pk, pv
 
 

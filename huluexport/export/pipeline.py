@@ -61,6 +61,7 @@ from huluexport.export.passes import (
     drop_unused_outputs,
     fold_constants,
     fold_weight_casts,
+    fold_weight_concats,
     fold_weight_transposes,
     name_dims,
     replicate_layers,
@@ -339,6 +340,7 @@ def piece_graph(
         phases = [
             ("name_dims", lambda m: name_dims.run(m, spec)),
             attach,
+            ("fold_weight_concats", fold_weight_concats.run),
             ("fold_weight_transposes", fold_weight_transposes.run),
             ("fold_weight_casts", fold_weight_casts.run),
             ("fold_constants", fold_constants.run),
@@ -353,6 +355,7 @@ def piece_graph(
             ("replicate_layers", lambda m: replicate_layers.run(m, name, spec, depth)),
             ("name_dims (after replicating)", lambda m: name_dims.run(m, spec)),
             attach,
+            ("fold_weight_concats", fold_weight_concats.run),
             ("fold_weight_transposes", fold_weight_transposes.run),
             ("fold_weight_casts", fold_weight_casts.run),
         ]

@@ -138,13 +138,14 @@ def test_verify_checks_the_gqa_form(gqa_bundle_factory, ckpt_qwen3) -> None:
         assert name.endswith("gqa-static") and len(ref) == 17 and report.tokens_bundle[name] == ref
 
 
-# Per decoder layer of the gqa-static graph, the nodes a decode step runs (docs/gpu.md "Kernels per layer"):
-# 7 projections, RoPE on q and k, the attention, the two residual adds fused into the norms, SiLU (onnxruntime
-# fuses Sigmoid * x into QuickGelu) times up. Qwen2.5 adds the q/k/v bias Adds, Qwen3 its per-head q/k norms
-# (Reshapes are views). Layer 0 has a plain input norm instead of the fused add.
+# Per decoder layer of the gqa-static graph, the nodes a decode step runs (docs/gpu.md "Kernels per layer"): the
+# two residual adds fused into the norms, the attention, o/gate/up/down projections, SiLU (onnxruntime fuses
+# Sigmoid * x into QuickGelu) times up. Qwen2.5: one packed q/k/v projection + its bias Add, RoPE inside the
+# attention. Qwen3: q, k, v projections, per-head q/k norms, RoPE on q and k (Reshapes are views). Layer 0 has a
+# plain input norm instead of the fused add.
 _LAYER_OPS = {
-    "qwen2": {"MatMul": 7, "Add": 3, "RotaryEmbedding": 2, "GroupQueryAttention": 1,
-              "SkipSimplifiedLayerNormalization": 2, "Sigmoid": 1, "Mul": 2},
+    "qwen2": {"MatMul": 5, "Add": 1, "GroupQueryAttention": 1, "SkipSimplifiedLayerNormalization": 2,
+              "Sigmoid": 1, "Mul": 2},
     "qwen3": {"MatMul": 7, "SimplifiedLayerNormalization": 2, "Reshape": 4, "RotaryEmbedding": 2,
               "GroupQueryAttention": 1, "SkipSimplifiedLayerNormalization": 2, "Sigmoid": 1, "Mul": 2},
 }
