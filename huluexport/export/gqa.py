@@ -271,7 +271,9 @@ def add_norm(module: torch.nn.Module, x: torch.Tensor, skip: torch.Tensor) -> tu
     return torch.ops.hulu.add_rms_norm(x, skip, module.weight.to(x.dtype), float(module.eps))
 
 
-def rope_tables(rows: int, head_dim: int, theta: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    rows: int, head_dim: int, theta: float, dtype: torch.dtype, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [rows, d/2] of the reference's rope_cos_sin at positions 0..rows-1 (fp32, then cast). Traced as a
     constant subgraph (Range, Mul, Cos, Sin): onnxruntime folds it when the session opens; the bundle carries no
     table."""

@@ -87,7 +87,7 @@ def test_unused_optional_outputs_are_unnamed() -> None:
     node = h.make_node("SkipSimplifiedLayerNormalization", ["x", "s", "g"], ["y", "mean", "inv_std", "sum"],
                        domain="com.microsoft", epsilon=1e-6)
     m = _model([node], [h.make_tensor_value_info(n, TP.FLOAT, [1, 2, 4]) for n in ("x", "s")],
-               [h.make_tensor_value_info("y", TP.FLOAT, [1, 2, 4]), h.make_tensor_value_info("sum", TP.FLOAT, [1, 2, 4])],
+               [h.make_tensor_value_info(n, TP.FLOAT, [1, 2, 4]) for n in ("y", "sum")],
                {"g": np.ones(4, np.float32)})
     drop_unused_outputs.run(m)
     proto = ir.serde.serialize_model(m)

@@ -6,7 +6,8 @@ after:  q_proj+k_proj+v_proj.weight (one initializer, concatenated lazily while 
 The gqa-static decoder projects q, k and v with one packed MatMul (export/gqa.py, `qkv_projection`). Runs after
 attach_weights and before fold_weight_transposes (which then stores the packed weight transposed) in both the
 full-trace and the replicated path, so no weight is read at build time. The name joins the parts between the
-common prefix and suffix: layers.3.self_attn.{q_proj,k_proj,v_proj}.weight -> layers.3.self_attn.q_proj+k_proj+v_proj.weight.
+common prefix and suffix:
+layers.3.self_attn.{q_proj,k_proj,v_proj}.weight -> layers.3.self_attn.q_proj+k_proj+v_proj.weight.
 """
 
 from __future__ import annotations
