@@ -79,6 +79,11 @@ class Generator:
         # the "gqa-static" form (piece decoder_gqa, hulurt.static_decode): KV buffers of fixed capacity written in
         # place, allocated once per Model at the bundle's max context unless told otherwise
         self._static: Any = None
+        if kv_capacity is not None and not 1 <= kv_capacity <= facts.max_context:
+            raise ContractError(
+                f"kv_capacity {kv_capacity}: expected 1..{facts.max_context} (the bundle's max_context: its dim "
+                "ranges and the gqa-static form's RoPE tables stop there)"
+            )
         self._static_args = (kv_capacity or facts.max_context, cuda_graph)
         if "seqlens_k" in dec.input_names():
             if kv_strategy not in (None, "static"):
