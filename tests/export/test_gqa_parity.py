@@ -125,11 +125,13 @@ def test_gqa_chunked_prefill_equals_one_call(gqa_bundle_factory) -> None:
         assert np.abs(x.numpy()[:, :, :11] - y.numpy()[:, :, :11]).max() <= tol
 
 
-def test_verify_checks_the_gqa_form(gqa_bundle_factory, ckpt_qwen3) -> None:
+@pytest.mark.parametrize("flavor", ["qwen2", "qwen3"])  # packed q/k/v + RoPE inside the attention; separate
+def test_verify_checks_the_gqa_form(gqa_bundle_factory, ckpt_qwen2, ckpt_qwen3, flavor: str) -> None:
     """`huluexport verify` on a bundle with only decoder_gqa: its rows use the decoder_gqa entry; tokens identical."""
     from huluexport.validate import verify
 
-    report = verify(gqa_bundle_factory("qwen3", "fp32"), ckpt_qwen3, steps=16)  # the manifest names no path
+    checkpoint = {"qwen2": ckpt_qwen2, "qwen3": ckpt_qwen3}[flavor]
+    report = verify(gqa_bundle_factory(flavor, "fp32"), checkpoint, steps=16)  # the manifest names no path
     print(report.table())
     assert report.ok, report.table()
     gqa_rows = [r for r in report.rows if r.piece == "decoder_gqa"]
