@@ -53,9 +53,10 @@ _TABLE: dict[tuple[str, str, str], Tolerance] = {
     ("decoder_gqa", "fp16", "ort"): Tolerance(
         min_cosine=0.999, min_top1=0.99,
         reason="the v1 fp16 entry (fp16 weights, matmuls and KV), with the norms in fp32 inside "
-        "(Skip)SimplifiedLayerNormalization, RoPE in fp16 with fp16 cos/sin tables (as transformers rounds them; inside "
-        "GroupQueryAttention for Qwen2.5, RotaryEmbedding for Qwen3) and the softmax inside GroupQueryAttention: measured min cosine 0.999999 and top-1 1.0 on the "
-        "tiny fp16 bundle (tests/export/test_gqa_parity.py, 2026-11-30)",
+        "(Skip)SimplifiedLayerNormalization, RoPE in fp16 with fp16 cos/sin tables (as transformers rounds them; "
+        "inside GroupQueryAttention for Qwen2.5, RotaryEmbedding for Qwen3) and the softmax inside "
+        "GroupQueryAttention: measured min cosine 0.999999 and top-1 1.0 on the tiny fp16 bundle "
+        "(tests/export/test_gqa_parity.py, 2026-11-30)",
     ),
     # `huluexport quantize`: weight-only MatMulNBits decoder (RTN, asymmetric, block 32/128; accuracy_level 4 =
     # matmul inputs int8 per block, or 0 = fp32), vs the fp32 reference. Measured on the tiny qwen2 + qwen3 random
