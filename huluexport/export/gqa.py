@@ -1,20 +1,24 @@
 """The GPU decoder form ("gqa-static", piece `decoder_gqa`): attention by `com.microsoft::GroupQueryAttention`
 over KV buffers of a fixed capacity that the runtime allocates once and binds as both past and present.
 
-Per layer the reference attention (huluexport/reference/decoder.py) is kept up to RoPE (q/k/v projections,
-Qwen3's q/k RMSNorm, RoPE in fp32 for fp16 graphs), so the cached keys are the same numbers as in contract
-v1; only "append to the cache + causal GQA softmax(QK^T)V" becomes one operator:
+The weights and the math are the reference's (huluexport/reference/decoder.py), cut into a few fused
+onnxruntime operators per layer so that a decode step runs a few kernels per layer, not dozens (docs/gpu.md,
+"Kernels per layer"):
 
-    q [1, L, nh*d], k/v [1, L, nkv*d], past k/v [1, nkv, C, d], seqlens_k [1] int32 (= T - 1),
-    total_sequence_length [] int32  --GroupQueryAttention-->  out [1, L, nh*d], present k/v [1, nkv, C, d]
+    x, delta --SkipSimplifiedLayerNormalization--> h, x          (the residual add + the input norm)
+    Qwen2.5: h --MatMul + Add (packed q/k/v)--> qkv --GroupQueryAttention (RoPE inside, at the cache rows)--> a
+    Qwen3:   h --3 MatMul, q/k SimplifiedLayerNormalization, RotaryEmbedding at position_ids--> GroupQueryAttention
+    a --MatMul (o)--> , x --SkipSimplifiedLayerNormalization--> h2, x --MLP--> delta (the next layer adds it)
 
-The new rows land at cache positions [T - L, T); query row i attends keys 0..T - L + i. When the runtime
-binds past and present to the same buffer, onnxruntime writes in place (its "past-present share buffer"), so
-a decode step (L = 1) has fixed shapes and fixed addresses and can be replayed as a CUDA graph.
-docs/gpu.md describes the runtime side.
+GroupQueryAttention: q [1, L, nh*d] (or packed q/k/v), past k/v [1, nkv, C, d], seqlens_k [1] int32 (= T - 1),
+total_sequence_length [] int32 -> out [1, L, nh*d], present k/v [1, nkv, C, d]. The new rows land at cache
+positions [T - L, T); query row i attends keys 0..T - L + i. When the runtime binds past and present to the same
+buffer, onnxruntime writes in place (its "past-present share buffer"), so a decode step (L = 1) has fixed shapes
+and fixed addresses and can be replayed as a CUDA graph. docs/gpu.md describes the runtime side.
 
-Tracing: `hulu::gqa` is a torch custom op (eager implementation below, used by tests; a fake one for the meta
-device) that the ONNX exporter translates to the contrib op through `TRANSLATIONS`.
+Tracing: each fused operator is a torch custom op (`hulu::gqa`, `hulu::gqa_rope`, `hulu::rms_norm`,
+`hulu::add_rms_norm`, `hulu::rope`; eager implementations below, used by tests, and fake ones for the meta device)
+that the ONNX exporter translates to the onnxruntime operator through `TRANSLATIONS`.
 """
 
 from __future__ import annotations
@@ -67,32 +71,45 @@ def _gqa_fake(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads, kv_num_h
     return torch.empty_like(q), torch.empty_like(past_k), torch.empty_like(past_v)
 
 
-def _gqa_schema():
-    """The subset of the contrib op's signature this exporter emits (onnx has no schema for contrib ops;
-    onnxruntime's own is the authority): inputs 0-8 (key/value empty when q, k, v come packed; cos/sin tables
-    with do_rotary), outputs 0-2, attributes num_heads / kv_num_heads / do_rotary / rotary_interleaved."""
+def _op(name: str, domain: str, version: int, inputs, outputs, constraints, attributes):
+    """An onnxscript Op for an onnxruntime operator, with the subset of its signature this exporter emits (onnx has
+    no schema for onnxruntime's operators; onnxruntime's own is the authority). An input type given as a 1-tuple
+    marks the input optional."""
+    import onnxscript
     from onnx.defs import OpSchema
 
     fp = OpSchema.FormalParameter
     opt = OpSchema.FormalParameterOption.Optional
-    ints = OpSchema.AttrType.INT
-    return OpSchema(
+    schema = OpSchema(
+        name, domain, version,
+        inputs=[fp(n, t[0], "", param_option=opt) if isinstance(t, tuple) else fp(n, t) for n, t in inputs],
+        outputs=[fp(n, t) for n, t in outputs],
+        type_constraints=constraints,
+        attributes=[OpSchema.Attribute(n, kind, "") for n, kind in attributes],
+    )
+    return onnxscript.values.Op(onnxscript.values.Opset(domain, version), name, schema)
+
+
+_FLOATS = ["tensor(float)", "tensor(float16)"]
+
+
+def _gqa_op():
+    """GroupQueryAttention, inputs 0-8 (key/value empty when q, k, v come packed; cos/sin tables with do_rotary),
+    outputs 0-2."""
+    from onnx.defs import OpSchema
+
+    return _op(
         "GroupQueryAttention", MS_DOMAIN, 1,
-        inputs=[fp("query", "T"), fp("key", "T", "", param_option=opt), fp("value", "T", "", param_option=opt),
-                fp("past_key", "T"), fp("past_value", "T"), fp("seqlens_k", "M"), fp("total_sequence_length", "M"),
-                fp("cos_cache", "T", "", param_option=opt), fp("sin_cache", "T", "", param_option=opt)],
-        outputs=[fp("output", "T"), fp("present_key", "T"), fp("present_value", "T")],
-        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int32)"], "")],
-        attributes=[OpSchema.Attribute(n, ints, "") for n in ("num_heads", "kv_num_heads", "do_rotary",
-                                                               "rotary_interleaved")],
+        [("query", "T"), ("key", ("T",)), ("value", ("T",)), ("past_key", "T"), ("past_value", "T"),
+         ("seqlens_k", "M"), ("total_sequence_length", "M"), ("cos_cache", ("T",)), ("sin_cache", ("T",))],
+        [("output", "T"), ("present_key", "T"), ("present_value", "T")],
+        [("T", _FLOATS, ""), ("M", ["tensor(int32)"], "")],
+        [(n, OpSchema.AttrType.INT) for n in ("num_heads", "kv_num_heads", "do_rotary", "rotary_interleaved")],
     )
 
 
 def _gqa_onnx(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads: int, kv_num_heads: int):
-    import onnxscript
-
-    op = onnxscript.values.Op(onnxscript.values.Opset(MS_DOMAIN, 1), "GroupQueryAttention", _gqa_schema())
-    return op(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads=num_heads, kv_num_heads=kv_num_heads)
+    return _gqa_op()(q, k, v, past_k, past_v, seqlens_k, total_len, num_heads=num_heads, kv_num_heads=kv_num_heads)
 
 
 @torch.library.custom_op("hulu::gqa_rope", mutates_args=())
@@ -127,10 +144,7 @@ def _gqa_rope_fake(qkv, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cac
 
 def _gqa_rope_onnx(qkv, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, num_heads: int,
                    kv_num_heads: int):
-    import onnxscript
-
-    op = onnxscript.values.Op(onnxscript.values.Opset(MS_DOMAIN, 1), "GroupQueryAttention", _gqa_schema())
-    return op(qkv, None, None, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, num_heads=num_heads,
+    return _gqa_op()(qkv, None, None, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, num_heads=num_heads,
               kv_num_heads=kv_num_heads, do_rotary=1, rotary_interleaved=0)
 
 
@@ -139,13 +153,17 @@ def _gqa_rope_onnx(qkv, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cac
 # --------------------------------------------------------------------------------------------------
 
 
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    y = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (weight.float() * y).to(x.dtype)
+
+
 @torch.library.custom_op("hulu::rms_norm", mutates_args=())
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """y = w * x / sqrt(mean(x^2) + eps) over the last axis, computed in fp32 and rounded once to x's dtype:
     onnxruntime's SimplifiedLayerNormalization (stash_type fp32). In fp32 it is the reference RMSNorm."""
-    x32 = x.float()
-    y = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return (weight.float() * y).to(x.dtype)
+    return _rms(x, weight, eps)
 
 
 @rms_norm.register_fake
@@ -161,9 +179,7 @@ def add_rms_norm(
     SkipSimplifiedLayerNormalization (outputs 0 and 3). The sum is rounded to x's dtype first, as the
     reference's residual stream is."""
     s = x + skip
-    s32 = s.float()
-    y = s32 * torch.rsqrt(s32.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return (weight.float() * y).to(x.dtype), s
+    return _rms(s, weight, eps), s
 
 
 @add_rms_norm.register_fake
@@ -190,64 +206,42 @@ def _rope_fake(x, position_ids, cos_cache, sin_cache):
     return torch.empty_like(x)
 
 
-def _schema(name: str, domain: str, version: int, inputs, outputs, constraints, attributes):
-    from onnx.defs import OpSchema
-
-    fp = OpSchema.FormalParameter
-    return OpSchema(
-        name, domain, version,
-        inputs=[fp(n, t) for n, t in inputs],
-        outputs=[fp(n, t) for n, t in outputs],
-        type_constraints=constraints,
-        attributes=[OpSchema.Attribute(n, kind, "") for n, kind in attributes],
-    )
-
-
 def _rms_norm_onnx(x, weight, eps: float):
     """ORT registers SimplifiedLayerNormalization in the ONNX domain (since version 1; no ONNX schema)."""
-    import onnxscript
     from onnx.defs import OpSchema
 
     from huluexport.export.onnx import OPSET
 
-    floats = ["tensor(float)", "tensor(float16)"]
-    schema = _schema(
+    op = _op(
         "SimplifiedLayerNormalization", "", OPSET, [("X", "T"), ("scale", "V")], [("Y", "V")],
-        [("T", floats, ""), ("V", floats, "")],
+        [("T", _FLOATS, ""), ("V", _FLOATS, "")],
         [("axis", OpSchema.AttrType.INT), ("epsilon", OpSchema.AttrType.FLOAT), ("stash_type", OpSchema.AttrType.INT)],
     )
-    op = onnxscript.values.Op(onnxscript.values.Opset("", OPSET), "SimplifiedLayerNormalization", schema)
     return op(x, weight, axis=-1, epsilon=eps, stash_type=1)
 
 
 def _add_rms_norm_onnx(x, skip, weight, eps: float):
     """Outputs 1 and 2 (mean, inverse std) are not used; passes/drop_unused_outputs.py unnames them, as
     onnxruntime's own fusion leaves them."""
-    import onnxscript
     from onnx.defs import OpSchema
 
-    schema = _schema(
+    op = _op(
         "SkipSimplifiedLayerNormalization", MS_DOMAIN, 1, [("input", "T"), ("skip", "T"), ("gamma", "T")],
         [("output", "T"), ("mean", "U"), ("inv_std_var", "U"), ("input_skip_bias_sum", "T")],
-        [("T", ["tensor(float)", "tensor(float16)"], ""), ("U", ["tensor(float)"], "")],
-        [("epsilon", OpSchema.AttrType.FLOAT)],
+        [("T", _FLOATS, ""), ("U", ["tensor(float)"], "")], [("epsilon", OpSchema.AttrType.FLOAT)],
     )
-    op = onnxscript.values.Op(onnxscript.values.Opset(MS_DOMAIN, 1), "SkipSimplifiedLayerNormalization", schema)
     out, _, _, total = op(x, skip, weight, epsilon=eps, _num_outputs=4)
     return out, total
 
 
 def _rope_onnx(x, position_ids, cos_cache, sin_cache):
-    import onnxscript
     from onnx.defs import OpSchema
 
-    schema = _schema(
+    op = _op(
         "RotaryEmbedding", MS_DOMAIN, 1,
         [("input", "T"), ("position_ids", "M"), ("cos_cache", "T"), ("sin_cache", "T")], [("output", "T")],
-        [("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int64)"], "")],
-        [("interleaved", OpSchema.AttrType.INT)],
+        [("T", _FLOATS, ""), ("M", ["tensor(int64)"], "")], [("interleaved", OpSchema.AttrType.INT)],
     )
-    op = onnxscript.values.Op(onnxscript.values.Opset(MS_DOMAIN, 1), "RotaryEmbedding", schema)
     return op(x, position_ids, cos_cache, sin_cache, interleaved=0)
 
 
@@ -345,8 +339,8 @@ class DecoderGQAPiece(DecoderPiece):
     run can send 8 bytes to the host), present k/v [1, nkv, C, d] (the same buffers, rows [T-L, T) written).
 
     `rope_rows`: rows of the RoPE tables, the largest position + 1 (the bundle's max_context; default the
-    model's max_position). Norms are onnxruntime's SimplifiedLayerNormalization, RoPE its RotaryEmbedding, in
-    the activation dtype (fp32 inside the norm): the decode step runs a few kernels per layer, not dozens."""
+    model's max_position). Each layer is a few fused onnxruntime operators (GQALayer, gqa_attention; docs/gpu.md
+    "Kernels per layer"), in the activation dtype (fp32 inside the norms)."""
 
     def __init__(self, decoder: torch.nn.Module, rope_rows: int | None = None) -> None:
         super().__init__(decoder)
