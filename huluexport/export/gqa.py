@@ -28,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from huluexport.export.pieces import DecoderPiece
+from huluexport.export.pieces import DecoderPiece, rms_norm_fp32
 from huluexport.reference.decoder import Attention, rope_cos_sin
 
 MS_DOMAIN = "com.microsoft"
@@ -153,17 +153,11 @@ def _gqa_rope_onnx(qkv, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cac
 # --------------------------------------------------------------------------------------------------
 
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.float()
-    y = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return (weight.float() * y).to(x.dtype)
-
-
 @torch.library.custom_op("hulu::rms_norm", mutates_args=())
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """y = w * x / sqrt(mean(x^2) + eps) over the last axis, computed in fp32 and rounded once to x's dtype:
     onnxruntime's SimplifiedLayerNormalization (stash_type fp32). In fp32 it is the reference RMSNorm."""
-    return _rms(x, weight, eps)
+    return rms_norm_fp32(x, weight, eps)
 
 
 @rms_norm.register_fake
@@ -179,7 +173,7 @@ def add_rms_norm(
     SkipSimplifiedLayerNormalization (outputs 0 and 3). The sum is rounded to x's dtype first, as the
     reference's residual stream is."""
     s = x + skip
-    return _rms(s, weight, eps), s
+    return rms_norm_fp32(s, weight, eps), s
 
 
 @add_rms_norm.register_fake

@@ -166,13 +166,19 @@ class Fp32LayerNorm(nn.LayerNorm):
         return y.to(x.dtype)
 
 
+def rms_norm_fp32(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """w * x / sqrt(mean(x^2) + eps) over the last axis, all in fp32, rounded once to x's dtype (the fp16
+    pieces' norm island; onnxruntime's SimplifiedLayerNormalization with stash_type fp32 in export/gqa.py)."""
+    x32 = x.float()
+    y = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (weight.float() * y).to(x.dtype)
+
+
 class Fp32RMSNorm(RMSNorm):
     """RMSNorm whose weight multiply also stays in fp32 (fp32 weight); the result is cast back."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (self.weight.float() * y).to(x.dtype)
+        return rms_norm_fp32(x, self.weight, self.eps)
 
 
 class Fp32RopeAttention(Attention):

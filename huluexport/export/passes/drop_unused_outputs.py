@@ -4,7 +4,8 @@ before: SkipSimplifiedLayerNormalization(x, skip, w) -> (y, mean_1, inv_std_1, s
 after:  SkipSimplifiedLayerNormalization(x, skip, w) -> (y, "", "", sum)
 
 An empty name is ONNX's "this optional output is not requested": onnxruntime's CUDA kernel never writes
-SkipSimplifiedLayerNormalization's mean and inverse std, so they must not look like values the graph has.
+SkipSimplifiedLayerNormalization's mean and inverse std, so they must not look like values the graph has. The
+sum (output 3) goes the same way where nothing reads it (the final norm).
 """
 
 from __future__ import annotations
