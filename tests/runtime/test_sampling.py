@@ -117,3 +117,74 @@ def test_smallest_temperature_is_greedy_without_nan() -> None:
     logits = np.array([3.0e38, -3.0e38, 2.9e38, 0.0, 1.0], dtype=np.float32)
     s = Sampler(SamplingConfig(greedy=False, temperature=1e-5, top_k=3, top_p=0.9, seed=0))
     assert [s(logits, np.array([], dtype=np.int64)) for _ in range(20)] == [0] * 20
+
+
+def _reference_draws(cfg: SamplingConfig, rows: list[np.ndarray], seen: np.ndarray) -> list[int]:
+    """The plain statement of the rule: full-vocabulary filters, softmax and numpy's weighted choice."""
+    rng = np.random.default_rng(cfg.seed)
+    out = []
+    for row in rows:
+        row = apply_repetition_penalty(row, seen, cfg.repetition_penalty)
+        scaled = (row.astype(np.float64) - np.max(row)) / cfg.temperature
+        probs = softmax(filter_top_p(filter_top_k(scaled, cfg.top_k), cfg.top_p))
+        out.append(int(rng.choice(probs.shape[0], p=probs)))
+    return out
+
+
+@pytest.mark.parametrize("vocab", [7, 300, 20_000])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": 0.7, "top_p": 0.9},
+        {"temperature": 1.0},
+        {"temperature": 0.5, "top_k": 50, "top_p": 0.95},
+        {"temperature": 1.3, "top_k": 3},
+        {"temperature": 2.0, "top_p": 0.5, "repetition_penalty": 1.2},
+        {"temperature": 1.0, "top_p": 0.999},  # a nucleus larger than the first candidate set (256)
+    ],
+)
+def test_candidate_sampler_draws_what_the_full_sort_rule_draws(vocab: int, kwargs: dict) -> None:
+    """The Sampler never sorts the vocabulary (hulurt.sampling.nucleus); with the same seed it must draw the
+    very tokens the full-sort filters + rng.choice draw. Rows with ties (rounded logits) check the tie rule."""
+    rng = np.random.default_rng(vocab)
+    rows = [(rng.standard_normal(vocab) * 3).astype(np.float32) for _ in range(60)]
+    rows += [np.round(r) for r in rows[:30]]  # many equal logits at every border
+    seen = rng.integers(0, vocab, 25)
+    cfg = SamplingConfig(greedy=False, seed=5, **kwargs)
+    s = Sampler(cfg)
+    got = [s(r, seen) for r in rows]
+    assert got == _reference_draws(cfg, rows, seen)
+    assert len(set(got)) > 1  # not a greedy pick
+
+
+@pytest.mark.parametrize("k, p", [(0, 0.9), (0, 0.3), (40, 0.8), (5, 1.0), (0, 0.9999)])
+def test_candidates_are_the_full_sort_filters_kept_set(k: int, p: float) -> None:
+    """candidates(): the kept ids are those the full-sort filters leave finite, the weights are their
+    unnormalised softmax; at vocabulary size, flat logits and ties."""
+    from hulurt.sampling import candidates
+
+    rng = np.random.default_rng(3)
+    for row in ((rng.standard_normal(152_064) * 3).astype(np.float32),
+                np.round(rng.standard_normal(152_064) * 2).astype(np.float32)):
+        ids, weight = candidates(row, 0.8, k, p)
+        scaled = (row.astype(np.float64) - row.max()) / 0.8
+        ref = filter_top_p(filter_top_k(scaled, k), p)
+        kept = np.flatnonzero(np.isfinite(ref))
+        np.testing.assert_array_equal(ids, kept)
+        np.testing.assert_allclose(weight / weight.sum(), softmax(ref)[kept], rtol=1e-12)
+        if k or p < 1.0:
+            assert 0 < ids.shape[0] < row.shape[0]  # the filters did filter
+
+
+def test_nan_or_inf_logits_are_refused_not_sampled() -> None:
+    from hulurt.errors import HuluRuntimeError
+
+    row = np.zeros(10, dtype=np.float32)
+    for bad in (np.nan, np.inf):
+        row[3] = bad
+        for cfg in (SamplingConfig(), SamplingConfig(greedy=False, top_p=0.5)):
+            with pytest.raises(HuluRuntimeError, match="1 of 10 logits"):
+                Sampler(cfg)(row, np.array([], dtype=np.int64))
+    row[3] = -np.inf  # a zero probability is fine
+    s = Sampler(SamplingConfig(greedy=False, seed=0))
+    assert 3 not in {s(row, np.array([], dtype=np.int64)) for _ in range(200)}
