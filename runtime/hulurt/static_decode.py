@@ -205,4 +205,7 @@ class StaticDecoder:
 
     def _result(self, want_logits: bool) -> tuple[int, NDArray[np.float32] | None]:
         token = int(self.next_token.numpy()[0])  # 8 bytes device -> host
-        return token, (np.array(self.logits.numpy(), copy=True) if want_logits else None)  # CPU: a view otherwise
+        if not want_logits:
+            return token, None
+        row = self.logits.numpy()  # from a device: a fresh host copy; on the CPU: a view of the bound buffer
+        return token, (np.array(row, copy=True) if self.device == "cpu" else row)
