@@ -1,6 +1,6 @@
 """`huluexport engines BUNDLE [--target NAME] [options of python -m hulurt.engines]`: the same engine builder
 as on the device (hulurt/engines), its options defined once there; `--target` names a device profile of
-huluexport/export/targets.py, whose limits narrow the profile and name the engine directory."""
+huluexport/devices.py, whose limits narrow the profile and name the engine directory."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def register(group: click.Group) -> None:
 
 def target_args(name: str) -> list[str]:
     """--target NAME as the hulurt.engines options it stands for."""
+    from huluexport.devices import TARGETS
     from huluexport.errors import ConfigError
-    from huluexport.export.targets import TARGETS
 
     if name not in TARGETS:
         raise ConfigError(f"--target {name!r}: expected one of {', '.join(TARGETS)}")
@@ -36,7 +36,7 @@ def target_args(name: str) -> list[str]:
     add_help_option=False,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
 )
-@click.option("--target", default=None, help="Device profile (huluexport/export/targets.py).")
+@click.option("--target", default=None, help="Device profile (huluexport/devices.py).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def engines_cmd(target: str | None, args: tuple[str, ...]) -> None:
     from hulurt.engines.__main__ import build_parser, run

@@ -114,7 +114,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "of the available memory; exact for any value)", type=int, check=checks.split_size, metavar="N", to="load"),
     Option(("--prefill-chunk",), "prompt tokens per decoder prefill call (default: the most whose activations "
            "fit a fifth of the available memory)", type=int, check=checks.split_size, metavar="N", to="load"),
-    Option(("--provider",), "execution provider: auto picks TensorRT EP, then CUDA EP, then CPU (onnxruntime); "
+    Option(("--provider",), "execution provider: auto picks the CUDA EP, then the TensorRT EP, then CPU (onnxruntime); "
            "trt-native runs the bundle's TensorRT engines (built by hulurt.engines; not yet run on a GPU)",
            choices=PROVIDERS, default="auto",
            to="load"),
