@@ -88,6 +88,19 @@ def _header(result: dict[str, Any], B: dict[str, Any], bw: float) -> list[str]:
     return lines
 
 
+def _same(rep: dict[str, Any]) -> str:
+    """The runs table's token cell: the timed runs' agreement, and the greedy check's first divergence."""
+    gc = rep.get("greedy_check")
+    if not gc:
+        return str(rep.get("same_tokens"))
+    if gc.get("first_divergence") is None:
+        return f"{rep.get('same_tokens')}; {gc['steps']} of {gc['steps']} checked steps"
+    d = gc["divergence"]
+    return (f"{rep.get('same_tokens')}; first divergence at step {d['step']} of {gc['steps']} "
+            f"({'near tie' if d['near_tie'] else 'NOT a near tie'}: gaps {d['reference_gap']:.3g} / "
+            f"{d['runtime_gap']:.3g}, logits differ by {d['max_abs_logit_diff_at_step']:.3g})")
+
+
 def _runs_table(result: dict[str, Any], B: dict[str, Any]) -> list[str]:
     lines = ["## Runs", "", ("| run | side | decode tok/s | TTFT ms | vision ms | prefill ms | prompt tok | "
              "visual tok | same tokens |"), "|---|---|---|---|---|---|---|---|---|"]
@@ -100,7 +113,7 @@ def _runs_table(result: dict[str, Any], B: dict[str, Any]) -> list[str]:
                 f"| {name} | {side}: {rep['sides'][side]['description']} | {(tok_s(rep, side) or 0):.1f} | "
                 f"{(med(rep, side, 'ttft') or 0) * 1e3:.1f} | {(med(rep, side, 'vision') or 0) * 1e3:.1f} | "
                 f"{(med(rep, side, 'prefill') or 0) * 1e3:.1f} | {t['prompt']} | "
-                f"{t['visual_before_reduction']} -> {t['visual_after_reduction']} | {rep.get('same_tokens')} |")
+                f"{t['visual_before_reduction']} -> {t['visual_after_reduction']} | {_same(rep)} |")
     for name, v in result.get("benches", {}).items():
         if not v.get("report"):
             lines.append(f"| {name} | FAILED rc={v.get('rc')} {v.get('error', '')} (gpu_bench.log) | | | | | | | |")
@@ -167,6 +180,10 @@ def report(result: dict[str, Any], out: Path) -> None:
             lines.append("")
             lines.append(f"Runtime CT prefill, 28 layers: {p2 * 1e3:.1f} + 26 x ({p4 * 1e3:.1f} - {p2 * 1e3:.1f}) / 2"
                          f" = {p28 * 1e3:.1f} ms.")
+    checks = [(n, rep["greedy_check"]) for n, rep in B.items() if rep.get("greedy_check")]
+    if checks:
+        lines += ["", "## Greedy agreement with the reference (one more untimed run per side, logits kept)", ""]
+        lines += [f"- {n}: {gc['summary']}." for n, gc in checks]
     lines += ["", f"GPU tests (tests/gpu) exit status: {result.get('gpu_tests_rc')} (log: pytest_gpu.log)."]
     result["extrapolation"] = ext
     save(out, result)

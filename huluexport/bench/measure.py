@@ -192,6 +192,8 @@ class PreparedSide:
     rss_before_load: int
     rss_after_load: int
     close: Callable[[], None] = lambda: None
+    # one untimed greedy run of n tokens handing back (tokens, the logits row [vocab] of each): the greedy check
+    trace: Callable[[int], tuple[list[int], list[np.ndarray]]] | None = None
 
 
 def _merge_memory(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -67,14 +67,8 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
     inputs = open_model(cfg, m, sessions=False)  # hulurt's input code only; no graph is opened
     holder = {"model": model}
 
-    @torch.inference_mode()
-    def once() -> RunRecord:
-        model = holder["model"]
-        clock = SyncClock()
-        start = time.perf_counter()
-        with clock("preprocess"):
-            mi = inputs.media_inputs(cfg.prompt, media, token_reduction=False)
-        visuals = [
+    def visuals_of(mi: Any) -> list[Any]:
+        return [
             # (T, G, g, 588) -> (T, n, 588): merge-grouped token order, as the reference takes it
             VisualInput(
                 v.patches.reshape(v.patches.shape[0], -1, v.patches.shape[-1]),
@@ -84,6 +78,27 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
             )
             for v in mi.visuals
         ]
+
+    @torch.inference_mode()
+    def trace(n: int) -> tuple[list[int], list[Any]]:
+        mi = inputs.media_inputs(cfg.prompt, media, token_reduction=False)
+        prep = holder["model"].prepare_inputs(torch.from_numpy(mi.input_ids.reshape(-1)), visuals_of(mi))
+        run = holder["model"].steps(prep)
+        tokens, rows = [], []
+        for _ in range(n):
+            st = next(run)
+            tokens.append(st.token)
+            rows.append(st.logits.float().cpu().numpy().reshape(-1))
+        return tokens, rows
+
+    @torch.inference_mode()
+    def once() -> RunRecord:
+        model = holder["model"]
+        clock = SyncClock()
+        start = time.perf_counter()
+        with clock("preprocess"):
+            mi = inputs.media_inputs(cfg.prompt, media, token_reduction=False)
+        visuals = visuals_of(mi)
         with clock("embed"):  # the vision tower and the keep masks inside are timed as their own stages
             prep = model.prepare_inputs(torch.from_numpy(mi.input_ids.reshape(-1)), visuals, clock=clock)
         run = model.steps(prep)
@@ -119,4 +134,5 @@ def prepare_reference(cfg: BenchConfig, m: Any, media: list[Any], dtype: str = "
         rss_before_load=rss_before,
         rss_after_load=rss_after,
         close=holder.clear,
+        trace=trace,
     )

@@ -95,6 +95,8 @@ def render_report(doc: dict[str, Any]) -> Any:
     )
     if doc.get("same_tokens") is not None:
         foot += f"; same greedy tokens on both sides: {doc['same_tokens']}"
+    if doc.get("greedy_check"):
+        foot += f"\ngreedy check: {doc['greedy_check']['summary']}"
     return Group(t, info, escape(foot))
 
 
@@ -183,6 +185,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
     ]
     if doc.get("same_tokens") is not None:
         lines += [f"Same greedy tokens on both sides: **{doc['same_tokens']}**.", ""]
+    if doc.get("greedy_check"):
+        lines += [f"Greedy check (one more untimed run per side, logits kept): {doc['greedy_check']['summary']}.",
+                  ""]
     pc = doc.get("plan_check")
     if pc:
         lines += [

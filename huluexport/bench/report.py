@@ -65,6 +65,7 @@ def build_report(
     inputs: dict[str, Any],
     settings: dict[str, Any],
     plan_check: dict[str, Any] | None = None,
+    greedy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready report (schema `huluexport.bench/1`)."""
 
@@ -110,6 +111,7 @@ def build_report(
         "sides": sides,
         "ratios_reference_over_runtime": ratios,
         "same_tokens": same_tokens,
+        "greedy_check": greedy,  # huluexport/bench/greedy_check.py; None without a reference
         "plan_check": plan_check,
     }
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from huluexport.bench.config import BenchConfig
+from huluexport.bench.greedy_check import greedy_check
 from huluexport.bench.inputs import request_media
 from huluexport.bench.measure import SideResult, measure_sides
 from huluexport.bench.reference_side import prepare_reference
@@ -13,6 +14,7 @@ from huluexport.bench.report import build_report
 from huluexport.bench.runtime_side import bundle_info, prepare_runtime
 
 log = logging.getLogger(__name__)
+DEFAULT_CHECK_STEPS = 32  # greedy-check steps with --compare-reference (capped at --max-new-tokens)
 
 
 # Planner check and the entry point
@@ -77,21 +79,39 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     log.info("bench: loading the runtime for %s", cfg.bundle)
     rt_side = prepare_runtime(cfg, m, media)
     ref = None
+    # the greedy check (huluexport/bench/greedy_check.py): one more untimed run per side, logits kept
+    steps = min(cfg.max_new_tokens, int(cfg.extra.get("check_steps", DEFAULT_CHECK_STEPS))) \
+        if cfg.compare_reference else 0
+    traces: dict[str, tuple[list[int], list[Any]]] = {}
+
+    def trace(side: Any) -> None:
+        if steps > 0 and side.trace is not None:
+            log.info("bench: greedy check, %s: %d steps with logits", side.name, steps)
+            traces[side.name] = side.trace(steps)
+
     if cfg.compare_reference and not sequential:
         log.info("bench: loading the PyTorch reference (interleaved runs)")
         ref_side = prepare_reference(cfg, m, media)
         res = measure_sides([rt_side, ref_side], cfg.warmup, cfg.repeats)
         rt, ref = res["runtime"], res["reference"]
+        trace(rt_side)
+        trace(ref_side)
         ref_side.close()
     else:
         rt = measure_sides([rt_side], cfg.warmup, cfg.repeats)["runtime"]
         if cfg.compare_reference:
+            trace(rt_side)
             rt_side.close()
             gc.collect()
             log.info("bench: loading the PyTorch reference (sequential runs)")
             ref_side = prepare_reference(cfg, m, media)
             ref = measure_sides([ref_side], cfg.warmup, cfg.repeats)["reference"]
+            trace(ref_side)
             ref_side.close()
+    check = None
+    if len(traces) == 2:
+        check = greedy_check(*traces["runtime"], *traces["reference"])
+        log.info("bench: %s", check["summary"])
     dev = device(cfg.target)  # targets without a fixed device: this host, bandwidth probed now
     bw = dev.bandwidth_bytes_s
     inputs = {
@@ -119,4 +139,5 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         inputs=inputs,
         settings=settings,
         plan_check=plan_check(m, info, rt),
+        greedy=check,
     )

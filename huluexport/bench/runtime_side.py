@@ -102,6 +102,13 @@ def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
             tuple(g.token_ids),
         )
 
+    def trace(n: int) -> tuple[list[int], list[np.ndarray]]:
+        rows: list[np.ndarray] = []
+        feed = holder["model"].prepare_media(cfg.prompt, media)
+        g = holder["model"].run(feed, max_new_tokens=n, sampling=SamplingConfig(), stop_ids=(),
+                                on_logits=lambda r: rows.append(np.array(r, dtype=np.float32).reshape(-1))).result()
+        return list(g.token_ids), rows
+
     dec_piece = model.decoder_piece  # "decoder" or "decoder_gqa": the graph whose weights a step reads
     pb = {"embed": piece_weight_bytes(m.piece_path("embed")), "decoder": piece_weight_bytes(m.piece_path(dec_piece))}
     act = np.dtype(m.dims.act_dtype).itemsize
@@ -118,4 +125,5 @@ def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
         rss_before_load=rss_before,
         rss_after_load=rss_after,
         close=holder.clear,
+        trace=trace,
     )

@@ -87,3 +87,12 @@ def check_report(doc: Any) -> None:
     if "reference" in sides:
         for st in (*STAGES, "decode_tok_s"):
             need(doc["ratios_reference_over_runtime"], st, float, "ratios_reference_over_runtime")
+    gc = doc.get("greedy_check")
+    if gc is not None:
+        for k, kind in (("steps", int), ("same_prefix_steps", int), ("max_abs_logit_diff", list),
+                        ("reference_top2_margin", list), ("runtime_top2_margin", list), ("summary", str)):
+            need(gc, k, kind, "greedy_check")
+        if gc.get("first_divergence") is not None:
+            d = need(gc, "divergence", dict, "greedy_check")
+            for k, kind in (("step", int), ("reference_gap", float), ("runtime_gap", float), ("near_tie", bool)):
+                need(d, k, kind, "greedy_check.divergence")

@@ -34,7 +34,7 @@ HELP = {
     "warmup": "Untimed runs first.",
     "repeats": "Timed runs.",
     "compare_reference": "Also run the PyTorch reference on the same inputs, same process; report ratios.",
-    "provider": "onnxruntime execution provider of the runtime side (auto = TensorRT/CUDA when present).",
+    "provider": "onnxruntime execution provider of the runtime side (auto = CUDA, then TensorRT, when present).",
     "sequential": "With --compare-reference: measure the runtime, free it, then the reference (less memory) "
     "instead of alternating their runs.",
     "markdown": "Write a Markdown report to FILE.",
@@ -189,6 +189,13 @@ def plan_cmd(
     help="Force the runtime's decoder form (default: as hulurt.load chooses: gqa-static on CUDA when present).",
 )
 @click.option("--no-cuda-graph", is_flag=True, help="gqa-static on CUDA without CUDA graph capture.")
+@click.option(
+    "--check-steps",
+    type=click.IntRange(min=0),
+    default=None,
+    help="With --compare-reference: one more untimed greedy run per side of N tokens (at most --max-new-tokens; "
+    "default 32) with every logits row kept: first divergence and logit margins in the report (0: off).",
+)
 @click.option("--sequential", is_flag=True, help=HELP["sequential"])
 @click.option(
     "--checkpoint",
@@ -217,6 +224,7 @@ def bench_cmd(
     reference_dtype: str | None,
     decoder_form: str | None,
     no_cuda_graph: bool,
+    check_steps: int | None,
     sequential: bool,
     checkpoint: Path | None,
     json_out: Path | None,
@@ -246,6 +254,7 @@ def bench_cmd(
             "reference_dtype": reference_dtype,
             "decoder_form": decoder_form,
             "no_cuda_graph": no_cuda_graph,
+            **({} if check_steps is None else {"check_steps": check_steps}),
         },
     )
     report = B.run_bench(cfg)

@@ -445,11 +445,13 @@ class Model:
         stop_ids: Sequence[int] | None = None,
         on_text: Callable[[str], None] | None = None,
         started: float | None = None,
+        on_logits: Callable[[Any], None] | None = None,
     ) -> Generation:
-        """Run an already prepared request (e.g. ids built by the caller)."""
+        """Run an already prepared request (e.g. ids built by the caller). `on_logits(row)` sees each logits
+        row [1, vocab] (float32, host) a token is chosen from; it brings every row to the host (diagnostics)."""
         return self._gen(bool(feed.visuals)).generate(
             feed, self.tokenizer, max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids,
-            on_text=on_text, started=started,
+            on_text=on_text, started=started, on_logits=on_logits,
         )
 
 

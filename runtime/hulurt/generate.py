@@ -286,15 +286,19 @@ class Generator:
         stop_ids: Sequence[int] | None = None,
         on_text: Callable[[str], None] | None = None,
         started: float | None = None,
+        on_logits: Callable[[NDArray[np.float32]], None] | None = None,
     ) -> Generation:
-        """Check the request now; the graphs run while the returned Generation is iterated."""
+        """Check the request now; the graphs run while the returned Generation is iterated. `on_logits`, when
+        given, sees every logits row [1, vocab] the tokens are chosen from, in order (the row comes to the host
+        even for plain greedy: a diagnostic, e.g. `huluexport bench`'s greedy check, not for timing)."""
         max_new_tokens = self.resolve_max_new_tokens(int(prompt.input_ids.shape[0]), max_new_tokens)
         self.check(prompt, max_new_tokens)
         stops = frozenset(self.facts.stop_ids if stop_ids is None else stop_ids)
         gen = Generation(_pieces=iter(()))
         t_start = time.perf_counter() - prompt.preprocess_s if started is None else started
         sampler = Sampler(sampling or SamplingConfig())
-        gen._pieces = self._run(gen, prompt, tokenizer, max_new_tokens, sampler, stops, on_text, t_start)
+        gen._pieces = self._run(gen, prompt, tokenizer, max_new_tokens, sampler, stops, on_text, t_start,
+                                on_logits)
         return gen
 
     def _run(
@@ -307,6 +311,7 @@ class Generator:
         stops: frozenset[int],
         on_text: Callable[[str], None] | None,
         t_start: float,
+        on_logits: Callable[[NDArray[np.float32]], None] | None = None,
     ) -> Iterator[str]:
         ids = prompt.input_ids.astype(np.int64)
         n_prompt = int(ids.shape[0])
@@ -320,11 +325,16 @@ class Generator:
         clock = StageClock()
         # plain greedy takes the graph's own argmax (only the token leaves the device); else logits come back
         cfg = sampler.config
-        need_logits = not (cfg.greedy and cfg.repetition_penalty == 1.0)
+        need_logits = on_logits is not None or not (cfg.greedy and cfg.repetition_penalty == 1.0)
+
+        def pick(row: NDArray[np.float32], seen_ids: NDArray[np.int64]) -> int:
+            if on_logits is not None:
+                on_logits(row)
+            return sampler(row, seen_ids)
 
         def choose(result: tuple[int, Any], seen_ids: NDArray[np.int64]) -> int:
             tok, row = result
-            return tok if row is None else sampler(row, seen_ids)
+            return tok if row is None else pick(row, seen_ids)
 
         t0 = time.perf_counter()
         visual = None
@@ -355,7 +365,7 @@ class Generator:
             with clock("embed"):
                 embeds = self.embed(ids, visual)  # [1, L, hidden]
             with clock("prefill"):
-                token = sampler(self.decode(embeds, 0, cache), seen[:n_seen])
+                token = pick(self.decode(embeds, 0, cache), seen[:n_seen])
         t2 = time.perf_counter()
         t_first = t2
         stream = StreamDecoder(tokenizer)  # type: ignore[arg-type]  # any object with decode(ids, skip)
@@ -384,7 +394,7 @@ class Generator:
             assert cache is not None
             step_embeds = self.embed(np.array([token], dtype=np.int64))  # [1, 1, hidden]
             logits = self.decode(step_embeds, cache.length, cache)
-            token = sampler(logits, seen[:n_seen])
+            token = pick(logits, seen[:n_seen])
         tail = stream.flush()
         if tail:
             text_parts.append(tail)

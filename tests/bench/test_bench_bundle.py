@@ -11,6 +11,7 @@ import pytest
 
 from huluexport import bench as B
 from huluexport.cli import main
+from huluexport.tolerances import get as tolerance
 
 
 def _build(out: Path, size: str, layers: int | None = None) -> Path:
@@ -80,6 +81,12 @@ def test_bench_tiny_volume_with_reference(tiny_bundle: Path, tmp_path: Path) -> 
         16 <= rt["tokens"]["visual_after_reduction"] < 64
     )  # the moving disc keeps some tokens, drops others
     assert doc["same_tokens"] is True and rt["tokens"]["new"] == 8 and rt["tokens"]["decode_steps"] == 7
+    # the greedy check: one more run per side with the logits rows kept, compared step by step
+    gc = doc["greedy_check"]
+    assert gc["steps"] == gc["same_prefix_steps"] == 8 and gc["first_divergence"] is None
+    assert 0 < max(gc["max_abs_logit_diff"]) <= tolerance("decoder", "fp32", "ort").max_abs  # fp32 both sides
+    assert min(gc["reference_top2_margin"]) > 0 and "identical for all 8 steps" in gc["summary"]
+    assert "Greedy check" in (tmp_path / "r.md").read_text()
     for side in (rt, ref):
         for st in ("vision", "prefill", "decode", "e2e"):
             assert side["stages"][st]["median"] > 0 and side["stages"][st]["n"] == 3

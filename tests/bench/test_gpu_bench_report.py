@@ -158,3 +158,16 @@ def test_build_state_follows_the_latest_build(gpu_bench, tmp_path: Path) -> None
     with open(log, "a") as f:
         f.write("BUILT b2 rc=1 in 3 s\nBUILD DONE status=1\n")
     assert gpu_bench.build_state(tmp_path) == ("done", {"b4", "b2"})
+
+
+def test_report_shows_the_greedy_check(result: dict) -> None:
+    """Each compared bench carries the greedy check (runtime gqa-static vs the fp16 reference, logits kept),
+    and the report lists its summary and puts the first divergence, if any, in the runs table."""
+    md = (result["out"] / "gpu_bench.md").read_text()
+    assert "## Greedy agreement with the reference" in md
+    for name in ("text_b2", "text_b4"):
+        gc = result["benches"][name]["report"]["greedy_check"]
+        assert gc["steps"] >= 1 and len(gc["max_abs_logit_diff"]) == gc["same_prefix_steps"]
+        assert f"- {name}: {gc['summary']}." in md
+        if gc["first_divergence"] is not None:
+            assert f"first divergence at step {gc['first_divergence']} of {gc['steps']}" in md

@@ -175,3 +175,18 @@ def test_chunked_static_prefill_gives_the_same_tokens(gqa_bundle, tmp_path) -> N
         got = m.generate("What is shown?", images=[png], max_new_tokens=8, stop_ids=())
         assert got.token_ids == want.token_ids, chunk
         assert got.timings.prefill_chunk == min(chunk, got.timings.prompt_tokens)
+
+
+@pytest.mark.parametrize("form", ["v1-concat", "gqa-static"])
+def test_on_logits_sees_every_row_a_greedy_token_came_from(gqa_bundle, form: str) -> None:
+    """Model.run(on_logits=...) hands over each logits row, also on the greedy paths that otherwise keep it
+    on the device; the tokens do not change, and each is the argmax of its row."""
+    model = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form=form)
+    feed = model.prepare("Describe the heart.")
+    plain = model.run(feed, max_new_tokens=8, stop_ids=()).result().token_ids
+    rows: list[np.ndarray] = []
+    seen = model.run(feed, max_new_tokens=8, stop_ids=(), on_logits=lambda r: rows.append(np.array(r))).result()
+    assert seen.token_ids == plain and len(rows) == 8
+    assert all(r.shape == (1, model.facts.dims.vocab) and r.dtype == np.float32 for r in rows)
+    assert [int(np.argmax(r)) for r in rows] == plain
+    assert len({r.tobytes() for r in rows}) == 8  # one row per step, not one buffer seen 8 times
