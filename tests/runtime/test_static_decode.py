@@ -190,3 +190,28 @@ def test_on_logits_sees_every_row_a_greedy_token_came_from(gqa_bundle, form: str
     assert all(r.shape == (1, model.facts.dims.vocab) and r.dtype == np.float32 for r in rows)
     assert [int(np.argmax(r)) for r in rows] == plain
     assert len({r.tobytes() for r in rows}) == 8  # one row per step, not one buffer seen 8 times
+
+
+def test_graph_mode_bindings_give_the_same_tokens_on_the_cpu(gqa_bundle) -> None:
+    """StaticDecoder(cuda_graph=True) as the CUDA path drives it, on the CPU provider: the step binding is made
+    once with total_sequence_length fixed at the capacity (the value a captured graph keeps; only seqlens_k
+    carries the length), the steps run with gpu_graph_id 1 and the prefill with -1. GroupQueryAttention's input
+    checks are onnxruntime's shared helper (the capacity must not exceed the RoPE tables' rows), and the tokens
+    must equal the exact-length path's over two requests on one set of buffers."""
+    from hulurt.static_decode import GRAPH_DECODE, GRAPH_NONE, StaticDecoder
+
+    exact = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static")
+    graph = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static")
+    gen = graph._gen(False)
+    capacity = gen._static_args[0]
+    assert capacity == graph.facts.max_context  # the default: as many rows as the RoPE tables
+    gen._static = StaticDecoder(graph.session("decoder"), graph.session("embed"), graph.facts.dims, capacity,
+                                cuda_graph=True)
+    static = gen._static
+    assert static._run_step.get_run_config_entry("gpu_graph_id") == GRAPH_DECODE
+    assert static._run_once.get_run_config_entry("gpu_graph_id") == GRAPH_NONE
+    for prompt, n in (("Describe the heart.", 16), ("Is the liver normal?", 9)):
+        want = exact.generate(prompt, max_new_tokens=n, stop_ids=())
+        got = graph.generate(prompt, max_new_tokens=n, stop_ids=())
+        assert got.token_ids == want.token_ids and len(set(got.token_ids)) > 1
+    assert static.steps == 15 + 8 and int(static._total_step) == capacity
