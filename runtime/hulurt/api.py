@@ -122,7 +122,8 @@ class Model:
                 from hulurt.backends.ort import resolve_provider
 
                 provider = resolve_provider("auto")
-            self._decoder_piece = select_decoder(provider, set(self.manifest.pieces), self._decoder_form)
+            self._decoder_piece = select_decoder(provider, set(self.manifest.pieces), self._decoder_form,
+                                                 self.manifest.dims.act_dtype)
         return self._decoder_piece
 
     @property

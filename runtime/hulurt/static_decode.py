@@ -33,10 +33,18 @@ GRAPH_DECODE = "1"  # gpu_graph_id of the captured decode step
 GRAPH_NONE = "-1"  # runs that must not be captured (prefill: its shapes change)
 
 
-def select_decoder(provider: str, pieces: set[str] | frozenset[str], force: str | None = None) -> str:
-    """The decoder piece for a resolved provider: "decoder_gqa" on the CUDA EP when the bundle has it (fixed
-    shapes and addresses, CUDA graphs), "decoder" (v1) for TensorRT (it cannot build GroupQueryAttention) and
-    for the CPU provider, where v1 is the measured default; either form when the bundle has only one.
+# activation dtypes for which onnxruntime's CUDA provider has a GroupQueryAttention kernel
+# (onnxruntime/contrib_ops/cuda/bert/group_query_attention.cc registers MLFloat16 and BFloat16, no float)
+CUDA_GQA_DTYPES = ("float16", "bfloat16")
+
+
+def select_decoder(provider: str, pieces: set[str] | frozenset[str], force: str | None = None,
+                   act_dtype: str = "float16") -> str:
+    """The decoder piece for a resolved provider: "decoder_gqa" on the CUDA EP when the bundle has it and its
+    activations are fp16/bf16 (fixed shapes and addresses, CUDA graphs), "decoder" (v1) for TensorRT (it cannot
+    build GroupQueryAttention), for the CPU provider, where v1 is the measured default, and for an fp32 bundle
+    on CUDA (no fp32 GroupQueryAttention kernel there: the op would run on the CPU, with the KV buffers copied
+    both ways every step); either form when the bundle has only one.
     `force` ("v1-concat" | "gqa-static") overrides, e.g. for tests and benchmarks."""
     if force is not None:
         if force not in DECODER_FORMS:
@@ -54,7 +62,7 @@ def select_decoder(provider: str, pieces: set[str] | frozenset[str], force: str 
         raise ContractError(
             f"a bundle needs a decoder piece ({', '.join(DECODER_FORMS.values())}); it has {sorted(pieces)}"
         )
-    if provider == "cuda":
+    if provider == "cuda" and act_dtype in CUDA_GQA_DTYPES:
         return have[0]
     return DECODER_FORMS["v1-concat"] if DECODER_FORMS["v1-concat"] in pieces else have[0]
 
@@ -93,7 +101,9 @@ class StaticDecoder:
         self.logits = self._buffer((1, dims.vocab), np.dtype(np.float32))
         self.next_token = self._buffer((1,), np.dtype(np.int64))
         # total_sequence_length is read on the host by the CUDA kernel (a CPU input): fixed at the capacity for
-        # the decode step, so the captured graph stays valid for every length (seqlens_k carries the length)
+        # the decode step, so the captured graph stays valid for every length (seqlens_k carries the length).
+        # On a GPU it stays at the capacity without a graph too: the kernel picks its flash-decoding split count
+        # from it, and one value keeps the graph and no-graph runs on the same summation order
         self._total_step = np.array(capacity, dtype=np.int32)
         self._embed_binding = self._bind_embed_step()
         self._step_binding = self._bind_decoder(self.step_embeds, self.step_pos, self._total_step)
@@ -195,7 +205,7 @@ class StaticDecoder:
         self.tok.update_inplace(np.array([[token]], dtype=np.int64))
         self.step_pos.update_inplace(np.array([[self.length]], dtype=np.int64))
         self.seqlens.update_inplace(np.array([self.length], dtype=np.int32))
-        if not self.cuda_graph:  # without a graph the kernel may as well see the exact length
+        if self.device == "cpu" and not self.cuda_graph:  # the CPU kernel may as well see the exact length
             self._step_binding.bind_cpu_input("total_sequence_length", np.array(self.length + 1, dtype=np.int32))
         self.embed.session.run_with_iobinding(self._embed_binding)
         self.decoder.session.run_with_iobinding(self._step_binding, self._run_step)

@@ -30,6 +30,15 @@ def test_select_decoder(provider: str, pieces: frozenset[str], force: str | None
     assert select_decoder(provider, pieces, force) == want
 
 
+def test_select_decoder_keeps_fp32_bundles_on_v1_on_cuda() -> None:
+    """onnxruntime's CUDA provider has GroupQueryAttention for fp16/bf16 only: an fp32 bundle would run the op
+    on the CPU with the KV buffers copied both ways per step, so CUDA picks v1 there unless forced."""
+    assert select_decoder("cuda", BOTH, None, "float32") == "decoder"
+    assert select_decoder("cuda", BOTH, None, "float16") == "decoder_gqa"
+    assert select_decoder("cuda", BOTH, "gqa-static", "float32") == "decoder_gqa"
+    assert select_decoder("cuda", frozenset({"embed", "decoder_gqa"}), None, "float32") == "decoder_gqa"
+
+
 def test_select_decoder_refuses_what_the_bundle_lacks() -> None:
     with pytest.raises(ContractError, match=r"no 'decoder_gqa' piece.*--decoder-form gqa-static"):
         select_decoder("cuda", frozenset({"embed", "decoder"}), "gqa-static")
