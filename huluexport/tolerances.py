@@ -58,13 +58,12 @@ _TABLE: dict[tuple[str, str, str], Tolerance] = {
         "GroupQueryAttention: measured min cosine 0.999999 and top-1 1.0 on the tiny fp16 bundle "
         "(tests/export/test_gqa_parity.py, 2026-11-30)",
     ),
-    # the same fp32 gqa-static graph on onnxruntime's CUDA provider vs its CPU provider: tests/gpu/test_cuda_decode.py
-    ("decoder_gqa", "fp32", "ort-cuda"): Tolerance(
-        max_abs=1e-3,
-        reason="one fp32 graph on two providers: the CUDA provider's MatMuls run cuBLAS with TF32 on (its use_tf32 "
-        "option defaults to 1) and sum in their own order; onnxruntime has CUDA GroupQueryAttention kernels for "
-        "fp16/bf16 only, so in fp32 that node runs on the CPU provider inside the CUDA session; not yet measured "
-        "on a GPU, so the bound is 10x the CPU-vs-reference entry",
+    # the same fp16 gqa-static graph on onnxruntime's CUDA provider vs its CPU provider: tests/gpu/test_cuda_decode.py
+    ("decoder_gqa", "fp16", "ort-cuda"): Tolerance(
+        min_cosine=0.999,
+        reason="one fp16 graph on two providers (onnxruntime's CUDA GroupQueryAttention kernels are fp16/bf16 "
+        "only): cuBLAS, the flash-attention kernel and the fused norms sum in their own order and round to fp16 at "
+        "other points; the floor of the fp16 vs fp32-reference entry, not yet measured on a GPU",
     ),
     # `huluexport quantize`: weight-only MatMulNBits decoder (RTN, asymmetric, block 32/128; accuracy_level 4 =
     # matmul inputs int8 per block, or 0 = fp32), vs the fp32 reference. Measured on the tiny qwen2 + qwen3 random

@@ -152,7 +152,9 @@ def _build_steps(bdir: Path, log: Path, work: Path) -> int:
             rc = 127
         f.write(f"BUILT kernels rc={rc}\n")
     # the tiny bundles tests/gpu uses (tests/e2e/bundles.py caches them here)
-    code = "from e2e.bundles import bundle; print(bundle('qwen2', gqa=True)); print(bundle('qwen3', gqa=True))"
+    # fp16 (the CUDA gqa-static path) for both flavours, fp32 qwen2 (CUDA keeps fp32 bundles on v1)
+    code = ("from e2e.bundles import bundle; print(bundle('qwen2', gqa=True, precision='fp16')); "
+            "print(bundle('qwen3', gqa=True, precision='fp16')); print(bundle('qwen2', gqa=True))")
     env = _env() | {"HULU_TEST_BUNDLES": str(work / "test-bundles")}
     with open(log, "a") as f:
         rc = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT, env=env,

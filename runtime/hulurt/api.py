@@ -423,15 +423,16 @@ class Model:
         num_slices: int | None = None,
         visual_budget: str | int | None = "fit",
         max_pixels: int | None = None,
+        on_logits: Callable[[Any], None] | None = None,
     ) -> Generation:
         """Prepare and check the request now; iterate the result for text pieces as they are decoded.
-        window, series, num_slices, visual_budget, max_pixels: see `inputs`."""
+        window, series, num_slices, visual_budget, max_pixels: see `inputs`; on_logits: see `run`."""
         started = time.perf_counter()
         feed = self.prepare(prompt, images, volume, video, token_reduction, max_new_tokens, window=window,
                             series=series, num_slices=num_slices, visual_budget=visual_budget,
                             max_pixels=max_pixels)
         return self.run(feed, max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids,
-                        on_text=on_text, started=started)
+                        on_text=on_text, started=started, on_logits=on_logits)
 
     def generate(self, prompt: str, **kwargs: Any) -> Generation:
         """Like `stream`, run to the end: `.text`, `.token_ids`, `.timings`."""

@@ -52,18 +52,20 @@ def checkpoint(kind: str, compression: bool = True) -> Path:
     return _cached(f"ckpt-{kind}-{int(compression)}", lambda out: _write_checkpoint(kind, compression, out))
 
 
-def bundle(kind: str, compression: bool = True, gqa: bool = False) -> Path:
-    """A tiny fp32 bundle of `kind` ("qwen2" | "qwen3"), built from checkpoint(kind); `gqa`: with both decoder
-    forms (decoder.onnx and the gqa-static decoder_gqa.onnx)."""
+def bundle(kind: str, compression: bool = True, gqa: bool = False, precision: str = "fp32") -> Path:
+    """A tiny bundle of `kind` ("qwen2" | "qwen3") in `precision` (fp32, or fp16: the GPU tests, as onnxruntime
+    has no fp32 GroupQueryAttention CUDA kernel), built from checkpoint(kind); `gqa`: with both decoder forms
+    (decoder.onnx and the gqa-static decoder_gqa.onnx)."""
     ck = checkpoint(kind, compression)
     forms = ("v1-concat", "gqa-static") if gqa else ("v1-concat",)
 
     def make(out: Path) -> None:
         from huluexport.export.pipeline import BuildOptions, build
 
-        build(BuildOptions(out=out, checkpoint=ck, precision="fp32", decoder_forms=forms))
+        build(BuildOptions(out=out, checkpoint=ck, precision=precision, decoder_forms=forms))
 
-    return _cached(f"bundle-{'gqa-' if gqa else ''}{kind}-{int(compression)}", make)  # globs must not overlap
+    stem = "bundle" if precision == "fp32" else f"bundle{precision}"  # globs must not overlap
+    return _cached(f"{stem}-{'gqa-' if gqa else ''}{kind}-{int(compression)}", make)
 
 
 DEEP_LAYERS = (5, 4)  # (decoder, vision) layers of the deep tiny models: deeper than the 3 layers build traces
