@@ -313,6 +313,27 @@ class Generator:
         t_start: float,
         on_logits: Callable[[NDArray[np.float32]], None] | None = None,
     ) -> Iterator[str]:
+        """The request, holding the gqa-static decoder for its whole length when it uses one (closing the
+        generator early releases it)."""
+        args = (gen, prompt, tokenizer, max_new_tokens, sampler, stops, on_text, t_start, on_logits)
+        if self.kv_strategy != "static":
+            yield from self._decode_request(*args)
+            return
+        with self.static_decoder().request():
+            yield from self._decode_request(*args)
+
+    def _decode_request(
+        self,
+        gen: Generation,
+        prompt: PromptFeed,
+        tokenizer: TextDecoder,
+        max_new_tokens: int,
+        sampler: Sampler,
+        stops: frozenset[int],
+        on_text: Callable[[str], None] | None,
+        t_start: float,
+        on_logits: Callable[[NDArray[np.float32]], None] | None = None,
+    ) -> Iterator[str]:
         ids = prompt.input_ids.astype(np.int64)
         n_prompt = int(ids.shape[0])
         static = None

@@ -18,13 +18,16 @@ it; docs/gpu.md has the GPU side and the measurement script.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from hulurt.contract import DECODER_FORMS, Dims, kv_names
-from hulurt.errors import ContextLengthError, ContractError
+from hulurt.errors import ContextLengthError, ContractError, HuluRuntimeError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,8 @@ class StaticDecoder:
         self.device = getattr(decoder, "device_type", "cpu")
         self.device_id = getattr(getattr(decoder, "options", None), "device_id", 0)
         self.length = 0
+        self._busy = threading.Lock()  # one request at a time on the one set of buffers (`request`)
+        self._owner: int | None = None
         act = np.dtype(dims.act_dtype)
         self._host: list[NDArray[Any]] = []  # numpy arrays behind CPU OrtValues (kept alive)
         self.past_names, self.present_names = kv_names(dims.layers)
@@ -159,6 +164,25 @@ class StaticDecoder:
         return b
 
     # ---- a request ---------------------------------------------------------------------------------------
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Hold the decoder for one request. There is one set of KV buffers, one set of step buffers and one
+        captured graph per Model, so concurrent requests (`hulurt serve --concurrency N`) take turns here; the
+        v1 strategies give each request its own cache instead. The same thread starting a second request
+        while its first is still being iterated would wait for itself: that is refused with the reason."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise HuluRuntimeError(
+                "this thread is still iterating another request on this Model's gqa-static decoder (one set of "
+                "KV buffers); finish or close that stream first, or use one Model per concurrent stream"
+            )
+        with self._busy:
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
 
     def begin(self, need: int) -> None:
         """Start a request that will hold up to `need` tokens (rows past the length are never read)."""

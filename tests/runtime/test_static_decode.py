@@ -224,3 +224,39 @@ def test_graph_mode_bindings_give_the_same_tokens_on_the_cpu(gqa_bundle) -> None
         got = graph.generate(prompt, max_new_tokens=n, stop_ids=())
         assert got.token_ids == want.token_ids and len(set(got.token_ids)) > 1
     assert static.steps == 15 + 8 and int(static._total_step) == capacity
+
+
+def test_concurrent_requests_take_turns_on_the_static_decoder(gqa_bundle) -> None:
+    """One Model, one set of KV buffers: requests from several threads (hulurt serve --concurrency 3) must each
+    get the tokens they get alone; the same thread opening a second stream while iterating the first is refused."""
+    import threading
+
+    from hulurt.errors import HuluRuntimeError
+
+    model = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static")
+    prompts = [("Describe the heart.", 14), ("Is the liver normal?", 11), ("What is shown?", 12)]
+    alone = {p: model.generate(p, max_new_tokens=n, stop_ids=()).token_ids for p, n in prompts}
+    start = threading.Barrier(len(prompts))
+    gens: dict[str, list[int]] = {}
+
+    def run(p: str, n: int) -> None:
+        start.wait()
+        g = model.stream(p, max_new_tokens=n, stop_ids=())
+        for _ in g:
+            pass
+        gens[p] = g.token_ids
+
+    threads = [threading.Thread(target=run, args=pn) for pn in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert gens == alone
+
+    first = iter(model.stream("Describe the heart.", max_new_tokens=6, stop_ids=()))
+    next(first)  # this thread now holds the decoder
+    second = iter(model.stream("What is shown?", max_new_tokens=6, stop_ids=()))
+    with pytest.raises(HuluRuntimeError, match="finish or close that stream first"):
+        next(second)
+    first.close()  # released: the next request runs
+    assert model.generate("What is shown?", max_new_tokens=12, stop_ids=()).token_ids == alone["What is shown?"]

@@ -17,7 +17,7 @@ from hulurt.serve.schemas import APIError
 
 @dataclass(frozen=True)
 class Limits:
-    concurrency: int = 1  # generations at once (one loaded model; each generation has its own KV cache)
+    concurrency: int = 1  # generations at once (one loaded model; v1: a KV cache each; gqa-static: take turns)
     max_queue: int = 8  # requests allowed to wait for a slot beyond the running ones
     max_body_bytes: int = 256 * 2**20  # a whole request body (base64 uploads included)
     max_upload_bytes: int = 192 * 2**20  # one decoded upload
