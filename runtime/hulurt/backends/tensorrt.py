@@ -71,10 +71,12 @@ def engine_for(onnx_path: Path, trt: Any, options: BackendOptions, device_cc: st
     directory in options.engines_dir, else the one under BUNDLE/engines/ built with this TensorRT for this GPU.
     Every refusal is one EngineError line naming the file; nothing is deserialised here."""
     from hulurt.engines.build import find_engines
-    from hulurt.engines.device import Gpu
+    from hulurt.engines.device import Gpu, rtx_runs_on
 
     piece = onnx_path.stem
     module, version = trt.__name__, trt.__version__
+    if module == "tensorrt_rtx" and device_cc is not None:
+        rtx_runs_on(trt, device_cc)
     if options.engines_dir:
         root = Path(options.engines_dir)
     else:
@@ -84,17 +86,68 @@ def engine_for(onnx_path: Path, trt: Any, options: BackendOptions, device_cc: st
     sha = em.sha256_file(onnx_path) if onnx_path.is_file() else None
     em.check(meta, module=module, version=version, device_cc=device_cc, pieces=(piece,),
              onnx_sha256={piece: sha} if sha else None)
+    for plugin in meta.builder.get("plugins", []):
+        # load_library only logs a missing file and returns None (as it does for a library already loaded), and
+        # the engine then fails to deserialise without naming the plugin
+        if not Path(plugin["path"]).is_file():
+            raise em.EngineError(
+                f"{meta.path}: plugin library {plugin['path']} (the engines were built with it) is not on this "
+                "machine; build it here (`make -C kernels`) and rebuild the engines with --plugin"
+            )
     return meta, piece
 
 
-def buffer_plan(profile: Profile, output_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype[Any]]
-                ) -> dict[str, int]:
-    """Bytes to allocate per tensor: the profile's maximum input shapes and the outputs' shapes at that point."""
+def np_dtype(trt: Any, dtype: Any, name: str, where: str) -> np.dtype[Any]:
+    """numpy dtype of an engine tensor; BackendError naming it for the TensorRT types numpy lacks (BF16, FP8,
+    FP4, INT4: trt.nptype raises a bare TypeError for them)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        raise BackendError(
+            f"{where}: tensor {name!r} is {dtype.name}, which has no numpy type; this backend feeds and reads "
+            "numpy (rebuild the engines from an fp16 or fp32 bundle)"
+        ) from None
+
+
+def buffer_plan(profile: Profile, output_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype[Any]],
+                where: str = "engine") -> dict[str, int]:
+    """Bytes to allocate per tensor: the profile's maximum input shapes and the outputs' shapes at that point.
+    An output whose shape TensorRT cannot infer from the input shapes (a -1 dim: a data-dependent shape, which
+    needs an output allocator this backend does not have) is refused naming it."""
     out = {}
     for name, (_lo, _opt, hi) in profile.items():
         out[name] = max(1, int(np.prod(hi, dtype=np.int64)) * dtypes[name].itemsize)
     for name, shape in output_shapes.items():
+        if any(int(d) < 0 for d in shape):
+            raise BackendError(
+                f"{where}: output {name!r} has shape {tuple(shape)} at the profile maximum: a data-dependent shape, "
+                "which the native backend does not support"
+            )
         out[name] = max(1, int(np.prod(shape, dtype=np.int64)) * dtypes[name].itemsize)
+    return out
+
+
+def row_copies(keep: NDArray[np.bool_], row_bytes: int, dst_row: int, capacity: int, where: str
+               ) -> list[tuple[int, int, int]]:
+    """The device-to-device copies that gather the kept rows of one vision output (`keep`, flat, one entry per
+    row) after `dst_row` rows already gathered: (dst offset, src offset, bytes) per run of consecutive kept rows.
+    BackendError when the rows would run past `capacity` bytes (the embed engine's visual_embeds buffer, sized
+    at its profile's maximum n_visual)."""
+    flat = np.asarray(keep, dtype=bool).reshape(-1)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], flat.view(np.int8), [0]))))
+    total = dst_row + int(flat.sum())
+    if total * row_bytes > capacity:
+        raise BackendError(
+            f"{where}: {total} visual rows do not fit the embed engine's visual_embeds buffer of "
+            f"{capacity // max(1, row_bytes)} rows (its profile's maximum n_visual); rebuild the engines for a "
+            "larger --max-context"
+        )
+    out = []
+    row = dst_row
+    for start, stop in zip(edges[::2], edges[1::2]):
+        n = int(stop - start)
+        out.append((row * row_bytes, int(start) * row_bytes, n * row_bytes))
+        row += n
     return out
 
 
@@ -141,18 +194,25 @@ class TensorRTSession:
         is_in = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self._inputs = [n for n in names if is_in[n]]
         self._outputs = [n for n in names if not is_in[n]]
-        self._dtype = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
+        self._dtype = {n: np_dtype(trt, self._engine.get_tensor_dtype(n), n, str(self.path)) for n in names}
         self._stream = _check(cudart.cudaStreamCreate())
         # shapes at the profile maximum -> the outputs' largest shapes -> one allocation per tensor (two per output)
         for name, (_lo, _opt, hi) in self._profiles[0].items():
-            self._ctx.set_input_shape(name, hi)
+            self._set_shape(name, hi)
         max_out = {n: tuple(self._ctx.get_tensor_shape(n)) for n in self._outputs}
-        sizes = buffer_plan(self._profiles[0], max_out, self._dtype)
+        sizes = buffer_plan(self._profiles[0], max_out, self._dtype, str(self.path))
+        self._in_bytes = {n: sizes[n] for n in self._inputs}
         self._in_buf = {n: _check(cudart.cudaMalloc(sizes[n])) for n in self._inputs}
         self._out_buf = {n: [_check(cudart.cudaMalloc(sizes[n])) for _ in range(2)] for n in self._outputs}
-        self._scratch = _check(cudart.cudaMalloc(256))
+        self._scratch: Any = _check(cudart.cudaMalloc(256))
         log.info("trt-native: %s, %.1f MB of buffers", self.path, sum(sizes.values()) / 1e6
                  + sum(sizes[n] for n in self._outputs) / 1e6)
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        # set_input_shape returns False (TensorRT logs why) for a name that is not an input or a shape outside the
+        # profile; going on would run with the previous shape
+        if not self._ctx.set_input_shape(name, tuple(int(d) for d in shape)):
+            raise BackendError(f"{self.path}: TensorRT refused shape {tuple(shape)} for input {name!r} (log above)")
 
     # ---- Session protocol ------------------------------------------------------------------------
 
@@ -197,7 +257,7 @@ class TensorRTSession:
                 ptr = int(self._in_buf[name])
                 self._memcpy(ptr, host.ctypes.data, host.nbytes, "HostToDevice")
             bound.add(int(ptr))
-            self._ctx.set_input_shape(name, shapes[name])
+            self._set_shape(name, shapes[name])
             self._ctx.set_tensor_address(name, int(ptr))
         out_ptr: dict[str, int] = {}
         for name in self._outputs:
@@ -225,26 +285,29 @@ class TensorRTSession:
         """Vision engine once per (feeds, keep mask); the kept rows of every call, in order, copied device to
         device into `into`'s `input_name` buffer: -> DeviceTensor [n_kept, hidden] for the embed engine."""
         dst = int(into._in_buf[input_name])
-        row_bytes, rows, hidden, dtype = 0, 0, 0, np.dtype("float32")
+        capacity, want = into._in_bytes[input_name], into._dtype[input_name]
+        rows, hidden, dtype = 0, 0, want
         for feeds, keep in calls:
             _, dev = self.run_bound(feeds, ("visual_embeds",))
             out = dev["visual_embeds"]  # [n_frames, n_groups, hidden]
             hidden, dtype = out.shape[-1], out.dtype
-            row_bytes = hidden * dtype.itemsize
+            if dtype != want:
+                raise BackendError(f"{self.path}: visual_embeds is {dtype}, the embed engine's {input_name} is {want}")
             n = out.shape[0] * out.shape[1]
             flat = np.ones(n, dtype=bool) if keep is None else np.asarray(keep, dtype=bool).reshape(-1)
             if flat.size != n:
                 raise BackendError(f"{self.path}: keep mask of {flat.size} tokens for {n} visual rows")
             # runs of consecutive kept rows -> one copy each
-            edges = np.flatnonzero(np.diff(np.concatenate(([0], flat.view(np.int8), [0]))))
-            for start, stop in zip(edges[::2], edges[1::2]):
-                nbytes = int(stop - start) * row_bytes
-                self._memcpy(dst + rows * row_bytes, out.ptr + int(start) * row_bytes, nbytes, "DeviceToDevice")
-                rows += int(stop - start)
+            for d, s, nbytes in row_copies(flat, hidden * dtype.itemsize, rows, capacity, str(self.path)):
+                self._memcpy(dst + d, out.ptr + s, nbytes, "DeviceToDevice")
+            rows += int(flat.sum())
         _check(self._cudart.cudaStreamSynchronize(self._stream))
         return DeviceTensor(dst, (rows, hidden), dtype)
 
     def close(self) -> None:
+        if self._scratch is None:
+            return
         for ptr in [*self._in_buf.values(), *(p for s in self._out_buf.values() for p in s), self._scratch]:
             self._cudart.cudaFree(ptr)
-        self._in_buf, self._out_buf = {}, {}
+        self._cudart.cudaStreamDestroy(self._stream)
+        self._in_buf, self._out_buf, self._scratch = {}, {}, None

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, echo=print, phase=None) -> int:
     """`phase(name)`: a context manager around each engine build (huluexport engines passes its progress.phase)."""
     from hulurt.engines import meta as em
     from hulurt.engines.build import build_engines, plan_build
-    from hulurt.engines.device import load_trt, query_gpu
+    from hulurt.engines.device import load_trt, query_gpu, rtx_runs_on
 
     if args.check is not None:
         from hulurt import manifest as rt
@@ -90,6 +90,8 @@ def run(args: argparse.Namespace, echo=print, phase=None) -> int:
         trt = load_trt(args.module)
         meta = em.read(args.check)
         gpu = query_gpu()
+        if gpu is not None and trt.__name__ == "tensorrt_rtx":
+            rtx_runs_on(trt, gpu.compute_capability)
         em.check(meta, module=trt.__name__, version=trt.__version__,
                  device_cc=gpu.compute_capability if gpu else None,
                  onnx_sha256={p: m.files[e.file].sha256 for p, e in m.pieces.items() if e.file in m.files})

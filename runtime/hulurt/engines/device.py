@@ -101,3 +101,16 @@ def rtx_capability(trt: Any, cc: str) -> Any:
             f"not {member}"
         )
     return trt.ComputeCapability.__members__[member]
+
+
+def rtx_runs_on(trt: Any, cc: str) -> None:
+    """EngineError unless tensorrt_rtx can target a GPU of compute capability `cc` (its ComputeCapability
+    members: RTX/GeForce architectures; 1.7.1 has no SM87 (Orin) and no SM90 (H100/H200)). Such a GPU passes
+    engines.json's portable check (8.0 and later) and would only fail inside TensorRT-RTX."""
+    offered = [n for n in trt.ComputeCapability.__members__ if n.startswith("SM")]
+    if "SM" + cc.replace(".", "") not in offered:
+        raise EngineError(
+            f"this GPU is compute capability {cc}; {trt.__name__} {trt.__version__} runs on "
+            f"{', '.join(offered)} only: install TensorRT (`tensorrt`) and build engines on this GPU with "
+            "`python -m hulurt.engines BUNDLE --module tensorrt`, or use --provider cuda"
+        )

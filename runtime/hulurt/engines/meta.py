@@ -31,8 +31,10 @@ META = "engines.json"
 FORMAT = "hulurt-engines"
 FORMAT_VERSION = 1
 MODULES = ("tensorrt", "tensorrt_rtx")
-# TensorRT-RTX engines built without a target compute capability run on these and later GPUs (its support matrix,
-# "engines are by default portable across devices with compute capabilities 8.0, 8.6, 8.9, 12.0 and later").
+# TensorRT-RTX engines built without a target compute capability: its support matrix (1.0-1.5) says "portable
+# across devices with compute capabilities 8.6, 8.9, and 12.0". This check is the looser "8.0 and later"; a GPU
+# tensorrt_rtx cannot target at all (9.0 H100/H200, 8.7 Orin: no such ComputeCapability member) is refused by
+# hulurt.engines.device.rtx_runs_on where the module is at hand (the native backend, --check).
 RTX_PORTABLE_MIN = (8, 0)
 
 
