@@ -165,9 +165,32 @@ def test_report_shows_the_greedy_check(result: dict) -> None:
     and the report lists its summary and puts the first divergence, if any, in the runs table."""
     md = (result["out"] / "gpu_bench.md").read_text()
     assert "## Greedy agreement with the reference" in md
+    assert "## Against the targets" in md and "the GPU targets do not apply" in md  # a CPU rehearsal
     for name in ("text_b2", "text_b4"):
         gc = result["benches"][name]["report"]["greedy_check"]
         assert gc["steps"] >= 1 and len(gc["max_abs_logit_diff"]) == gc["same_prefix_steps"]
         assert f"- {name}: {gc['summary']}." in md
         if gc["first_divergence"] is not None:
             assert f"first divergence at step {gc['first_divergence']} of {gc['steps']}" in md
+
+
+def test_targets_on_a_gpu_result(gpu_bench) -> None:
+    """The targets section on made-up GPU extrapolation figures (only the arithmetic of the verdicts)."""
+    from gpu_bench_report import _targets
+
+    ext = {"runtime": {"valid": True, "fraction_of_bound": 0.87, "tok_s_28": 230.0},
+           "reference": {"valid": True, "fraction_of_bound": 0.6, "tok_s_28": 160.0}}
+    near = {"first_divergence": 9, "steps": 32, "divergence": {"near_tie": True}}
+    far = {"first_divergence": 3, "steps": 32, "divergence": {"near_tie": False}}
+    same = {"first_divergence": None, "steps": 32}
+    B = {"a": {"greedy_check": same}, "b": {"greedy_check": near}, "c": {"greedy_check": far}, "d": {}}
+    text = "\n".join(_targets(B, ext, rehearsal=False))
+    assert "bandwidth bound, 28 layers extrapolated: **met** (87.0 %)" in text
+    assert "same GPU, 28 layers extrapolated: **met** (1.44x)" in text
+    assert "- a: greedy tokens identical for 16 steps or the first divergence explained: **met** (identical" in text
+    assert "- b: " in text and "**met** (first divergence at step 9, a near tie)" in text
+    assert "**NOT met** (first divergence at step 3, NOT a near tie)" in text and "- d:" not in text
+    ext["runtime"]["fraction_of_bound"] = 0.8
+    assert "**NOT met** (80.0 %)" in "\n".join(_targets(B, ext, rehearsal=False))
+    ext["runtime"]["valid"] = False
+    assert "extrapolated: not measured." in "\n".join(_targets(B, ext, rehearsal=False))
