@@ -67,6 +67,8 @@ def test_cuda_keeps_fp32_bundles_on_v1() -> None:
     gpu = hulurt.load(path, provider="cuda", verify_hashes=False)
     cpu = hulurt.load(path, provider="cpu", verify_hashes=False)
     assert gpu.decoder_piece == cpu.decoder_piece == "decoder" and not gpu.uses_cuda_graph
+    opened = gpu.session("decoder")._sess.get_provider_options()["CUDAExecutionProvider"]  # type: ignore[attr-defined]
+    assert opened["use_tf32"] == "0"  # fp32 matmuls in fp32, not TF32 (backends/ort.py)
     for prompt, n in PROMPTS:
         _agree(gpu, cpu, prompt, n)
 

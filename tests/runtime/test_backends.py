@@ -61,6 +61,22 @@ def test_session_options_are_latency_tuned() -> None:
     assert so.graph_optimization_level == ort._ort().GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
+def test_gpu_provider_options() -> None:
+    """What the CUDA EP is opened with (this onnxruntime may have no CUDA EP to open; tests/gpu checks the options
+    an opened session reports): fp32 math for fp32 graphs, graph capture only when asked; TensorRT's CUDA
+    fallback gets the same."""
+    from hulurt.backends.ort import provider_list
+
+    (name, cuda), cpu = provider_list("cuda", BackendOptions(provider="cuda", device_id=1))
+    assert (name, cpu) == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert cuda == {"device_id": 1, "use_tf32": "0"}
+    (_, graph), _ = provider_list("cuda", BackendOptions(provider="cuda", cuda_graph=True))
+    assert graph["enable_cuda_graph"] == "1" and graph["use_tf32"] == "0"
+    _trt, (_, fallback), _ = provider_list("tensorrt", BackendOptions(provider="tensorrt"))
+    assert fallback["use_tf32"] == "0"
+    assert provider_list("cpu", BackendOptions(provider="cpu")) == ["CPUExecutionProvider"]
+
+
 def test_bad_options_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="provider 'metal' is unknown"):
         BackendOptions(provider="metal")

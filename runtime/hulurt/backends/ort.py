@@ -73,7 +73,10 @@ def trt_options(path: Path | None, options: BackendOptions) -> dict[str, Any]:
 
 def provider_list(name: str, options: BackendOptions, path: Path | None = None) -> list[Any]:
     """The onnxruntime providers argument: the chosen one first, CPU last as the fallback for unsupported nodes."""
-    cuda_opts: dict[str, Any] = {"device_id": options.device_id}
+    # use_tf32 0: onnxruntime's CUDA provider otherwise runs fp32 MatMul/Gemm/Conv in TF32 (inputs rounded to a
+    # 10-bit mantissa, as fp16) on Ampere and later; an fp32 bundle is the exact form and gets fp32 math, like
+    # PyTorch's matmul default. The fp16 bundles (the GPU speed form) have no fp32 matmuls to change.
+    cuda_opts: dict[str, Any] = {"device_id": options.device_id, "use_tf32": "0"}
     if options.cuda_graph:  # only sessions whose bound inputs/outputs keep fixed addresses (static_decode)
         cuda_opts["enable_cuda_graph"] = "1"
     cuda = ("CUDAExecutionProvider", cuda_opts)
