@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
@@ -25,18 +24,9 @@ from typing import Any
 import numpy as np
 from hulurt import preprocess as pp
 
+from huluexport.bench.report import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ct_volume(n: int = 160, size: int = 512, seed: int = 0) -> np.ndarray:
@@ -141,7 +131,7 @@ def run(repeats: int) -> dict[str, object]:
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "load_avg_1m_at_end": round(os.getloadavg()[0], 2),

@@ -26,7 +26,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +42,8 @@ from hulurt.sampling import (
     softmax,
 )
 
+from huluexport.bench.report import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
 VOCAB = 152_064  # Qwen2.5's padded vocabulary (the 7B lm_head rows)
 
@@ -53,17 +54,6 @@ CONFIGS = {
                                                        repetition_penalty=1.1),
     "T=1.0 top_p=0.99": SamplingConfig(greedy=False, temperature=1.0, top_p=0.99),
 }
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def rows(kind: str, n: int, seed: int = 0) -> list[np.ndarray]:
@@ -167,7 +157,7 @@ def main() -> None:
                 f"{k} {v['median_ms']:.2f} ms" for k, v in t.items()))
     load = os.getloadavg()
     meta = {
-        "machine": f"{_cpu_model()}, {os.cpu_count()} cores", "python": platform.python_version(),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores", "python": platform.python_version(),
         "numpy": np.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load_1min_end": load[0],
         "vocab": VOCAB, "calls": args.calls, "repeats": args.repeats, "seen_tokens": int(seen.shape[0]),

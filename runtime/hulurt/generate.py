@@ -297,30 +297,18 @@ class Generator:
         gen = Generation(_pieces=iter(()))
         t_start = time.perf_counter() - prompt.preprocess_s if started is None else started
         sampler = Sampler(sampling or SamplingConfig())
-        gen._pieces = self._run(gen, prompt, tokenizer, max_new_tokens, sampler, stops, on_text, t_start,
-                                on_logits)
+        gen._pieces = self._held(self._decode_request(gen, prompt, tokenizer, max_new_tokens, sampler, stops,
+                                                      on_text, t_start, on_logits))
         return gen
 
-    def _run(
-        self,
-        gen: Generation,
-        prompt: PromptFeed,
-        tokenizer: TextDecoder,
-        max_new_tokens: int,
-        sampler: Sampler,
-        stops: frozenset[int],
-        on_text: Callable[[str], None] | None,
-        t_start: float,
-        on_logits: Callable[[NDArray[np.float32]], None] | None = None,
-    ) -> Iterator[str]:
-        """The request, holding the gqa-static decoder for its whole length when it uses one (closing the
-        generator early releases it)."""
-        args = (gen, prompt, tokenizer, max_new_tokens, sampler, stops, on_text, t_start, on_logits)
+    def _held(self, pieces: Iterator[str]) -> Iterator[str]:
+        """`pieces` (a request, not started yet), holding the gqa-static decoder from its first piece to its
+        end when it uses one; closing the generator early releases it."""
         if self.kv_strategy != "static":
-            yield from self._decode_request(*args)
+            yield from pieces
             return
         with self.static_decoder().request():
-            yield from self._decode_request(*args)
+            yield from pieces
 
     def _decode_request(
         self,
