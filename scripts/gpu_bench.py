@@ -2,7 +2,7 @@
 onnxruntime-gpu, and writes one JSON, one Markdown and one PNG report.
 
     python3 scripts/gpu_bench.py build   --work /tmp/hulu-gpu              # CPU only: bundles + tiny test bundles
-    python3 scripts/gpu_bench.py measure --work /tmp/hulu-gpu --out $OUT  # GPU: copy bandwidth, benches, GPU tests
+    python3 scripts/gpu_bench.py measure --work /tmp/hulu-gpu --out $OUT  # GPU: bandwidth, benches, tests, sampling
     python3 scripts/gpu_bench.py report  --work /tmp/hulu-gpu --out DIR   # report again from the saved JSON
     python3 scripts/gpu_bench.py measure --rehearse-cpu --work W --out DIR  # CPU rehearsal: no GPU figure
 
@@ -55,6 +55,9 @@ BENCHES: dict[str, tuple[str, list[str], bool, int]] = {
 }
 
 GPU_TESTS = "gpu_tests"  # where the GPU tests run in the order of BENCHES (after the four main benches)
+SAMPLING = "sampling"  # benchmarks/bench_device_sampling.py on the provider (after the GPU tests): a sampled token
+# drawn by the sampling graph on the device vs the row copied to the host sampler; per token, round-robin
+SAMPLING_ARGS = ["--calls", "20", "--repeats", "3"]
 # the CPU rehearsal's inputs: each of these bench options capped at this value (other options as in BENCHES)
 REHEARSAL_CAPS = {"--max-new-tokens": 4, "--frames": 4, "--resolution": 112}
 REHEARSAL_TIMEOUT_S = 900  # per bench on a loaded 2-core host (loading a b4 side alone takes ~40 s there)
@@ -304,11 +307,12 @@ def measure(work: Path, out: Path, only: list[str] | None, budget_s: float, rehe
     deadline = time.time() + max(30.0, budget_s / 2 - (time.time() - start))
     result["benches"] = {}
     order = list(BENCHES)
-    order.insert(4, GPU_TESTS)
+    order[4:4] = [GPU_TESTS, SAMPLING]
     for name in order:
         if only and name not in only:
             continue
-        _wait_for(work, ("kernels", "tiny") if name == GPU_TESTS else (BENCHES[name][0],), deadline)
+        if name != SAMPLING:
+            _wait_for(work, ("kernels", "tiny") if name == GPU_TESTS else (BENCHES[name][0],), deadline)
         left = budget_s - (time.time() - start)
         if left < 30:
             result.setdefault("skipped", []).append(name)
@@ -316,6 +320,10 @@ def measure(work: Path, out: Path, only: list[str] | None, budget_s: float, rehe
             continue
         if name == GPU_TESTS:
             result["gpu_tests_rc"] = _gpu_tests(work, out, int(min(240, left)))
+            save(out, result)
+            continue
+        if name == SAMPLING:
+            result["sampling"] = _sampling(out, "cpu" if rehearse else "cuda", int(min(120, left)))
             save(out, result)
             continue
         bundle = BENCHES[name][0]
@@ -352,12 +360,31 @@ def _gpu_tests(work: Path, out: Path, timeout: int) -> int:
             return 124
 
 
+def _sampling(out: Path, provider: str, timeout: int, args: list[str] = SAMPLING_ARGS) -> dict[str, Any]:
+    """benchmarks/bench_device_sampling.py on `provider`: its report lands in `out` next to gpu_bench.*."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_device_sampling.py"), "--provider", provider,
+           *args, "--out", str(out)]
+    with open(out / "sampling.log", "w") as f:
+        try:
+            rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=_env(), timeout=timeout,
+                                check=False).returncode
+        except subprocess.TimeoutExpired:
+            f.write(f"TIMEOUT after {timeout} s\n")
+            rc = 124
+    js = out / f"device_sampling_{provider}.json"
+    entry: dict[str, Any] = {"rc": rc, "args": cmd[2:]}
+    if rc == 0 and js.is_file():
+        entry["report"] = json.loads(js.read_text())
+    print(f"{SAMPLING}: rc={rc}", flush=True)
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("step", choices=("build", "measure", "report"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/hulu-gpu"))
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/hulu-gpu/out")))
-    ap.add_argument("--only", nargs="*", help=f"steps (default: all of {[*BENCHES, GPU_TESTS]})")
+    ap.add_argument("--only", nargs="*", help=f"steps (default: all of {[*BENCHES, GPU_TESTS, SAMPLING]})")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds after which no step starts (measure; default 540, 3600 with --rehearse-cpu)")
     ap.add_argument("--rehearse-cpu", action="store_true",

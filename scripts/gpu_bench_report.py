@@ -196,6 +196,24 @@ def _targets(B: dict[str, Any], ext: dict[str, Any], rehearsal: bool) -> list[st
     return lines
 
 
+def _sampling(entry: dict[str, Any] | None) -> list[str]:
+    """The per-token cost of a sampled token: the sampling graph on the provider vs the row to the host sampler
+    (benchmarks/bench_device_sampling.py; its own .md is in the same folder)."""
+    if not entry:
+        return []
+    rep = entry.get("report")
+    if not rep:
+        return ["", f"Sampling on the device vs the host: not measured (rc {entry.get('rc')}, log: sampling.log)."]
+    lines = ["", f"## A sampled token: sampling graph on `{rep['meta']['provider']}` vs the row to the host sampler",
+             "", "| rows | sampling | fallback rows | host ms | device ms | host / device |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rep["results"]:
+        s = r["sides"]
+        lines.append(f"| {r['rows']} | {r['config']} | {r['host_fallback_rows']}/{r['rows_checked']} | "
+                     f"{s['host']['median_ms']:.3f} | {s['device']['median_ms']:.3f} | {r['speedup']:.2f}x |")
+    return lines
+
+
 def report(result: dict[str, Any], out: Path) -> None:
     """gpu_bench.md and gpu_bench.png in `out`; the extrapolation is added to the result and gpu_bench.json."""
     rehearsal = result.get("mode") == "cpu-rehearsal"
@@ -224,6 +242,7 @@ def report(result: dict[str, Any], out: Path) -> None:
         lines += ["", "## Greedy agreement with the reference (one more untimed run per side, logits kept)", ""]
         lines += [f"- {n}: {gc['summary']}." for n, gc in checks]
     lines += ["", f"GPU tests (tests/gpu) exit status: {result.get('gpu_tests_rc')} (log: pytest_gpu.log)."]
+    lines += _sampling(result.get("sampling"))
     result["extrapolation"] = ext
     save(out, result)
     (out / "gpu_bench.md").write_text("\n".join(lines) + "\n")

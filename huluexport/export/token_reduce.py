@@ -12,9 +12,10 @@ import numpy as np
 import onnx
 from hulurt.contract import TOKEN_REDUCE, Dims, pieces
 from hulurt.reduction import MODES, threshold_value
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from huluexport.errors import ExportError
+from huluexport.export.nodes import NodeBuilder
 
 log = logging.getLogger(__name__)
 
@@ -65,32 +66,6 @@ class TokenReduceSpec:
         return values
 
 
-class _Builder:
-    """Collects nodes and initializers under one name prefix (onnxruntime-genai style node names)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix.rstrip("/")
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-
-    def const(self, name: str, value: np.ndarray) -> str:
-        full = f"{self.prefix}/{name}"
-        self.inits.append(numpy_helper.from_array(np.asarray(value), full))
-        return full
-
-    def op(
-        self, op_type: str, inputs: list[str], name: str, outputs: list[str] | None = None, **attrs
-    ) -> str:
-        outs = outputs or [f"{self.prefix}/{name}/output_0"]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{self.prefix}/{name}", **attrs))
-        return outs[0]
-
-    def round_bf16(self, x: str, name: str) -> str:
-        """float32 -> nearest bfloat16 (ties to even) -> float32."""
-        b = self.op("Cast", [x], f"{name}/to_bf16", to=TensorProto.BFLOAT16)
-        return self.op("Cast", [b], f"{name}/to_f32", to=TensorProto.FLOAT)
-
-
 def token_reduce_nodes(
     spec: TokenReduceSpec,
     *,
@@ -116,7 +91,7 @@ def token_reduce_nodes(
     """
     if form not in FORMS:
         raise ExportError(f"token reduction form {form!r}; expected one of {FORMS}")
-    g = _Builder(prefix)
+    g = NodeBuilder(prefix)
     if form == "custom":
         # the plugin's three outputs (token_reduce_plugin.h): mask, kept indices, and their count (size tensor)
         outs = [keep_mask, kept_indices or f"{g.prefix}/{KEPT_INDICES}", f"{g.prefix}/n_kept"]

@@ -103,6 +103,28 @@ OPS: dict[str, OpSpec] = {"token_reduce": TOKEN_REDUCE}
 # CUDA graph can replay). The runtime picks by provider: hulurt.backends.select_decoder.
 DECODER_FORMS: dict[str, str] = {"v1-concat": "decoder", "gqa-static": "decoder_gqa"}
 
+# The runtime's sampling graph (hulurt/graphs/sampler.onnx; not a bundle piece: one file fits every model, the
+# vocabulary is a dynamic dim). It runs next to decoder_gqa on the decoder's device, reading the logits buffer
+# in place, so only the chosen token comes back to the host. Written by huluexport/export/sampler.py; the rule
+# is hulurt.sampling's and its tests hold the two to the same tokens for the same uniform draw.
+#     logits [1, vocab] float32, seen_ids [n_seen] int64 (distinct ids for the repetition penalty; [0] with a
+#     penalty of 1 when off), params [6] float64 (SAMPLER_PARAMS, in that order)
+#  -> token [1] int64, exact [1] bool (false: the logits are not finite, or the tokens the rule keeps may reach
+#     past the SAMPLER_CANDIDATES best: top_k >= SAMPLER_CANDIDATES, ties of the k-th value up to the border, a
+#     nucleus wider than the candidates; the caller then samples the row on the host with the same uniform draw)
+SAMPLER_PARAMS = ("temperature", "top_k", "top_p", "repetition_penalty", "greedy", "uniform")
+SAMPLER_CANDIDATES = 1024  # top-k / top-p work on the best this many logits (TopK), the rest of the row is out
+SAMPLER_BLOCK = 1024  # plain temperature sampling walks the row's cumulative sum in blocks of this many ids
+SAMPLER = PieceSpec(
+    "sampler",
+    inputs=(
+        TensorSpec("logits", "float32", (1, "vocab")),
+        TensorSpec("seen_ids", "int64", ("n_seen",)),
+        TensorSpec("params", "float64", (len(SAMPLER_PARAMS),)),
+    ),
+    outputs=(TensorSpec("token", "int64", (1,)), TensorSpec("exact", "bool", (1,))),
+)
+
 
 @dataclass(frozen=True)
 class Dims:

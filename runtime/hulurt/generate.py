@@ -64,14 +64,18 @@ class Generator:
         cuda_graph: bool = False,
         vision_batch: int | None = None,
         prefill_chunk: int | None = None,
+        device_sampling: bool | None = None,
     ) -> None:
         """vision_batch / prefill_chunk: most frames per vision call / prompt tokens per prefill call (None: the
-        largest whose activations fit a fifth of the available memory, by hulurt.schedule's cost model)."""
+        largest whose activations fit a fifth of the available memory, by hulurt.schedule's cost model).
+        device_sampling: sample on the gqa-static decoder's device (hulurt.device_sample); None = where that
+        device is a GPU (on the CPU provider numpy is faster: benchmarks/results/device_sampling_cpu.md)."""
         for name in ("embed", "decoder"):
             if name not in sessions:
                 raise ContractError(f"a bundle needs the {name!r} piece; sessions given: {sorted(sessions)}")
         self.sessions = sessions
         self.facts = facts
+        self.device_sampling = device_sampling
         d = facts.dims
         self._act = np.dtype(d.act_dtype)
         dec = sessions["decoder"]
@@ -332,9 +336,12 @@ class Generator:
         else:
             cache = self.new_cache(n_prompt + max_new_tokens)
         clock = StageClock()
-        # plain greedy takes the graph's own argmax (only the token leaves the device); else logits come back
+        # plain greedy takes the graph's own argmax and device sampling the sampling graph's token (only the token
+        # leaves the device); else the logits row comes back for the host sampler
         cfg = sampler.config
-        need_logits = on_logits is not None or not (cfg.greedy and cfg.repetition_penalty == 1.0)
+        on_device = static is not None and on_logits is None and not cfg.plain_greedy and (
+            static.device != "cpu" if self.device_sampling is None else self.device_sampling)
+        need_logits = on_logits is not None or not (cfg.plain_greedy or on_device)
 
         def pick(row: NDArray[np.float32], seen_ids: NDArray[np.int64]) -> int:
             if on_logits is not None:
@@ -343,7 +350,12 @@ class Generator:
 
         def choose(result: tuple[int, Any], seen_ids: NDArray[np.int64]) -> int:
             tok, row = result
-            return tok if row is None else pick(row, seen_ids)
+            if row is not None:
+                return pick(row, seen_ids)
+            if on_device:
+                assert static is not None
+                return static.sample(sampler, seen_ids)
+            return tok
 
         t0 = time.perf_counter()
         visual = None

@@ -24,6 +24,7 @@ from hulurt.contract import DECODER_FORMS
 
 Check = Callable[[Any], "str | None"]
 DESTINATIONS = ("load", "stream", "sampling", "cli")
+SAMPLE_ON = ("auto", "device", "host")  # --sample-on (hulurt.device_sample)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,10 @@ RUN_OPTIONS: tuple[Option, ...] = (
            kwarg="decoder_form"),
     Option(("--no-cuda-graph",), "CUDA provider: do not capture the decode step in a CUDA graph", type=None,
            flag=True, to="load", kwarg="cuda_graph", convert=lambda v: False if v else None),
+    Option(("--sample-on",), "where a sampled token is drawn with the gqa-static decoder: device (its provider's "
+           "device, only the token comes back), host (numpy), auto (device on a GPU provider)",
+           choices=SAMPLE_ON, default="auto", metavar="WHERE", to="load", kwarg="device_sampling",
+           convert=lambda v: {"device": True, "host": False}.get(v)),
     Option(("--skip-hash-check",), "check bundle file sizes only, not their sha256 (faster for large bundles)",
            type=None, flag=True, to="load", kwarg="verify_hashes", convert=lambda v: not v),
     Option(("-v", "--verbose"), "log progress; show tracebacks on errors", type=None, flag=True),

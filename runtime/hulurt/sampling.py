@@ -29,6 +29,11 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # 1.0 = off; >1 discourages tokens already in the sequence
     seed: int | None = None
 
+    @property
+    def plain_greedy(self) -> bool:
+        """argmax of the unchanged logits: a decoder graph's own argmax output is the answer."""
+        return self.greedy and self.repetition_penalty == 1.0
+
     def __post_init__(self) -> None:
         # the same checks as the command line's options (hulurt.options), so the API refuses the same values
         for field in ("temperature", "top_k", "top_p", "repetition_penalty", "seed"):
@@ -141,8 +146,14 @@ class Sampler:
         self.config = config
         self._rng = np.random.default_rng(config.seed)
 
-    def __call__(self, logits: NDArray[np.floating], seen: NDArray[np.int64]) -> int:
-        """logits [vocab] (or [1, vocab]) -> next id; `seen` are the ids of the sequence so far."""
+    def uniform(self) -> float:
+        """The next uniform number in [0, 1) of this sampler's seeded stream: one per sampled (not greedy)
+        token, whether the draw then happens here or on the device (hulurt.device_sample)."""
+        return float(self._rng.random())
+
+    def __call__(self, logits: NDArray[np.floating], seen: NDArray[np.int64], u: float | None = None) -> int:
+        """logits [vocab] (or [1, vocab]) -> next id; `seen` are the ids of the sequence so far. `u`: the
+        uniform draw already taken for this token (None: take the next one)."""
         row = np.asarray(logits, dtype=np.float32).reshape(-1)  # [1, vocab] -> [vocab]
         bad = int(np.count_nonzero(~(row < np.inf)))  # NaN or +inf (-inf is a probability of 0)
         if bad:
@@ -159,7 +170,7 @@ class Sampler:
         ids, weight = candidates(row, cfg.temperature, cfg.top_k, cfg.top_p)
         cdf = np.cumsum(weight)
         cdf /= cdf[-1]  # >= 1 before: the best token's weight is exp(0)
-        return int(ids[np.searchsorted(cdf, self._rng.random(), side="right")])
+        return int(ids[np.searchsorted(cdf, self.uniform() if u is None else u, side="right")])
 
 
 def candidates(row: NDArray[np.float32], temperature: float, top_k: int, top_p: float

@@ -8,8 +8,9 @@ device side for `decoder_gqa` (contract in hulurt.contract; the export side is h
   next_token), bound once to one IOBinding per session, so a decode step only updates a few bytes in place and
   replays. With `cuda_graph=True` (CUDA EP option enable_cuda_graph) onnxruntime captures the decode step of the
   decoder once (graph id 1) and replays it; the prefill runs uncaptured (graph id -1).
-Only the chosen token comes back to the host when the sampler is plain greedy (the graph's `next_token`
-output, argmax on the device); otherwise the logits row is copied for the host sampler.
+Only the chosen token comes back to the host: the graph's `next_token` output (argmax on the device) for plain
+greedy decoding, else the sampling graph's token (`sample`, hulurt.device_sample) when device sampling is on (by
+default on GPU providers); otherwise the logits row is copied for the host sampler.
 
 The same code runs on the CPU provider (buffers are numpy arrays bound without copies), which is how CI tests
 it; docs/gpu.md has the GPU side and the measurement script.
@@ -28,6 +29,7 @@ from numpy.typing import NDArray
 
 from hulurt.contract import DECODER_FORMS, Dims, kv_names
 from hulurt.errors import ContextLengthError, ContractError, HuluRuntimeError
+from hulurt.sampling import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ class StaticDecoder:
             self._run_step.add_run_config_entry("gpu_graph_id", GRAPH_DECODE)
             self._run_once.add_run_config_entry("gpu_graph_id", GRAPH_NONE)
         self.steps = 0
+        self._sampler: Any = None  # hulurt.device_sample.DeviceSampler, opened on the first sampled token
         log.info("static KV: %d layers x 2 buffers [1, %d, %d, %d] %s on %s (%.1f MB), cuda graph %s",
                  dims.layers, dims.kv_heads, capacity, dims.head_dim, act.name, self.device,
                  self.nbytes / 1e6, "on" if cuda_graph else "off")
@@ -236,6 +239,20 @@ class StaticDecoder:
         self.length += 1
         self.steps += 1
         return self._result(want_logits)
+
+    def sample(self, sampler: Sampler, seen: NDArray[np.int64]) -> int:
+        """The next token from the logits buffer by `sampler`'s rule, drawn on the decoder's device
+        (hulurt.device_sample); a row the graph cannot sample exactly is copied and sampled on the host with
+        the same uniform number."""
+        if self._sampler is None:
+            from hulurt.device_sample import DeviceSampler
+
+            self._sampler = DeviceSampler(self.decoder.options, self.logits, self.dims.vocab)
+        token, exact, u = self._sampler(sampler, seen)
+        if exact:
+            return token
+        row = self.logits.numpy()
+        return sampler(np.array(row, copy=True) if self.device == "cpu" else row, seen, u)
 
     def _result(self, want_logits: bool) -> tuple[int, NDArray[np.float32] | None]:
         token = int(self.next_token.numpy()[0])  # 8 bytes device -> host

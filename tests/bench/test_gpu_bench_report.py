@@ -194,3 +194,23 @@ def test_targets_on_a_gpu_result(gpu_bench) -> None:
     assert "**NOT met** (80.0 %)" in "\n".join(_targets(B, ext, rehearsal=False))
     ext["runtime"]["valid"] = False
     assert "extrapolated: not measured." in "\n".join(_targets(B, ext, rehearsal=False))
+
+
+def test_sampling_step_and_its_report_section(gpu_bench, tmp_path: Path) -> None:
+    """The `sampling` step runs benchmarks/bench_device_sampling.py (CPU provider here, two rows a setting) and
+    the report shows its rows as measured."""
+    import gpu_bench_report
+
+    entry = gpu_bench._sampling(tmp_path, "cpu", 600, ["--calls", "2", "--repeats", "1"])
+    assert entry["rc"] == 0, (tmp_path / "sampling.log").read_text()[-2000:]
+    rep = entry["report"]
+    assert rep["meta"]["provider"] == "cpu" and (tmp_path / "device_sampling_cpu.md").is_file()
+    lines = gpu_bench_report._sampling(entry)
+    assert lines[1] == "## A sampled token: sampling graph on `cpu` vs the row to the host sampler"
+    assert len(rep["results"]) == 8 and len(lines) == 5 + len(rep["results"])
+    for r in rep["results"]:
+        s = r["sides"]
+        assert s["host"]["median_ms"] > 0 and s["device"]["median_ms"] > 0
+        assert (f"| {r['rows']} | {r['config']} | {r['host_fallback_rows']}/2 | {s['host']['median_ms']:.3f} | "
+                f"{s['device']['median_ms']:.3f} | {r['speedup']:.2f}x |") in lines
+    assert gpu_bench_report._sampling({"rc": 1})[1].startswith("Sampling on the device vs the host: not measured")

@@ -1,8 +1,9 @@
 """The CUDA path of hulurt (onnxruntime-gpu): the gqa-static decoder form with KV buffers on the device written
-in place, fixed step buffers, device argmax and a captured CUDA graph, on fp16 bundles (onnxruntime's CUDA
-GroupQueryAttention kernels are fp16/bf16 only); fp32 bundles take v1 on CUDA. Tokens are compared with the same
-graph on the CPU provider by the greedy check of `huluexport bench` (identical, or a first divergence that is a
-near tie of the two providers' fp16 rounding), and exactly between CUDA runs with and without the graph.
+in place, fixed step buffers, device argmax, sampling on the device and a captured CUDA graph, on fp16 bundles
+(onnxruntime's CUDA GroupQueryAttention kernels are fp16/bf16 only); fp32 bundles take v1 on CUDA. Tokens are
+compared with the same graph on the CPU provider by the greedy check of `huluexport bench` (identical, or a first
+divergence that is a near tie of the two providers' fp16 rounding), and exactly between CUDA runs with and
+without the graph, and between sampling on the device and on the host.
 
 Skipped, with the reason, without a CUDA device (tests/conftest.py) or without onnxruntime's CUDA provider;
 run on a GPU machine by scripts/gpu_bench.sh (docs/gpu.md).
@@ -85,9 +86,62 @@ def test_graph_and_no_graph_and_sampling_agree() -> None:
     b = plain.generate("What is shown?", max_new_tokens=20, stop_ids=()).token_ids
     assert a == b and len(set(a)) > 1
     assert [b.data_ptr() for b in graph._gen(False).static_decoder().kv] == ptrs  # never reallocated
-    s = SamplingConfig(greedy=False, temperature=1.3, top_k=40, seed=3)  # the logits row comes to the host
+    s = SamplingConfig(greedy=False, temperature=1.3, top_k=40, seed=3)  # drawn on the device (device_sample)
     assert graph.generate("What is shown?", max_new_tokens=12, sampling=s, stop_ids=()).token_ids == \
         plain.generate("What is shown?", max_new_tokens=12, sampling=s, stop_ids=()).token_ids
+
+
+SAMPLED = (
+    SamplingConfig(greedy=False, temperature=1.3, top_k=40, seed=3),
+    SamplingConfig(greedy=False, temperature=0.8, top_p=0.9, seed=4),
+    SamplingConfig(greedy=False, temperature=1.1, repetition_penalty=1.2, seed=5),
+    SamplingConfig(greedy=True, repetition_penalty=1.3),
+)
+
+
+def test_device_sampling_equals_host_sampling_on_cuda() -> None:
+    """The sampling graph on the CUDA provider, reading the decoder's logits buffer in place (the default on
+    CUDA), draws the host sampler's tokens for the same seed; no row is left to the host."""
+    path = bundle("qwen2", gqa=True, precision="fp16")
+    dev = hulurt.load(path, provider="cuda", verify_hashes=False)
+    host = hulurt.load(path, provider="cuda", verify_hashes=False, device_sampling=False)
+    for cfg in SAMPLED:
+        a = dev.generate("What is shown?", max_new_tokens=12, sampling=cfg, stop_ids=()).token_ids
+        b = host.generate("What is shown?", max_new_tokens=12, sampling=cfg, stop_ids=()).token_ids
+        assert a == b and len(set(a)) > 3, cfg
+    sampler = dev._gen(False).static_decoder()._sampler
+    assert sampler is not None and sampler.session.provider == "cuda"
+    assert sampler.calls == 12 * len(SAMPLED) and sampler.host_rows == 0
+    assert host._gen(False).static_decoder()._sampler is None
+
+
+def test_sampling_graph_on_cuda_equals_the_host_rule_at_full_vocabulary() -> None:
+    """hulurt/graphs/sampler.onnx on the CUDA provider over 152,064-logit rows: the token of hulurt.sampling for
+    the same uniform number, for each path of the graph (whole row in blocks, top-k, top-p, both + penalty)."""
+    import onnxruntime as ort
+    from hulurt import device_sample
+    from hulurt.contract import SAMPLER_PARAMS
+    from hulurt.sampling import Sampler
+
+    sess = ort.InferenceSession(str(device_sample.GRAPH), providers=["CUDAExecutionProvider"])
+    assert sess.get_providers()[0] == "CUDAExecutionProvider"
+    rng = np.random.default_rng(0)
+    configs = (SamplingConfig(greedy=False, temperature=0.7), SamplingConfig(greedy=False, temperature=1.0, top_k=50),
+               SamplingConfig(greedy=False, temperature=0.7, top_p=0.9),
+               SamplingConfig(greedy=False, temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.1))
+    for cfg in configs:
+        tokens = []
+        for _ in range(16):
+            row = (-2.0 * np.log1p(rng.permutation(152_064)) + 0.3 * rng.standard_normal(152_064)).astype(np.float32)
+            seen = np.unique(rng.integers(0, 152_064, 300))
+            u = float(rng.random())
+            values = {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+                      "repetition_penalty": cfg.repetition_penalty, "greedy": 0.0, "uniform": u}
+            params = np.array([values[n] for n in SAMPLER_PARAMS], dtype=np.float64)
+            token, exact = sess.run(None, {"logits": row[None], "seen_ids": seen, "params": params})
+            assert bool(exact[0]) and int(token[0]) == Sampler(cfg)(row, seen, u), cfg
+            tokens.append(int(token[0]))
+        assert len(set(tokens)) > 3, cfg
 
 
 def test_cuda_logits_match_cpu() -> None:

@@ -91,3 +91,19 @@ def test_video_without_torch(tmp_path):
             c.mux(pkt)
     m = load_video(p, fps=1, backend="av")
     assert m.frames.shape == (2, 48, 64, 3) and m.timestamps == (0.0, 1.0)
+
+
+def test_the_sampling_graph_ships_with_the_package():
+    """hulurt/graphs/sampler.onnx is package data: an installed (not editable) hulurt has it and onnxruntime runs
+    it, without onnx or huluexport in the venv."""
+    ort = pytest.importorskip("onnxruntime")
+    from hulurt import device_sample
+    from hulurt.contract import SAMPLER_PARAMS
+
+    assert device_sample.GRAPH.is_file() and "site-packages" in str(device_sample.GRAPH)
+    sess = ort.InferenceSession(str(device_sample.GRAPH), providers=["CPUExecutionProvider"])
+    row = np.linspace(-3.0, 3.0, 2000, dtype=np.float32).reshape(1, -1)
+    values = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0, "greedy": 1.0, "uniform": 0.0}
+    params = np.array([values[n] for n in SAMPLER_PARAMS], dtype=np.float64)
+    token, exact = sess.run(None, {"logits": row, "seen_ids": np.zeros(1, np.int64), "params": params})
+    assert int(token[0]) == 1999 and bool(exact[0])

@@ -1,0 +1,232 @@
+"""The sampling graph (hulurt/graphs/sampler.onnx, hulurt.device_sample) against the host sampler
+(hulurt.sampling.Sampler) on onnxruntime's CPU provider: the same token for the same uniform number, `exact`
+false exactly where the graph cannot know the answer, and the runtime's gqa-static loop giving the same seeded
+tokens with sampling on the device or on the host (the fallback to the host: tests/export/test_sampler_graph.py,
+which can build a graph with fewer candidates)."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import replace
+
+import hulurt
+import numpy as np
+import onnxruntime as ort
+import pytest
+from e2e.bundles import bundle
+from hulurt import device_sample
+from hulurt.contract import SAMPLER, SAMPLER_CANDIDATES, SAMPLER_PARAMS
+from hulurt.errors import HuluRuntimeError
+from hulurt.sampling import Sampler, SamplingConfig
+
+VOCAB = 152_064  # Qwen2.5's padded vocabulary
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return ort.InferenceSession(str(device_sample.GRAPH), providers=["CPUExecutionProvider"])
+
+
+def run(graph, row: np.ndarray, cfg: SamplingConfig, u: float, seen: np.ndarray | None = None) -> tuple[int, bool]:
+    ids = np.array([0], dtype=np.int64)
+    penalty = 1.0
+    if cfg.repetition_penalty != 1.0 and seen is not None and seen.size:
+        ids, penalty = np.unique(seen).astype(np.int64), cfg.repetition_penalty
+    values = {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+              "repetition_penalty": penalty, "greedy": float(cfg.greedy), "uniform": u}
+    params = np.array([values[n] for n in SAMPLER_PARAMS], dtype=np.float64)
+    token, exact = graph.run(None, {"logits": row.reshape(1, -1).astype(np.float32), "seen_ids": ids,
+                                    "params": params})
+    assert token.shape == (1,) and token.dtype == np.int64 and exact.shape == (1,) and exact.dtype == bool
+    return int(token[0]), bool(exact[0])
+
+
+def peaked(rng: np.random.Generator, n: int = VOCAB) -> np.ndarray:
+    """Logits falling off with log rank like a trained model's (the nucleus holds a few to a few hundred)."""
+    return (-2.0 * np.log1p(rng.permutation(n)) + 0.3 * rng.standard_normal(n)).astype(np.float32)
+
+
+def test_declared_io_is_the_contracts(graph) -> None:
+    types = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(bool)": "bool"}
+    for got, spec in ((graph.get_inputs(), SAMPLER.inputs), (graph.get_outputs(), SAMPLER.outputs)):
+        assert [(a.name, types[a.type], tuple(a.shape)) for a in got] == [(s.name, s.dtype, s.shape) for s in spec]
+
+
+EXACT = [
+    ("temperature only (the whole row, in blocks)", dict(temperature=0.7)),
+    ("top-p", dict(temperature=0.7, top_p=0.9)),
+    ("top-k", dict(temperature=1.0, top_k=20)),
+    ("top-k one below the candidate count", dict(temperature=1.3, top_k=SAMPLER_CANDIDATES - 1)),
+    ("top-k + top-p + penalty", dict(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.1)),
+    ("wide top-p", dict(temperature=1.0, top_p=0.99)),
+    ("tiny temperature", dict(temperature=1e-5, top_p=0.5)),
+]
+
+
+@pytest.mark.parametrize("what, kw", EXACT, ids=[e[0] for e in EXACT])
+def test_same_token_as_the_host_sampler_for_the_same_draw(graph, what: str, kw: dict) -> None:
+    rng = np.random.default_rng(zlib.crc32(what.encode()))
+    cfg = SamplingConfig(greedy=False, **kw)
+    host = Sampler(cfg)
+    tokens = []
+    for _ in range(12):
+        row, seen, u = peaked(rng), rng.integers(0, VOCAB, 400), float(rng.random())
+        token, exact = run(graph, row, cfg, u, seen)
+        assert exact, f"{what}: the graph should know this row's answer"
+        want = host(row, seen, u)
+        assert token == want
+        tokens.append(token)
+    if cfg.temperature > 1e-3:  # not a trivial pass: the draws land on different tokens
+        assert len(set(tokens)) > 3, tokens
+
+
+def test_one_row_many_draws_walks_the_distribution(graph) -> None:
+    """The same row with u spread over [0, 1): every draw equal to the host's, and tokens in the order of their
+    ids' cumulative weight (the inverse CDF), over many different tokens."""
+    rng = np.random.default_rng(3)
+    row = peaked(rng)
+    for cfg in (SamplingConfig(greedy=False, temperature=3.0, top_k=200),
+                SamplingConfig(greedy=False, temperature=3.0)):
+        host = Sampler(cfg)
+        us = np.sort(rng.random(64))
+        tokens = [run(graph, row, cfg, float(u))[0] for u in us]
+        assert tokens == [host(row, np.empty(0, np.int64), float(u)) for u in us]
+        assert tokens == sorted(tokens) and len(set(tokens)) > 20
+
+
+def test_greedy_with_penalty_and_ties(graph) -> None:
+    rng = np.random.default_rng(4)
+    cfg = SamplingConfig(greedy=True, repetition_penalty=1.3)
+    host = Sampler(cfg)
+    for _ in range(8):
+        row, seen = peaked(rng) + 10.0, rng.integers(0, VOCAB, 50)  # best logits positive: divided by 1.3
+        seen[0] = int(np.argmax(row))  # the best token was said already: the penalty moves the answer
+        token, exact = run(graph, row, cfg, 0.0, seen)
+        assert exact and token == host(row, seen) and token != seen[0]
+    tie = np.zeros(1000, np.float32)
+    tie[[17, 400, 999]] = 5.0  # numpy's argmax takes the first maximum; so does the graph
+    assert run(graph, tie, SamplingConfig(), 0.0) == (17, True)
+
+
+def test_top_k_keeps_ties_at_the_kth_value(graph) -> None:
+    """Sampler keeps every token equal to the k-th best (np.partition rule); the graph does the same."""
+    row = np.full(5000, -10.0, np.float32)
+    row[[3, 50, 700, 701, 4000]] = [4.0, 3.0, 2.0, 2.0, 2.0]  # top_k=3 keeps 5 tokens (three tied at 2.0)
+    cfg = SamplingConfig(greedy=False, temperature=1.0, top_k=3)
+    host = Sampler(cfg)
+    got = {run(graph, row, cfg, float(u))[0] for u in np.linspace(0.001, 0.999, 200)}
+    assert got == {host(row, np.empty(0, np.int64), float(u)) for u in np.linspace(0.001, 0.999, 200)}
+    assert got == {3, 50, 700, 701, 4000}
+
+
+def test_small_vocabulary_fits_the_candidates(graph) -> None:
+    rng = np.random.default_rng(5)
+    for cfg in (SamplingConfig(greedy=False, temperature=0.8, top_p=0.95),
+                SamplingConfig(greedy=False, temperature=0.8, top_k=100)):
+        host = Sampler(cfg)
+        for _ in range(10):
+            row, u = rng.standard_normal(300).astype(np.float32), float(rng.random())
+            assert run(graph, row, cfg, u) == (host(row, np.empty(0, np.int64), u), True)
+
+
+@pytest.mark.parametrize("what", ["top-k at the candidate count", "flat nucleus", "ties across the border"])
+def test_not_exact_where_the_answer_lies_past_the_candidates(graph, what: str) -> None:
+    rng = np.random.default_rng(6)
+    if what == "top-k at the candidate count":  # the k-th value might recur past the candidates: unknowable
+        row, cfg = peaked(rng), SamplingConfig(greedy=False, temperature=1.0, top_k=SAMPLER_CANDIDATES)
+    elif what == "flat nucleus":  # standard normal logits at T=1: the 0.9 nucleus holds ~80k tokens
+        row, cfg = rng.standard_normal(VOCAB).astype(np.float32), SamplingConfig(greedy=False, top_p=0.9)
+    else:  # the k-th best value is shared by tokens on both sides of the candidate border
+        row = np.full(VOCAB, -5.0, np.float32)
+        row[:10] = 3.0
+        cfg = SamplingConfig(greedy=False, temperature=1.0, top_k=20)
+    assert run(graph, row, cfg, 0.5)[1] is False
+    assert run(graph, row, SamplingConfig(greedy=False, temperature=1.0), 0.5)[1] is True  # the whole row: exact
+
+
+@pytest.mark.parametrize("bad", ["nan", "+inf", "all -inf"])
+def test_unhealthy_rows_are_left_to_the_host(graph, bad: str) -> None:
+    row = peaked(np.random.default_rng(7), 2000)
+    if bad == "all -inf":
+        row[:] = -np.inf
+    else:
+        row[5] = np.nan if bad == "nan" else np.inf
+    for cfg in (SamplingConfig(greedy=False, temperature=0.7, top_p=0.9), SamplingConfig(greedy=True,
+                                                                                           repetition_penalty=1.2)):
+        assert run(graph, row, cfg, 0.3, np.array([1, 2]))[1] is False
+        with pytest.raises(HuluRuntimeError, match="not finite|no finite"):
+            Sampler(cfg)(row, np.array([1, 2]), 0.3)  # what the runtime's fallback then says
+
+
+def test_minus_inf_logits_are_never_drawn(graph) -> None:
+    rng = np.random.default_rng(8)
+    row = peaked(rng, 4096)
+    row[rng.permutation(4096)[:3000]] = -np.inf
+    alive = set(np.flatnonzero(np.isfinite(row)).tolist())
+    for cfg in (SamplingConfig(greedy=False, temperature=2.0), SamplingConfig(greedy=False, top_p=0.999)):
+        host = Sampler(cfg)
+        for u in np.linspace(0.0, 0.9999, 50):
+            token, exact = run(graph, row, cfg, float(u))
+            assert exact and token in alive and token == host(row, np.empty(0, np.int64), float(u))
+
+
+def test_host_sampler_takes_the_given_draw() -> None:
+    """Sampler(row, seen, u) with u from the sampler's own stream is the plain Sampler(row, seen)."""
+    rng = np.random.default_rng(9)
+    rows = [peaked(rng, 5000) for _ in range(10)]
+    cfg = SamplingConfig(greedy=False, temperature=0.9, top_p=0.95, seed=11)
+    a, b = Sampler(cfg), Sampler(cfg)
+    assert [a(r, np.empty(0, np.int64)) for r in rows] == [b(r, np.empty(0, np.int64), b.uniform()) for r in rows]
+
+
+# ---- the runtime: the gqa-static loop with the sampling graph ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gqa_bundle():
+    return bundle("qwen2", gqa=True)
+
+
+SEEDED = [
+    SamplingConfig(greedy=False, temperature=1.5, top_k=50, seed=7),
+    SamplingConfig(greedy=False, temperature=1.2, seed=3),
+    SamplingConfig(greedy=False, temperature=0.9, top_p=0.9, repetition_penalty=1.2, seed=5),
+    SamplingConfig(greedy=True, repetition_penalty=1.3),
+]
+
+
+def _load(b, **kw):
+    return hulurt.load(b, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static", **kw)
+
+
+def test_runtime_device_sampling_gives_the_hosts_tokens(gqa_bundle) -> None:
+    host, dev = _load(gqa_bundle, device_sampling=False), _load(gqa_bundle, device_sampling=True)
+    calls = 0
+    for cfg in SEEDED:
+        want = host.generate("What is shown?", max_new_tokens=12, sampling=cfg, stop_ids=())
+        got = dev.generate("What is shown?", max_new_tokens=12, sampling=cfg, stop_ids=())
+        assert got.token_ids == want.token_ids and len(set(got.token_ids)) > 4
+        sampler = dev._gen(False).static_decoder()._sampler
+        assert sampler.calls == calls + 12 and sampler.host_rows == 0  # every token drawn by the graph
+        calls = sampler.calls
+    assert host._gen(False).static_decoder()._sampler is None
+
+
+def test_auto_samples_on_the_host_on_the_cpu_provider(gqa_bundle) -> None:
+    model = _load(gqa_bundle)  # device_sampling=None: the decoder's device is the CPU
+    model.generate("What is shown?", max_new_tokens=4, sampling=SEEDED[0], stop_ids=())
+    assert model._gen(False).static_decoder()._sampler is None
+
+
+def test_cli_sample_on_reaches_the_load() -> None:
+    from hulurt.options import RUN_OPTIONS
+
+    opt = next(o for o in RUN_OPTIONS if o.flags == ("--sample-on",))
+    assert opt.to == "load" and opt.kwarg == "device_sampling"
+    assert [opt.convert(v) for v in ("auto", "device", "host")] == [None, True, False]
+
+
+def test_sampling_config_plain_greedy() -> None:
+    assert SamplingConfig().plain_greedy
+    assert not replace(SamplingConfig(), repetition_penalty=1.1).plain_greedy
+    assert not SamplingConfig(greedy=False, temperature=0.5).plain_greedy
