@@ -7,11 +7,12 @@ I/O: hulurt.contract.SAMPLER. The arithmetic follows `hulurt.sampling.Sampler` s
 draw gives the same token (tests/runtime/test_device_sampler.py):
 
     row = logits [V] float32, repetition penalty applied in float32 at `seen_ids` (ScatterElements)
-    greedy:  ArgMax(row)                                  (first index of the maximum, as numpy)
+    greedy:  the smallest id at the row's maximum        (numpy's argmax; ArgMax's pick among ties is the kernel's)
     scaled = (float64(row) - max) / temperature           [V] float64
     top-k / top-p (either on): the C = min(V, SAMPLER_CANDIDATES) best by TopK (ties: lower id first)
         kept by top-k: value >= the k-th best (ties kept); top-p: the nucleus over the mass of what top-k kept
-        (or of the whole row), cut where the mass before a token reaches p
+        (or of the whole row), cut where the mass before a token reaches p; tokens tied at the cut value are
+        kept by smallest id, whatever order TopK gave them (fp16 logits tie often)
         kept ids in ascending order (a second TopK on -id), weights exp(scaled), cumulative sum, normalised by
         its last value, token = the first whose cumulative weight exceeds the uniform draw
         exact only if the rule's kept set lies inside the C candidates (else: the host samples this row)
@@ -52,11 +53,14 @@ def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLO
     def param(name: str) -> str:
         return g.op("Gather", ["params", i64(f"param_{name}", SAMPLER_PARAMS.index(name))], f"param/{name}", axis=0)
 
-    def count_at_most(values: str, limit: str, name: str) -> str:
-        """How many of `values` are <= `limit` (int64 scalar); summed as float64, exact below 2**53."""
-        le = g.op("LessOrEqual", [values, limit], f"{name}/le")
-        n = g.op("ReduceSum", [g.op("Cast", [le], f"{name}/f64", to=F64)], f"{name}/sum", keepdims=0)
+    def count_true(mask: str, name: str) -> str:
+        """How many of `mask` are true (int64 scalar); summed as float64, exact below 2**53."""
+        n = g.op("ReduceSum", [g.op("Cast", [mask], f"{name}/f64", to=F64)], f"{name}/sum", keepdims=0)
         return g.op("Cast", [n], f"{name}/i64", to=I64)
+
+    def count_at_most(values: str, limit: str, name: str) -> str:
+        """How many of `values` are <= `limit` (int64 scalar)."""
+        return count_true(g.op("LessOrEqual", [values, limit], f"{name}/le"), name)
 
     zero, one, minus1 = i64("zero", 0), i64("one", 1), i64("minus1", [-1])
     axis0 = i64("axis0", [0])
@@ -78,15 +82,20 @@ def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLO
     best = g.op("ReduceMax", [row, axis0], "best", keepdims=0)  # f32 scalar
     some_finite = g.op("Greater", [best, g.const("ninf_f32", np.array(-np.inf, np.float32))], "some_finite")
     healthy = g.op("And", [all_finite, some_finite], "healthy")
-    greedy_token = g.op("ArgMax", [row], "greedy_token", axis=0, keepdims=0, select_last_index=0)
+    # greedy: the smallest id at the maximum (numpy's argmax), not ArgMax, whose pick among ties is the kernel's
+    vocab_1 = g.op("Shape", [row], "vocab_1")  # [1]
+    vocab = g.op("Squeeze", [vocab_1, axis0], "vocab")
+    row_ids = g.op("Cast", [g.op("Range", [zero, vocab, one], "row_ids_i64")], "row_ids", to=F32)  # exact < 2**24
+    at_best = g.op("Where", [g.op("Equal", [row, best], "is_best"), row_ids, g.const("inf_id", np.array(np.inf,
+                            np.float32))], "best_ids")
+    greedy_token = g.op("Cast", [g.op("ReduceMin", [at_best, axis0], "first_best", keepdims=0)], "greedy_token",
+                        to=I64)
 
     # scaled logits, float64, best = 0 before dividing by the temperature (Sampler's order of operations)
     wide = g.op("Cast", [row], "row_f64", to=F64)
     shifted = g.op("Sub", [wide, g.op("Cast", [best], "best_f64", to=F64)], "shifted")
     scaled = g.op("Div", [shifted, param("temperature")], "scaled")  # [V]
     weight_all = g.op("Exp", [scaled], "weight_all")  # [V]
-    vocab_1 = g.op("Shape", [row], "vocab_1")  # [1]
-    vocab = g.op("Squeeze", [vocab_1, axis0], "vocab")
     n_cand_1 = g.op("Min", [vocab_1, i64("candidates", [candidates])], "n_candidates_1")
     n_cand = g.op("Squeeze", [n_cand_1, axis0], "n_candidates")
     last_cand = g.op("Sub", [n_cand, one], "last_candidate")
@@ -117,18 +126,33 @@ def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLO
     probs = g.op("Div", [w_k, total], "probs")
     cum = g.op("CumSum", [probs, zero], "cumulative")
     drop = g.op("GreaterOrEqual", [g.op("Sub", [cum, probs], "mass_before"), p], "drop")
+    # the nucleus is the first n_keep positions in value order; which tokens tie at its last value is left to
+    # ids (Sampler's rule), not to TopK's order among equal values: every token above the cut value, then the
+    # m = n_keep - n_above smallest ids among those equal to it
     position = g.op("Range", [zero, n_cand, one], "position")
     first = g.op("Equal", [position, zero], "first")
-    in_p = g.op("Or", [g.op("Not", [p_on], "p_off"),
-                       g.op("Or", [g.op("Not", [drop], "not_dropped"), first], "in_nucleus")], "in_top_p")
+    n_keep = count_true(g.op("Or", [g.op("Not", [drop], "not_dropped"), first], "in_nucleus_prefix"), "n_keep")
+    cut = g.op("Gather", [cand_vals, g.op("Sub", [n_keep, one], "cut_index")], "cut_value", axis=0)
+    above = g.op("Greater", [cand_vals, cut], "above_cut")
+    tie = g.op("Equal", [cand_vals, cut], "at_cut")
+    neg_id = g.op("Neg", [g.op("Cast", [cand_ids], "candidate_id_f32", to=F32)], "neg_id")  # ids < 2**24: exact
+    ninf_key = g.const("ninf_key", np.array(-np.inf, np.float32))
+    tie_keys, _ = g.ops("TopK", [g.op("Where", [tie, neg_id, ninf_key], "tie_keys_raw"), n_cand_1], "tie_order", 2,
+                        axis=0, largest=1, sorted=1)  # -id of the tied tokens, smallest id first
+    m_index = g.op("Sub", [g.op("Sub", [n_keep, count_true(above, "n_above")], "n_tied_kept"), one], "tie_index")
+    last_tied = g.op("Gather", [tie_keys, m_index], "last_tied_key", axis=0)
+    kept_tie = g.op("And", [tie, g.op("GreaterOrEqual", [neg_id, last_tied], "tie_id_small")], "tie_kept")
+    in_p = g.op("Or", [g.op("Not", [p_on], "p_off"), g.op("Or", [above, kept_tie], "in_nucleus")], "in_top_p")
     kept = g.op("And", [in_k, in_p], "kept")
+    # exact without top-k when the nucleus closes inside the candidates and its tie group ends inside them too
     p_closes = g.op("And", [p_on, g.op("Gather", [drop, last_cand], "nucleus_closes", axis=0)], "p_closes")
-    p_exact = g.op("And", [g.op("Not", [k_on], "no_top_k"), p_closes], "p_exact")
+    cut_inside = g.op("Or", [all_candidates, g.op("Less", [border, cut], "cut_ties_inside")], "cut_inside")
+    p_exact = g.op("And", [g.op("Not", [k_on], "no_top_k"), g.op("And", [p_closes, cut_inside], "p_inside")],
+                   "p_exact")
     cand_exact = g.op("Or", [all_candidates, g.op("Or", [k_exact, p_exact], "filter_exact")], "candidates_exact")
 
     # the draw over the kept candidates, ids ascending: TopK of -id puts them first, the rest (-inf) after
-    neg_id = g.op("Neg", [g.op("Cast", [cand_ids], "candidate_id_f32", to=F32)], "neg_id")
-    keys = g.op("Where", [kept, neg_id, g.const("ninf_key", np.array(-np.inf, np.float32))], "order_keys")
+    keys = g.op("Where", [kept, neg_id, ninf_key], "order_keys")
     _, order = g.ops("TopK", [keys, n_cand_1], "id_order", 2, axis=0, largest=1, sorted=1)
     w_sorted = g.op("Gather", [g.op("Where", [kept, cand_w, zero_f64], "weight_kept"), order], "weight_sorted",
                     axis=0)

@@ -119,6 +119,36 @@ def test_top_k_keeps_ties_at_the_kth_value(graph) -> None:
     assert got == {3, 50, 700, 701, 4000}
 
 
+def test_nucleus_cut_inside_a_tie_group_keeps_the_smallest_ids(graph) -> None:
+    """When the top-p cut falls among tokens of equal logits, Sampler keeps the tied tokens with the smallest ids;
+    the graph decides that from the ids, not from the order TopK gave the ties."""
+    row = np.full(30_000, -30.0, np.float32)
+    best, tied = 20_000, np.array([29_000, 7, 15_000, 300, 12, 9_999, 21_000, 5, 28_000, 40])
+    row[best], row[tied] = 5.0, 3.0  # masses before: 0, .425, .482, .540, .597, .655 (>= 0.6: dropped), ...
+    cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.6)
+    host = Sampler(cfg)
+    us = np.linspace(0.0005, 0.9995, 300)
+    got = [run(graph, row, cfg, float(u)) for u in us]
+    assert got == [(host(row, np.empty(0, np.int64), float(u)), True) for u in us]
+    assert {t for t, _ in got} == {best, 5, 7, 12, 40}
+
+
+def test_fp16_logits_with_many_ties(graph) -> None:
+    """A decoder in fp16 gives logits on the fp16 grid: among the best thousand many are equal. Same tokens."""
+    rng = np.random.default_rng(10)
+    for cfg in (SamplingConfig(greedy=False, temperature=0.8, top_p=0.9),
+                SamplingConfig(greedy=False, temperature=1.0, top_k=40, top_p=0.95),
+                SamplingConfig(greedy=True, repetition_penalty=1.2)):
+        host = Sampler(cfg)
+        for _ in range(10):
+            logit = 18.0 - 1.5 * np.log1p(rng.permutation(VOCAB)) + 0.3 * rng.standard_normal(VOCAB)
+            row = logit.astype(np.float16).astype(np.float32)
+            assert np.unique(np.sort(row)[-200:]).size < 190  # ties among the best, as claimed
+            seen, u = rng.integers(0, VOCAB, 200), float(rng.random())
+            token, exact = run(graph, row, cfg, u, seen)
+            assert exact and token == host(row, seen, u), cfg
+
+
 def test_small_vocabulary_fits_the_candidates(graph) -> None:
     rng = np.random.default_rng(5)
     for cfg in (SamplingConfig(greedy=False, temperature=0.8, top_p=0.95),
