@@ -1,7 +1,7 @@
 """The runtime's sampling graph (hulurt/graphs/sampler.onnx): hulurt.sampling's rule in standard ONNX ops, so
 that on a GPU the logits row never leaves the device and only the chosen token comes back.
 
-    python -m huluexport.export.sampler runtime/hulurt/graphs/sampler.onnx   # rewrite the shipped file
+    python -m huluexport.export.runtime_graphs runtime/hulurt/graphs   # rewrite the shipped files
 
 I/O: hulurt.contract.SAMPLER. The arithmetic follows `hulurt.sampling.Sampler` step by step, so the same uniform
 draw gives the same token (tests/runtime/test_device_sampler.py):
@@ -24,9 +24,6 @@ cumsum), but is quadratic in the axis length: the graph never runs it over more 
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -207,19 +204,3 @@ def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLO
                         f"{candidates} candidates (hulurt.sampling's rule); params {', '.join(SAMPLER_PARAMS)}")
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m huluexport.export.sampler OUT.onnx", file=sys.stderr)
-        return 2
-    out = Path(argv[0])
-    tmp = out.with_name(out.name + ".tmp")
-    onnx.save(sampler_model(), str(tmp))
-    tmp.replace(out)
-    print(f"wrote {out} ({out.stat().st_size} bytes)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -71,13 +71,15 @@ class Model:
         self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None, tokenizer: Any = None,
         *, vision_batch: int | None = None, prefill_chunk: int | None = None,
         decoder_form: str | None = None, cuda_graph: bool | None = None, device_sampling: bool | None = None,
+        device_rows: bool | None = None,
     ) -> None:
         """tokenizer: an object with `encode(text)` and `decode(ids, skip_special_tokens)` used instead of the
         bundle's own (None = the bundle's tokenizer.json, which bundles built with random weights lack).
         vision_batch / prefill_chunk: see hulurt.load. decoder_form: "v1-concat" | "gqa-static" to force one
         (None = by provider, docs/gpu.md); cuda_graph: False turns the CUDA graph of the gqa-static decode step
         off (None = on where it applies); device_sampling: sample next to the gqa-static decoder on its device
-        (True), on the host (False), or on the device where that is a GPU (None; hulurt.device_sample)."""
+        (True), on the host (False), or on the device where that is a GPU (None; hulurt.device_sample);
+        device_rows: likewise for the vision output and the kept visual rows (hulurt.device_rows)."""
         from hulurt.prompt import check_template, load_chat_template
         from hulurt.tokenizer import Tokenizer
 
@@ -107,6 +109,7 @@ class Model:
         self._decoder_form = decoder_form  # None: by provider (hulurt.static_decode.select_decoder)
         self._cuda_graph = cuda_graph  # None: on for the gqa-static form on the CUDA EP
         self._device_sampling = device_sampling  # None: on where the gqa-static decoder runs on a GPU
+        self._device_rows = device_rows  # None: the same
         self._decoder_piece: str | None = None
         self._keep_mask_fn: Any = None  # hulurt.device_reduce on the CUDA provider (decided on first use)
         self._keep_mask_checked = False
@@ -180,7 +183,7 @@ class Model:
         if self._generator is None or set(self._generator.sessions) != set(sessions):
             old = self._generator
             self._generator = Generator(sessions, self.facts, self._kv_strategy, cuda_graph=self.uses_cuda_graph,
-                                        device_sampling=self._device_sampling,
+                                        device_sampling=self._device_sampling, device_rows=self._device_rows,
                                         **self._split)
             if old is not None and old._static is not None:  # the KV buffers (and a captured graph) carry over
                 self._generator._static = old._static
@@ -490,19 +493,21 @@ def load(
     vision_batch: int | None = None,
     prefill_chunk: int | None = None,
     device_sampling: bool | None = None,
+    device_rows: bool | None = None,
 ) -> Model:
     """Open a bundle directory: strict manifest, every file's size and (unless verify_hashes=False) sha256.
     tokenizer: see Model (None = the bundle's own). `trt_cache`: directory for the TensorRT execution provider's
     engine and timing caches (its profiles always come from the manifest's dim ranges; backends/ort.py).
     vision_batch: most frames per vision call; prefill_chunk: most prompt tokens per prefill call (None: the
     most whose activations fit a fifth of the available memory, hulurt.schedule). Any value gives the same visual
-    rows; tokens stay greedy-equal. device_sampling: see Model."""
+    rows; tokens stay greedy-equal. device_sampling, device_rows: see Model."""
     t = time.perf_counter()
     manifest = load_manifest(bundle, verify_hashes=verify_hashes)
     options = BackendOptions(provider=provider, threads=threads,
                              trt_cache_dir=None if trt_cache is None else os.fspath(trt_cache))
     model = Model(manifest, options, kv_strategy, tokenizer, vision_batch=vision_batch, prefill_chunk=prefill_chunk,
-                  decoder_form=decoder_form, cuda_graph=cuda_graph, device_sampling=device_sampling)
+                  decoder_form=decoder_form, cuda_graph=cuda_graph, device_sampling=device_sampling,
+                  device_rows=device_rows)
     for piece in ("embed", "decoder", "vision"):  # open now: load time is not part of a request's latency
         if piece == "decoder" or piece in manifest.pieces:
             model.session(piece)

@@ -125,6 +125,22 @@ SAMPLER = PieceSpec(
     outputs=(TensorSpec("token", "int64", (1,)), TensorSpec("exact", "bool", (1,))),
 )
 
+# The runtime's row-gather graphs (hulurt/graphs/gather_rows_<act dtype>.onnx; not bundle pieces): the kept rows of
+# one vision call, taken where the vision output lies and written by IO binding straight into the request's
+# visual-row buffer on the decoder's device, so the visual rows never travel through the host (hulurt.device_rows).
+#     rows [n_frames, n_groups, hidden] act dtype, indices [n_kept] int64 (flat frame-major positions of the
+#     kept merged tokens)  ->  kept [n_kept, hidden] act dtype
+GATHER_ROWS_DTYPES = ("float32", "float16")
+
+
+def gather_rows_spec(act_dtype: str) -> PieceSpec:
+    return PieceSpec(
+        f"gather_rows_{act_dtype}",
+        inputs=(TensorSpec("rows", act_dtype, ("n_frames", "n_groups", "hidden")),
+                TensorSpec("indices", "int64", ("n_kept",))),
+        outputs=(TensorSpec("kept", act_dtype, ("n_kept", "hidden")),),
+    )
+
 
 @dataclass(frozen=True)
 class Dims:

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from hulurt import schedule
 from hulurt.backends.base import DeviceSession, Session
 from hulurt.clock import StageClock
+from hulurt.device_rows import RowsOnDevice
 from hulurt.errors import ContextLengthError, ContractError
 from hulurt.kv_cache import KVCache, KVShape
 from hulurt.reduction import kept_rows
@@ -65,17 +66,22 @@ class Generator:
         vision_batch: int | None = None,
         prefill_chunk: int | None = None,
         device_sampling: bool | None = None,
+        device_rows: bool | None = None,
     ) -> None:
         """vision_batch / prefill_chunk: most frames per vision call / prompt tokens per prefill call (None: the
         largest whose activations fit a fifth of the available memory, by hulurt.schedule's cost model).
         device_sampling: sample on the gqa-static decoder's device (hulurt.device_sample); None = where that
-        device is a GPU (on the CPU provider numpy is faster: benchmarks/results/device_sampling_cpu.md)."""
+        device is a GPU (on the CPU provider numpy is faster: benchmarks/results/device_sampling_cpu.md).
+        device_rows: keep the vision output and the kept visual rows on the gqa-static decoder's device
+        (hulurt.device_rows); None = where that device is a GPU."""
         for name in ("embed", "decoder"):
             if name not in sessions:
                 raise ContractError(f"a bundle needs the {name!r} piece; sessions given: {sorted(sessions)}")
         self.sessions = sessions
         self.facts = facts
         self.device_sampling = device_sampling
+        self.device_rows = device_rows
+        self._rows: Any = None  # hulurt.device_rows.DeviceRows, opened on the first visual request that uses it
         d = facts.dims
         self._act = np.dtype(d.act_dtype)
         dec = sessions["decoder"]
@@ -149,10 +155,12 @@ class Generator:
             raise ContractError("this request has visual inputs but the bundle has no 'vision' piece")
         return self.sessions["vision"].run(self._vision_feeds(v, frames))["visual_embeds"]
 
-    def visual_rows(self, visuals: Sequence[VisualFeed], batches: Sequence[int] | None = None) -> Any:
+    def visual_rows(self, visuals: Sequence[VisualFeed], batches: Sequence[int] | None = None,
+                    on_device: bool = False) -> Any:
         """Every visual input's kept rows in order -> [n_visual, hidden] (None without visuals), each input's
         frames in vision calls of batches[k] (None: vision_batch_for). Backends that keep tensors on the device
-        (trt-native: `device_rows`) run each input in one call and hand the rows to the embed piece there."""
+        (trt-native: `device_rows`) run each input in one call and hand the rows to the embed piece there.
+        on_device: the rows in one buffer on the vision session's device (hulurt.device_rows.RowsOnDevice)."""
         if not visuals:
             return None
         vision, embed = self.sessions.get("vision"), self.sessions["embed"]
@@ -161,8 +169,32 @@ class Generator:
                 [(self._vision_feeds(v), v.keep) for v in visuals], into=embed
             )
         batches = [self.vision_batch_for(v) for v in visuals] if batches is None else batches
+        if on_device:
+            return self._rows_on_device(visuals, batches)
         rows = [self.encode_visual(v, b) for v, b in zip(visuals, batches)]
         return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
+
+    def _rows_on_device(self, visuals: Sequence[VisualFeed], batches: Sequence[int]) -> Any:
+        """visual_rows(on_device=True): each vision call's output gathered on the device (hulurt.device_rows)."""
+        if "vision" not in self.sessions:
+            raise ContractError("this request has visual inputs but the bundle has no 'vision' piece")
+        if self._rows is None:
+            from hulurt.device_rows import DeviceRows
+
+            self._rows = DeviceRows(self.sessions["vision"], self.facts.dims.act_dtype, self.facts.dims.hidden)
+
+        def calls() -> Iterator[tuple[dict[str, NDArray[Any]], NDArray[np.int64] | None]]:
+            for v, batch in zip(visuals, batches):
+                t, g = (int(x) for x in v.patches.shape[:2])
+                if v.keep is not None and v.keep.shape != (t, g):
+                    raise ContractError(f"keep mask {v.keep.shape} does not match the input's frames/groups {(t, g)}")
+                log.info("vision: %d frames in %d call(s) of at most %d, rows kept on %s", t, -(-t // batch),
+                         batch, self._rows.device)
+                for a, b in schedule.chunks(t, batch):
+                    kept = None if v.keep is None else np.flatnonzero(v.keep[a:b].reshape(-1)).astype(np.int64)
+                    yield self._vision_feeds(v, (a, b)), kept
+
+        return self._rows.assemble(calls(), sum(v.tokens_after for v in visuals))
 
     def encode_visual(self, v: VisualFeed, batch: int | None = None) -> NDArray[Any]:
         """Vision graph for one input in batches of `batch` frames (None: vision_batch_for), then the kept rows
@@ -361,22 +393,29 @@ class Generator:
         visual = None
         batches: list[int] = []
         if prompt.visuals:
+            rows_on_device = static is not None and (
+                static.device != "cpu" if self.device_rows is None else self.device_rows)
             with clock("vision"):
                 batches = [self.vision_batch_for(v) for v in prompt.visuals]
-                visual = self.visual_rows(prompt.visuals, batches)  # [n_visual, hidden]
+                visual = self.visual_rows(prompt.visuals, batches, rows_on_device)  # [n_visual, hidden]
         t1 = time.perf_counter()
         seen = np.empty(n_prompt + max_new_tokens, dtype=np.int64)  # prompt + generated ids, for the penalty
         seen[:n_prompt] = ids
         n_seen = n_prompt
         if static is not None:  # chunk by chunk; each chunk's embeddings stay on the decoder's device
-            vis = self._no_visual if visual is None else np.ascontiguousarray(visual, dtype=self._act)
+            vis = self._no_visual if visual is None else (
+                visual if isinstance(visual, RowsOnDevice) else np.ascontiguousarray(visual, dtype=self._act))
             step = self.prefill_chunk_for(n_prompt) if n_prompt > 1 else 1
             self.last_prefill_chunk = step
             before = np.concatenate([[0], np.cumsum(ids == self.facts.image_token_id)])  # visual rows before i
             result: tuple[int, Any] = (0, None)
             for a, b in schedule.chunks(n_prompt, step):
                 with clock("embed"):
-                    chunk = static.embed_prompt(ids[a:b], vis[before[a] : before[b]])
+                    if isinstance(vis, RowsOnDevice):  # a slice of the device buffer, bound by pointer
+                        part: Any = vis.slice(int(before[a]), int(before[b]))
+                        chunk = static.embed_prompt(ids[a:b], self._no_visual if part is None else part)
+                    else:
+                        chunk = static.embed_prompt(ids[a:b], vis[before[a] : before[b]])
                 with clock("prefill"):
                     result = static.prefill(chunk, need_logits and b == n_prompt)
             with clock("prefill"):

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hulurt.contract import DECODER_FORMS, Dims, kv_names
+from hulurt.device_rows import RowSlice
 from hulurt.errors import ContextLengthError, ContractError, HuluRuntimeError
 from hulurt.sampling import Sampler
 
@@ -196,12 +197,16 @@ class StaticDecoder:
             )
         self.length = 0
 
-    def embed_prompt(self, ids: NDArray[np.int64], visual: NDArray[Any]) -> Any:
-        """The embed graph for the prompt ids [L] and visual rows [n_visual, hidden] (host), its output
-        [1, L, hidden] left on the device as an OrtValue for `prefill`."""
+    def embed_prompt(self, ids: NDArray[np.int64], visual: NDArray[Any] | RowSlice) -> Any:
+        """The embed graph for the prompt ids [L] and visual rows [n_visual, hidden] (host, or a RowSlice of rows
+        already on the device, hulurt.device_rows), its output [1, L, hidden] left on the device as an OrtValue
+        for `prefill`."""
         b = self.embed.session.io_binding()
         b.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64).reshape(1, -1))
-        b.bind_cpu_input("visual_embeds", visual)
+        if isinstance(visual, RowSlice):
+            visual.bind(b, "visual_embeds")
+        else:
+            b.bind_cpu_input("visual_embeds", visual)
         b.bind_output("inputs_embeds", self.device, self.device_id)
         self.embed.session.run_with_iobinding(b)
         return b.get_outputs()[0]

@@ -1,9 +1,10 @@
 """The CUDA path of hulurt (onnxruntime-gpu): the gqa-static decoder form with KV buffers on the device written
-in place, fixed step buffers, device argmax, sampling on the device and a captured CUDA graph, on fp16 bundles
-(onnxruntime's CUDA GroupQueryAttention kernels are fp16/bf16 only); fp32 bundles take v1 on CUDA. Tokens are
-compared with the same graph on the CPU provider by the greedy check of `huluexport bench` (identical, or a first
-divergence that is a near tie of the two providers' fp16 rounding), and exactly between CUDA runs with and
-without the graph, and between sampling on the device and on the host.
+in place, fixed step buffers, device argmax, sampling and visual rows on the device and a captured CUDA graph,
+on fp16 bundles (onnxruntime's CUDA GroupQueryAttention kernels are fp16/bf16 only); fp32 bundles take v1 on
+CUDA. Tokens are compared with the same graph on the CPU provider by the greedy check of `huluexport bench`
+(identical, or a first divergence that is a near tie of the two providers' fp16 rounding), and exactly between
+CUDA runs with and without the graph, between sampling on the device and on the host, and between visual rows
+gathered on the device and on the host.
 
 Skipped, with the reason, without a CUDA device (tests/conftest.py) or without onnxruntime's CUDA provider;
 run on a GPU machine by scripts/gpu_bench.sh (docs/gpu.md).
@@ -142,6 +143,31 @@ def test_sampling_graph_on_cuda_equals_the_host_rule_at_full_vocabulary() -> Non
             assert bool(exact[0]) and int(token[0]) == Sampler(cfg)(row, seen, u), cfg
             tokens.append(int(token[0]))
         assert len(set(tokens)) > 3, cfg
+
+
+def test_visual_rows_stay_on_the_device_and_equal_the_host_gather() -> None:
+    """hulurt.device_rows on CUDA (the default there): the vision output of each call is gathered on the device
+    into the request's row buffer, bit-equal to the host gather of the same CUDA vision output, and the answer is
+    the host path's."""
+    from hulurt.media import Media
+
+    path = bundle("qwen2", gqa=True, precision="fp16")
+    dev = hulurt.load(path, provider="cuda", verify_hashes=False, vision_batch=4)
+    host = hulurt.load(path, provider="cuda", verify_hashes=False, vision_batch=4, device_rows=False)
+    rng = np.random.default_rng(2)
+    frames = np.repeat(rng.integers(0, 256, size=(1, 56, 56, 3), dtype=np.uint8), 6, axis=0)
+    frames[3:, 28:] = rng.integers(0, 256, size=(3, 28, 56, 3), dtype=np.uint8)
+    media = [Media(frames, "video", "clip")]
+    feed = dev.prepare_media("What changes?", media, token_reduction=True)
+    assert feed.visuals[0].keep is not None and 0 < feed.visuals[0].keep.sum() < feed.visuals[0].keep.size
+    gen = dev._gen(True)
+    rows = gen.visual_rows(feed.visuals, [4], on_device=True)
+    assert rows.device == "cuda" and rows.value.device_name().lower() == "cuda"
+    assert np.array_equal(rows.numpy(), gen.visual_rows(feed.visuals, [4]))
+    a = dev.run(feed, max_new_tokens=12, stop_ids=()).result().token_ids
+    b = host.run(host.prepare_media("What changes?", media, token_reduction=True), max_new_tokens=12,
+                 stop_ids=()).result().token_ids
+    assert a == b and dev._gen(True)._rows is not None and host._gen(True)._rows is None
 
 
 def test_cuda_logits_match_cpu() -> None:

@@ -1,7 +1,7 @@
 """The sampling graph (hulurt/graphs/sampler.onnx, hulurt.device_sample) against the host sampler
 (hulurt.sampling.Sampler) on onnxruntime's CPU provider: the same token for the same uniform number, `exact`
 false exactly where the graph cannot know the answer, and the runtime's gqa-static loop giving the same seeded
-tokens with sampling on the device or on the host (the fallback to the host: tests/export/test_sampler_graph.py,
+tokens with sampling on the device or on the host (the fallback to the host: tests/export/test_runtime_graphs.py,
 which can build a graph with fewer candidates)."""
 
 from __future__ import annotations

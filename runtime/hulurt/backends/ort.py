@@ -223,7 +223,7 @@ class OrtSession:
                 binding.bind_output(name, self.device_type, self.options.device_id)
             else:
                 binding.bind_output(name, "cpu")
-        self._sess.run_with_iobinding(binding)
+        self._sess.run_with_iobinding(binding, self._run_options)
         values = binding.get_outputs()
         host: dict[str, NDArray[np.generic]] = {}
         dev: dict[str, Any] = {}
