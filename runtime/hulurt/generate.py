@@ -418,6 +418,8 @@ class Generator:
                         chunk = static.embed_prompt(ids[a:b], vis[before[a] : before[b]])
                 with clock("prefill"):
                     result = static.prefill(chunk, need_logits and b == n_prompt)
+            # the visual rows (on the device with device_rows) and the last chunk's embeddings are not needed to decode
+            vis, visual, chunk = self._no_visual, None, None
             with clock("prefill"):
                 token = choose(result, seen[:n_seen])
         else:
