@@ -52,6 +52,9 @@ BENCHES: dict[str, tuple[str, list[str], bool, int]] = {
     "text_b4_nograph": ("b4", ["--preset", "text", "--max-new-tokens", "128", "--no-cuda-graph"], False, 120),
     "ct160_b2": ("b2", ["--preset", "volume", "--frames", "160", "--resolution", "512",
                         "--max-new-tokens", "8"], False, 150),
+    # the CT's TTFT with the visual rows gathered on the host (before hulurt.device_rows), against ct160_b4
+    "ct160_b4_hostrows": ("b4", ["--preset", "volume", "--frames", "160", "--resolution", "512",
+                                 "--max-new-tokens", "8", "--host-rows"], False, 200),
 }
 
 GPU_TESTS = "gpu_tests"  # where the GPU tests run in the order of BENCHES (after the four main benches)

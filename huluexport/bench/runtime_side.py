@@ -66,7 +66,8 @@ def open_model(cfg: BenchConfig, m: Any, *, sessions: bool = True) -> Any:
     # the decoder form hulurt.load chooses for the provider (gqa-static on CUDA), unless --decoder-form forces one
     return load(cfg.bundle, provider=provider, threads=cfg.threads or 0, verify_hashes=False, tokenizer=tok,
                 decoder_form=cfg.extra.get("decoder_form"),
-                cuda_graph=False if cfg.extra.get("no_cuda_graph") else None)
+                cuda_graph=False if cfg.extra.get("no_cuda_graph") else None,
+                device_rows=False if cfg.extra.get("host_rows") else None)
 
 
 def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
@@ -117,7 +118,8 @@ def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
     return PreparedSide(
         name="runtime",
         description=f"hulurt.load + Model.run on onnxruntime ({prov}), {m.dims.act_dtype}, {dec_piece}"
-        + (", CUDA graph" if model.uses_cuda_graph else ""),
+        + (", CUDA graph" if model.uses_cuda_graph else "")
+        + (", visual rows on the device" if media and model.rows_on_device else ""),
         load_s=load_s,
         once=once,
         weights_read_per_token_bytes=pb.get("decoder", 0) + embed_row,

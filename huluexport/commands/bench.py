@@ -189,6 +189,8 @@ def plan_cmd(
     help="Force the runtime's decoder form (default: as hulurt.load chooses: gqa-static on CUDA when present).",
 )
 @click.option("--no-cuda-graph", is_flag=True, help="gqa-static on CUDA without CUDA graph capture.")
+@click.option("--host-rows", is_flag=True,
+              help="gqa-static on a GPU: gather the visual rows on the host, as before hulurt.device_rows.")
 @click.option(
     "--check-steps",
     type=click.IntRange(min=0),
@@ -224,6 +226,7 @@ def bench_cmd(
     reference_dtype: str | None,
     decoder_form: str | None,
     no_cuda_graph: bool,
+    host_rows: bool,
     check_steps: int | None,
     sequential: bool,
     checkpoint: Path | None,
@@ -254,6 +257,7 @@ def bench_cmd(
             "reference_dtype": reference_dtype,
             "decoder_form": decoder_form,
             "no_cuda_graph": no_cuda_graph,
+            "host_rows": host_rows,
             **({} if check_steps is None else {"check_steps": check_steps}),
         },
     )

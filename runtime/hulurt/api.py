@@ -138,6 +138,11 @@ class Model:
             and bool(getattr(sess, "cuda_graph", False))
 
     @property
+    def rows_on_device(self) -> bool:
+        """Visual requests gather their rows on the decoder's device (hulurt.device_rows)."""
+        return self.has_vision and self._gen(True).rows_on_device()
+
+    @property
     def keep_mask_fn(self) -> Any:
         """The token-reduction mask on the GPU (hulurt.device_reduce) when the decoder runs on the CUDA provider
         and the kernel library loads; None (numpy) otherwise."""

@@ -279,6 +279,13 @@ class Generator:
                                          capacity, cuda_graph=graph)
         return self._static
 
+    def rows_on_device(self) -> bool:
+        """Whether a visual request's rows are gathered on the decoder's device (hulurt.device_rows): the
+        gqa-static form, and device_rows, or by default a decoder on a GPU."""
+        if self.kv_strategy != "static":
+            return False
+        return self.static_decoder().device != "cpu" if self.device_rows is None else self.device_rows
+
     # ---- a request -------------------------------------------------------------------------------
 
     def resolve_max_new_tokens(self, prompt_tokens: int, max_new_tokens: int | None) -> int:
@@ -393,11 +400,9 @@ class Generator:
         visual = None
         batches: list[int] = []
         if prompt.visuals:
-            rows_on_device = static is not None and (
-                static.device != "cpu" if self.device_rows is None else self.device_rows)
             with clock("vision"):
                 batches = [self.vision_batch_for(v) for v in prompt.visuals]
-                visual = self.visual_rows(prompt.visuals, batches, rows_on_device)  # [n_visual, hidden]
+                visual = self.visual_rows(prompt.visuals, batches, self.rows_on_device())  # [n_visual, hidden]
         t1 = time.perf_counter()
         seen = np.empty(n_prompt + max_new_tokens, dtype=np.int64)  # prompt + generated ids, for the penalty
         seen[:n_prompt] = ids
