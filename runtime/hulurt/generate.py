@@ -185,9 +185,7 @@ class Generator:
 
         def calls() -> Iterator[tuple[dict[str, NDArray[Any]], NDArray[np.int64] | None]]:
             for v, batch in zip(visuals, batches):
-                t, g = (int(x) for x in v.patches.shape[:2])
-                if v.keep is not None and v.keep.shape != (t, g):
-                    raise ContractError(f"keep mask {v.keep.shape} does not match the input's frames/groups {(t, g)}")
+                t = self._frames_checked(v)
                 log.info("vision: %d frames in %d call(s) of at most %d, rows kept on %s", t, -(-t // batch),
                          batch, self._rows.device)
                 for a, b in schedule.chunks(t, batch):
@@ -196,13 +194,19 @@ class Generator:
 
         return self._rows.assemble(calls(), sum(v.tokens_after for v in visuals))
 
+    @staticmethod
+    def _frames_checked(v: VisualFeed) -> int:
+        """The input's frame count, once its keep mask (if any) is known to cover its frames x groups."""
+        t, g = (int(x) for x in v.patches.shape[:2])
+        if v.keep is not None and v.keep.shape != (t, g):
+            raise ContractError(f"keep mask {v.keep.shape} does not match the input's frames/groups {(t, g)}")
+        return t
+
     def encode_visual(self, v: VisualFeed, batch: int | None = None) -> NDArray[Any]:
         """Vision graph for one input in batches of `batch` frames (None: vision_batch_for), then the kept rows
         in token order: -> [n_kept, hidden]. Exact for any batch: the encoder attends within a frame, and the
         keep mask was computed over the whole input (consecutive frames across batch borders included)."""
-        t, g = (int(x) for x in v.patches.shape[:2])
-        if v.keep is not None and v.keep.shape != (t, g):
-            raise ContractError(f"keep mask {v.keep.shape} does not match the input's frames/groups {(t, g)}")
+        t, g = self._frames_checked(v), int(v.patches.shape[1])
         out: NDArray[Any] | None = None
         row = 0
         batch = batch or self.vision_batch_for(v)
@@ -378,9 +382,9 @@ class Generator:
         # plain greedy takes the graph's own argmax and device sampling the sampling graph's token (only the token
         # leaves the device); else the logits row comes back for the host sampler
         cfg = sampler.config
-        on_device = static is not None and on_logits is None and not cfg.plain_greedy and (
+        sample_on_device = static is not None and on_logits is None and not cfg.plain_greedy and (
             static.device != "cpu" if self.device_sampling is None else self.device_sampling)
-        need_logits = on_logits is not None or not (cfg.plain_greedy or on_device)
+        need_logits = on_logits is not None or not (cfg.plain_greedy or sample_on_device)
 
         def pick(row: NDArray[np.float32], seen_ids: NDArray[np.int64]) -> int:
             if on_logits is not None:
@@ -391,7 +395,7 @@ class Generator:
             tok, row = result
             if row is not None:
                 return pick(row, seen_ids)
-            if on_device:
+            if sample_on_device:
                 assert static is not None
                 return static.sample(sampler, seen_ids)
             return tok
