@@ -53,15 +53,11 @@ class Sides:
         row = self.logits.numpy()
         return sampler(np.array(row, copy=True) if self.device == "cpu" else row, seen)
 
-    def on_device(self, sampler: Sampler, seen: np.ndarray) -> int:
-        token, exact, u = self.graph(sampler, seen)
-        return token if exact else sampler(self.logits.numpy(), seen, u)
-
 
 def measure(sides: Sides, data: list[np.ndarray], cfg: SamplingConfig, seen: np.ndarray, repeats: int
             ) -> dict[str, dict[str, float]]:
     """Per call (ms): median and best of the per-pass means, round-robin; the row load is outside the clock."""
-    ways = {"host": sides.host, "device": sides.on_device}
+    ways = {"host": sides.host, "device": sides.graph}
     wall: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(repeats):
         for k, fn in ways.items():
@@ -96,7 +92,7 @@ def main() -> None:
             host_rows = sides.graph.host_rows
             for r in data:  # same seed, same rule, same row -> the same token, or the timing means nothing
                 sides.load(r)
-                want, got = sides.host(a, seen), sides.on_device(b, seen)
+                want, got = sides.host(a, seen), sides.graph(b, seen)
                 if want != got:
                     raise SystemExit(f"{kind} {name}: the host drew {want} but the device path drew {got}")
             fallback = sides.graph.host_rows - host_rows

@@ -3,9 +3,15 @@ sampling graph): nodes and initializers collected under one name prefix, onnxrun
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+# the graphs hulurt ships run on onnxruntime >= 1.18 (IR <= 9); opset 18 takes Reduce* axes as an input
+RUNTIME_OPSET = 18
+RUNTIME_IR_VERSION = 8
 
 
 class NodeBuilder:
@@ -34,6 +40,22 @@ class NodeBuilder:
         outs = [f"{self.prefix}/{name}/output_{i}" for i in range(n_out)]
         self.op(op_type, inputs, name, outputs=outs, **attrs)
         return outs
+
+    def model(self, spec: Any, doc: str, opset: int = RUNTIME_OPSET) -> onnx.ModelProto:
+        """The collected nodes as a checked model whose inputs/outputs are `spec`'s (a hulurt.contract.PieceSpec,
+        graph named after it), for the graphs hulurt ships (huluexport/export/runtime_graphs.py)."""
+
+        def info(t: Any) -> onnx.ValueInfoProto:
+            return helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)),
+                                                 list(t.shape))
+
+        graph = helper.make_graph(self.nodes, spec.name, [info(t) for t in spec.inputs],
+                                  [info(t) for t in spec.outputs], initializer=self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="huluexport")
+        model.ir_version = RUNTIME_IR_VERSION
+        model.doc_string = doc
+        onnx.checker.check_model(model, full_check=True)
+        return model
 
     def round_bf16(self, x: str, name: str) -> str:
         """float32 -> nearest bfloat16 (ties to even) -> float32."""

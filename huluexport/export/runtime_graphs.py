@@ -13,12 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from hulurt.contract import GATHER_ROWS_DTYPES, gather_rows_spec
-from onnx import TensorProto, helper
 
 from huluexport.export.nodes import NodeBuilder
-from huluexport.export.sampler import OPSET, sampler_model
-
-_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
+from huluexport.export.sampler import sampler_model
 
 
 def gather_rows_model(act_dtype: str) -> onnx.ModelProto:
@@ -31,16 +28,7 @@ def gather_rows_model(act_dtype: str) -> onnx.ModelProto:
     flat = g.op("Reshape", ["rows", flat_shape], "flat")
     g.op("Gather", [flat, "indices"], "kept", outputs=["kept"], axis=0)
 
-    def info(s):  # type: ignore[no-untyped-def]
-        return helper.make_tensor_value_info(s.name, _DTYPES[s.dtype], list(s.shape))
-
-    graph = helper.make_graph(g.nodes, spec.name, [info(s) for s in spec.inputs], [info(s) for s in spec.outputs],
-                              initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="huluexport")
-    model.ir_version = 8  # onnxruntime 1.18 reads IR <= 9
-    model.doc_string = f"hulurt row gather ({act_dtype}): the kept visual rows of one vision call"
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return g.model(spec, f"hulurt row gather ({act_dtype}): the kept visual rows of one vision call")
 
 
 def runtime_graphs() -> dict[str, onnx.ModelProto]:

@@ -28,13 +28,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from hulurt.contract import SAMPLER, SAMPLER_BLOCK, SAMPLER_CANDIDATES, SAMPLER_PARAMS
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from huluexport.export.nodes import NodeBuilder
 
-OPSET = 18  # ReduceMax/ReduceMin with axes as an input; onnxruntime >= 1.14 runs it (hulurt needs >= 1.18)
-F64, F32, I64, BOOL = TensorProto.DOUBLE, TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
-_DTYPES = {"float32": F32, "float64": F64, "int64": I64, "bool": BOOL}
+F64, F32, I64 = TensorProto.DOUBLE, TensorProto.FLOAT, TensorProto.INT64
 
 
 def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLOCK) -> onnx.ModelProto:
@@ -193,14 +191,5 @@ def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLO
                                         "way_exact")], "exact_scalar")
     g.op("Unsqueeze", [exact, axis0], "exact", outputs=["exact"])
 
-    def info(spec):  # type: ignore[no-untyped-def]
-        return helper.make_tensor_value_info(spec.name, _DTYPES[spec.dtype], list(spec.shape))
-
-    graph = helper.make_graph(g.nodes, "sampler", [info(s) for s in SAMPLER.inputs],
-                              [info(s) for s in SAMPLER.outputs], initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="huluexport")
-    model.ir_version = 8  # onnxruntime 1.18 reads IR <= 9
-    model.doc_string = (f"hulurt sampling graph: greedy, temperature, top-k, top-p and repetition penalty over "
-                        f"{candidates} candidates (hulurt.sampling's rule); params {', '.join(SAMPLER_PARAMS)}")
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return g.model(SAMPLER, f"hulurt sampling graph: greedy, temperature, top-k, top-p and repetition penalty over "
+                   f"{candidates} candidates (hulurt.sampling's rule); params {', '.join(SAMPLER_PARAMS)}")

@@ -5,7 +5,7 @@ of a [1, vocab] float32 row (608 KB for Qwen2.5) and the host sampler's pass ove
 The graph applies hulurt.sampling's rule to the same uniform number the host sampler would have drawn
 (`Sampler.uniform`), so a seeded run gives the same tokens either way. Where the graph cannot be exact - a row
 with NaN/+inf, or a top-k / top-p set that reaches past the graph's SAMPLER_CANDIDATES best logits - it says so
-(`exact` false) and the row is sampled on the host with that same number. The graph file is written by
+(`exact` false) and the row is sampled on the host with that same number, here. The graph file is written by
 huluexport/export/sampler.py (a test holds the shipped file equal to it).
 """
 
@@ -44,6 +44,7 @@ class DeviceSampler:
         self._exact = np.zeros(1, dtype=bool)
         self._no_seen = np.zeros(1, dtype=np.int64)
         b = self.session.session.io_binding()
+        self.logits = logits
         b.bind_ortvalue_input("logits", logits)
         b.bind_ortvalue_output("token", ort.OrtValue.ortvalue_from_numpy(self._token))
         b.bind_ortvalue_output("exact", ort.OrtValue.ortvalue_from_numpy(self._exact))
@@ -52,9 +53,10 @@ class DeviceSampler:
         self.host_rows = 0  # rows the graph could not sample exactly (sampled on the host instead)
         log.info("sampling on %s (%s)", self.session.provider, GRAPH.name)
 
-    def __call__(self, sampler: Sampler, seen: NDArray[np.int64]) -> tuple[int, bool, float]:
-        """(token, exact, u) for the row in the logits buffer; `seen` are the sequence's ids so far. u is the
-        uniform number this token took from the sampler's stream (0.0 for greedy, which takes none)."""
+    def __call__(self, sampler: Sampler, seen: NDArray[np.int64]) -> int:
+        """The next token from the row in the logits buffer by `sampler`'s rule; `seen` are the sequence's ids so
+        far. A row the graph cannot sample exactly is copied and sampled on the host with the uniform number the
+        graph was given (one per sampled token from the sampler's stream; greedy takes none)."""
         cfg = sampler.config
         u = 0.0 if cfg.greedy else sampler.uniform()
         ids = self._no_seen
@@ -71,6 +73,7 @@ class DeviceSampler:
         self._binding.bind_cpu_input("params", params)
         self.session.session.run_with_iobinding(self._binding)
         self.calls += 1
-        exact = bool(self._exact[0])
-        self.host_rows += not exact
-        return int(self._token[0]), exact, u
+        if self._exact[0]:
+            return int(self._token[0])
+        self.host_rows += 1
+        return sampler(self.logits.numpy(), seen, u)  # Sampler reads the row, never writes it

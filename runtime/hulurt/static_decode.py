@@ -247,17 +247,12 @@ class StaticDecoder:
 
     def sample(self, sampler: Sampler, seen: NDArray[np.int64]) -> int:
         """The next token from the logits buffer by `sampler`'s rule, drawn on the decoder's device
-        (hulurt.device_sample); a row the graph cannot sample exactly is copied and sampled on the host with
-        the same uniform number."""
+        (hulurt.device_sample; rows it cannot sample exactly go to the host sampler there)."""
         if self._sampler is None:
             from hulurt.device_sample import DeviceSampler
 
             self._sampler = DeviceSampler(self.decoder.options, self.logits, self.dims.vocab)
-        token, exact, u = self._sampler(sampler, seen)
-        if exact:
-            return token
-        row = self.logits.numpy()
-        return sampler(np.array(row, copy=True) if self.device == "cpu" else row, seen, u)
+        return int(self._sampler(sampler, seen))
 
     def _result(self, want_logits: bool) -> tuple[int, NDArray[np.float32] | None]:
         token = int(self.next_token.numpy()[0])  # 8 bytes device -> host
