@@ -57,6 +57,12 @@ class NodeBuilder:
         onnx.checker.check_model(model, full_check=True)
         return model
 
+    def subgraph(self, name: str, outputs: list[tuple[str, int]]) -> onnx.GraphProto:
+        """The collected nodes as a branch of an If: no inputs (it reads the enclosing graph's values by name),
+        `outputs` (value, TensorProto type) scalars."""
+        return helper.make_graph(self.nodes, name, [], [helper.make_tensor_value_info(v, t, []) for v, t in outputs],
+                                 initializer=self.inits)
+
     def round_bf16(self, x: str, name: str) -> str:
         """float32 -> nearest bfloat16 (ties to even) -> float32."""
         b = self.op("Cast", [x], f"{name}/to_bf16", to=TensorProto.BFLOAT16)

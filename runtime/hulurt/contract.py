@@ -109,12 +109,22 @@ DECODER_FORMS: dict[str, str] = {"v1-concat": "decoder", "gqa-static": "decoder_
 # is hulurt.sampling's and its tests hold the two to the same tokens for the same uniform draw.
 #     logits [1, vocab] float32, seen_ids [n_seen] int64 (distinct ids for the repetition penalty; [0] with a
 #     penalty of 1 when off), params [6] float64 (SAMPLER_PARAMS, in that order)
-#  -> token [1] int64, exact [1] bool (false: the logits are not finite, or the tokens the rule keeps may reach
-#     past the SAMPLER_CANDIDATES best: top_k >= SAMPLER_CANDIDATES, ties of the k-th value up to the border, a
-#     nucleus wider than the candidates; the caller then samples the row on the host with the same uniform draw)
+#  -> token [1] int64, exact [1] bool (false: the logits are not finite, or a decision of the rule lies too close to
+#     a boundary for float64 arithmetic in another order to be sure of it (SAMPLER_MARGIN); the caller then
+#     samples the row on the host with the same uniform draw)
+# Top-k / top-p look at the SAMPLER_CANDIDATES best logits first; a set that may reach past them (top_k >= the
+# candidates, ties of the k-th value up to the border, a nucleus wider than the candidates) takes the whole-row
+# branch of the graph (a full sort, inside an If), so every healthy row is sampled on the device.
 SAMPLER_PARAMS = ("temperature", "top_k", "top_p", "repetition_penalty", "greedy", "uniform")
-SAMPLER_CANDIDATES = 1024  # top-k / top-p work on the best this many logits (TopK), the rest of the row is out
-SAMPLER_BLOCK = 1024  # plain temperature sampling walks the row's cumulative sum in blocks of this many ids
+SAMPLER_CANDIDATES = 1024  # top-k / top-p work on the best this many logits (TopK) when the kept set fits there
+SAMPLER_BLOCK = 1024  # cumulative sums over the whole row run in blocks of this many ids (block sums, then one)
+# How far (in probability, the row's mass being 1) a top-p cut's mass or a draw's cumulative weight must lie from
+# the threshold it is compared with (p, the uniform number) for `exact`. The graph and the host sum the same
+# float64 terms in different orders (blocks, reductions) and their exp may differ by an ulp: over a row of
+# 152,064 terms that moves a sum by less than 152,064 * 2**-52 ~ 3.4e-11, so 1e-9 leaves a factor of 30, and a
+# uniform draw lands that close to one of its token's two boundaries with a probability of 2e-9 (the host then
+# decides that token).
+SAMPLER_MARGIN = 1e-9
 SAMPLER = PieceSpec(
     "sampler",
     inputs=(

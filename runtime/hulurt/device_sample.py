@@ -3,9 +3,10 @@ reading the gqa-static decoder's logits buffer where it lies, so a sampled token
 of a [1, vocab] float32 row (608 KB for Qwen2.5) and the host sampler's pass over it.
 
 The graph applies hulurt.sampling's rule to the same uniform number the host sampler would have drawn
-(`Sampler.uniform`), so a seeded run gives the same tokens either way. Where the graph cannot be exact - a row
-with NaN/+inf, or a top-k / top-p set that reaches past the graph's SAMPLER_CANDIDATES best logits - it says so
-(`exact` false) and the row is sampled on the host with that same number, here. The graph file is written by
+(`Sampler.uniform`), so a seeded run gives the same tokens either way. Where the graph cannot be sure - a row
+with NaN/+inf, or a decision within SAMPLER_MARGIN of its threshold, where a sum taken in the host's order
+might fall the other way - it says so (`exact` false) and the row is sampled on the host with that same
+number, here. The graph file is written by
 huluexport/export/sampler.py (a test holds the shipped file equal to it).
 """
 

@@ -5,6 +5,8 @@ and test_device_rows.py."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import hulurt
 import numpy as np
 import onnx
@@ -12,9 +14,9 @@ import onnxruntime as ort
 import pytest
 from e2e.bundles import bundle
 from hulurt import device_sample
-from hulurt.contract import SAMPLER_CANDIDATES
+from hulurt.contract import SAMPLER_CANDIDATES, SAMPLER_PARAMS
 from hulurt.device_rows import GRAPHS
-from hulurt.sampling import SamplingConfig
+from hulurt.sampling import Sampler, SamplingConfig
 
 from huluexport.export.runtime_graphs import gather_rows_model, runtime_graphs
 from huluexport.export.sampler import sampler_model
@@ -50,20 +52,51 @@ def test_a_different_candidate_count_is_a_different_graph() -> None:
     assert sampler_model(candidates=8) != sampler_model()
 
 
-def test_rows_past_the_candidates_fall_back_to_the_host(tmp_path, monkeypatch) -> None:
-    """A graph with 4 candidates cannot answer top_k=8: every row goes to the host sampler with the uniform
-    number the graph was given, so the tokens stay the host's."""
-    small = tmp_path / "sampler4.onnx"
-    onnx.save(sampler_model(candidates=4), str(small))
-    monkeypatch.setattr(device_sample, "GRAPH", small)
+def test_few_candidates_sample_the_whole_row_like_the_host() -> None:
+    """With 16 candidates nearly every top-k / top-p set reaches past them, so the whole-row branch decides: over
+    random rows (fp16 ties among them) and settings it gives the host's token for every draw it calls exact, and
+    it calls nearly all of them exact."""
+    graph = ort.InferenceSession(sampler_model(candidates=16).SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(21)
+    exact_n, tokens = 0, set()
+    for i in range(120):
+        n = int(rng.integers(40, 5000))
+        row = (rng.standard_normal(n) * rng.uniform(0.5, 4.0)).astype(np.float32)
+        if i % 3 == 0:
+            row = row.astype(np.float16).astype(np.float32)  # ties
+        cfg = SamplingConfig(greedy=False, temperature=float(rng.uniform(0.3, 2.0)),
+                             top_k=int(rng.choice([0, 0, 17, 64, 900])), top_p=float(rng.choice([1.0, 0.5, 0.9, 0.99])))
+        if cfg.top_k == 0 and cfg.top_p == 1.0:
+            cfg = replace(cfg, top_p=0.8)
+        u = float(rng.random())
+        params = np.array([{"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+                            "repetition_penalty": 1.0, "greedy": 0.0, "uniform": u}[k] for k in SAMPLER_PARAMS])
+        token, exact = graph.run(None, {"logits": row[None], "seen_ids": np.zeros(1, np.int64), "params": params})
+        if exact[0]:
+            exact_n += 1
+            assert int(token[0]) == Sampler(cfg)(row, np.empty(0, np.int64), u), (i, cfg)
+            tokens.add(int(token[0]))
+    assert exact_n >= 118 and len(tokens) > 60
+
+
+def test_rows_the_graph_is_not_sure_of_fall_back_to_the_host(tmp_path, monkeypatch) -> None:
+    """In the runtime: a graph with 4 candidates answers top_k=8 over the whole row (no row on the host); a graph
+    whose margin is 1 is sure of no draw, so every sampled row goes to the host sampler with the uniform number
+    the graph was given. The tokens are the host's either way."""
     b = bundle("qwen2", gqa=True)
-    host, dev = (hulurt.load(b, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static",
-                             device_sampling=on) for on in (False, True))
-    for cfg, fallback in ((SamplingConfig(greedy=False, temperature=1.3, top_k=8, seed=2), True),
-                          (SamplingConfig(greedy=False, temperature=1.3, top_k=3, seed=2), False)):
-        want = host.generate("Is the liver normal?", max_new_tokens=10, sampling=cfg, stop_ids=())
-        got = dev.generate("Is the liver normal?", max_new_tokens=10, sampling=cfg, stop_ids=())
-        assert got.token_ids == want.token_ids and len(set(got.token_ids)) > 3
-        s = dev._gen(False).static_decoder()._sampler
-        assert s.host_rows == (10 if fallback else 0)
-        s.host_rows = 0
+    host = hulurt.load(b, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static",
+                       device_sampling=False)
+    for graph, fallback in ((sampler_model(candidates=4), False), (sampler_model(margin=1.0), True)):
+        path = tmp_path / f"sampler_{int(fallback)}.onnx"
+        onnx.save(graph, str(path))
+        monkeypatch.setattr(device_sample, "GRAPH", path)
+        dev = hulurt.load(b, provider="cpu", threads=1, verify_hashes=False, decoder_form="gqa-static",
+                          device_sampling=True)
+        for cfg in (SamplingConfig(greedy=False, temperature=1.3, top_k=8, seed=2),
+                    SamplingConfig(greedy=False, temperature=1.1, top_p=0.9, seed=4)):
+            want = host.generate("Is the liver normal?", max_new_tokens=10, sampling=cfg, stop_ids=())
+            got = dev.generate("Is the liver normal?", max_new_tokens=10, sampling=cfg, stop_ids=())
+            assert got.token_ids == want.token_ids and len(set(got.token_ids)) > 3
+            s = dev._gen(False).static_decoder()._sampler
+            assert s.host_rows == (10 if fallback else 0)
+            s.host_rows = 0

@@ -118,7 +118,8 @@ def test_device_sampling_equals_host_sampling_on_cuda() -> None:
 
 def test_sampling_graph_on_cuda_equals_the_host_rule_at_full_vocabulary() -> None:
     """hulurt/graphs/sampler.onnx on the CUDA provider over 152,064-logit rows: the token of hulurt.sampling for
-    the same uniform number, for each path of the graph (whole row in blocks, top-k, top-p, both + penalty)."""
+    the same uniform number, for each path of the graph (whole row in blocks, top-k, top-p, both + penalty, and the
+    whole-row branch: a nucleus of ~80k tokens on flat rows, top-k past the 1,024 candidates)."""
     import onnxruntime as ort
     from hulurt import device_sample
     from hulurt.contract import SAMPLER_PARAMS
@@ -127,13 +128,17 @@ def test_sampling_graph_on_cuda_equals_the_host_rule_at_full_vocabulary() -> Non
     sess = ort.InferenceSession(str(device_sample.GRAPH), providers=["CUDAExecutionProvider"])
     assert sess.get_providers()[0] == "CUDAExecutionProvider"
     rng = np.random.default_rng(0)
-    configs = (SamplingConfig(greedy=False, temperature=0.7), SamplingConfig(greedy=False, temperature=1.0, top_k=50),
-               SamplingConfig(greedy=False, temperature=0.7, top_p=0.9),
-               SamplingConfig(greedy=False, temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.1))
-    for cfg in configs:
+    configs = ((SamplingConfig(greedy=False, temperature=0.7), False),
+               (SamplingConfig(greedy=False, temperature=1.0, top_k=50), False),
+               (SamplingConfig(greedy=False, temperature=0.7, top_p=0.9), False),
+               (SamplingConfig(greedy=False, temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.1), False),
+               (SamplingConfig(greedy=False, temperature=1.0, top_p=0.9), True),
+               (SamplingConfig(greedy=False, temperature=2.0, top_k=5000, top_p=0.99), False))
+    for cfg, flat in configs:
         tokens = []
         for _ in range(16):
-            row = (-2.0 * np.log1p(rng.permutation(152_064)) + 0.3 * rng.standard_normal(152_064)).astype(np.float32)
+            row = (rng.standard_normal(152_064) if flat else
+                   -2.0 * np.log1p(rng.permutation(152_064)) + 0.3 * rng.standard_normal(152_064)).astype(np.float32)
             seen = np.unique(rng.integers(0, 152_064, 300))
             u = float(rng.random())
             values = {"temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,

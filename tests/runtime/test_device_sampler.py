@@ -1,8 +1,8 @@
 """The sampling graph (hulurt/graphs/sampler.onnx, hulurt.device_sample) against the host sampler
-(hulurt.sampling.Sampler) on onnxruntime's CPU provider: the same token for the same uniform number, `exact`
-false exactly where the graph cannot know the answer, and the runtime's gqa-static loop giving the same seeded
-tokens with sampling on the device or on the host (the fallback to the host: tests/export/test_runtime_graphs.py,
-which can build a graph with fewer candidates)."""
+(hulurt.sampling.Sampler) on onnxruntime's CPU provider: the same token for the same uniform number, over the
+candidates and over the whole row, `exact` false where a sum meets its threshold (hulurt.contract.SAMPLER_MARGIN),
+and the runtime's gqa-static loop giving the same seeded tokens with sampling on the device or on the host (the
+runtime's fallback to the host and a graph with few candidates: tests/export/test_runtime_graphs.py)."""
 
 from __future__ import annotations
 
@@ -159,19 +159,74 @@ def test_small_vocabulary_fits_the_candidates(graph) -> None:
             assert run(graph, row, cfg, u) == (host(row, np.empty(0, np.int64), u), True)
 
 
-@pytest.mark.parametrize("what", ["top-k at the candidate count", "flat nucleus", "ties across the border"])
-def test_not_exact_where_the_answer_lies_past_the_candidates(graph, what: str) -> None:
-    rng = np.random.default_rng(6)
-    if what == "top-k at the candidate count":  # the k-th value might recur past the candidates: unknowable
-        row, cfg = peaked(rng), SamplingConfig(greedy=False, temperature=1.0, top_k=SAMPLER_CANDIDATES)
+PAST = ["top-k at the candidate count", "top-k past the candidates + top-p", "flat nucleus",
+        "ties across the border", "fp16 ties, wide nucleus", "nucleus cut inside a tie group past the border"]
+
+
+@pytest.mark.parametrize("what", PAST)
+def test_rows_past_the_candidates_take_the_whole_row_branch(graph, what: str) -> None:
+    """Sets the 1,024 candidates cannot hold are sampled over the whole sorted row (the If branch), still exact
+    and still the host's tokens."""
+    rng = np.random.default_rng(zlib.crc32(what.encode()))
+    if what == "top-k at the candidate count":  # the k-th value might recur past the candidates
+        row, cfg = peaked(rng), SamplingConfig(greedy=False, temperature=3.0, top_k=SAMPLER_CANDIDATES)
+    elif what == "top-k past the candidates + top-p":
+        row, cfg = peaked(rng), SamplingConfig(greedy=False, temperature=2.0, top_k=5000, top_p=0.95)
     elif what == "flat nucleus":  # standard normal logits at T=1: the 0.9 nucleus holds ~80k tokens
         row, cfg = rng.standard_normal(VOCAB).astype(np.float32), SamplingConfig(greedy=False, top_p=0.9)
-    else:  # the k-th best value is shared by tokens on both sides of the candidate border
+    elif what == "ties across the border":  # the k-th best value is shared by tokens on both sides of the border
         row = np.full(VOCAB, -5.0, np.float32)
         row[:10] = 3.0
         cfg = SamplingConfig(greedy=False, temperature=1.0, top_k=20)
-    assert run(graph, row, cfg, 0.5)[1] is False
-    assert run(graph, row, SamplingConfig(greedy=False, temperature=1.0), 0.5)[1] is True  # the whole row: exact
+    elif what == "fp16 ties, wide nucleus":
+        row = (4.0 - 0.4 * np.log1p(rng.permutation(VOCAB))).astype(np.float16).astype(np.float32)
+        cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.99)
+    else:  # 3,000 tokens tie at the cut value, spread over the row: the kept ones are the smallest ids
+        row = np.full(VOCAB, -40.0, np.float32)
+        tied = rng.permutation(VOCAB)[:3000]
+        row[tied[:500]], row[tied[500:]] = 2.0, 0.0  # masses before: 500 tokens of e^2, then 2,500 of e^0
+        cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.9)
+    host = Sampler(cfg)
+    tokens = []
+    for u in np.linspace(0.0005, 0.9995, 40):
+        token, exact = run(graph, row, cfg, float(u))
+        assert exact, f"{what}: the whole-row branch knows this answer"
+        assert token == host(row, np.empty(0, np.int64), float(u))
+        tokens.append(token)
+    assert len(set(tokens)) > 20, tokens  # not a trivial pass: the draws spread over the kept tokens
+    if what.startswith("nucleus cut"):
+        kept = np.flatnonzero(row == 0.0)
+        assert max(t for t in tokens if row[t] == 0.0) <= kept[1800]  # ~1,800 of the 2,500 tied tokens kept
+
+
+def _two_way(n: int, n_best: int) -> np.ndarray:
+    """n_best tokens tied at the top, the rest -inf: every probability 1/n_best, exact in float64 for powers of
+    two, so cumulative masses land exactly on p or on a draw."""
+    row = np.full(n, -np.inf, np.float32)
+    row[np.random.default_rng(n_best).permutation(n)[:n_best]] = 1.5
+    return row
+
+
+BOUNDARY = [  # (what, row, sampling, u): each one decision exactly at its threshold
+    ("top-p cut exactly at p", _two_way(5000, 4), SamplingConfig(greedy=False, top_p=0.5), 0.3),
+    ("top-p cut exactly at p, past the candidates", _two_way(VOCAB, 2048), SamplingConfig(greedy=False, top_p=0.5),
+     0.3),
+    ("draw on a candidate's boundary", _two_way(5000, 4), SamplingConfig(greedy=False, top_k=4), 0.5),
+    ("draw on a boundary, whole row", _two_way(VOCAB, 4), SamplingConfig(greedy=False, temperature=0.9), 0.25),
+    ("draw on a boundary, past the candidates", _two_way(VOCAB, 2048), SamplingConfig(greedy=False, top_p=0.7),
+     0.5),  # 1,434 tokens kept, the 717th ends at 0.5
+    ("u = 0", _two_way(5000, 4), SamplingConfig(greedy=False, top_p=0.9), 0.0),
+]
+
+
+@pytest.mark.parametrize("what, row, cfg, u", BOUNDARY, ids=[b[0] for b in BOUNDARY])
+def test_a_decision_on_its_threshold_is_left_to_the_host(graph, what: str, row, cfg, u: float) -> None:
+    """Where a sum meets its threshold exactly, a sum taken in another order (the host's) may fall on the other
+    side: the graph says it is not sure (SAMPLER_MARGIN), and nudged off the threshold it is."""
+    assert run(graph, row, cfg, u)[1] is False
+    nudged = replace(cfg, top_p=cfg.top_p + 1e-6) if what.startswith("top-p") else cfg
+    token, exact = run(graph, row, nudged, u + 1e-6)
+    assert exact and token == Sampler(nudged)(row, np.empty(0, np.int64), u + 1e-6)
 
 
 @pytest.mark.parametrize("bad", ["nan", "+inf", "all -inf"])
@@ -195,7 +250,7 @@ def test_minus_inf_logits_are_never_drawn(graph) -> None:
     alive = set(np.flatnonzero(np.isfinite(row)).tolist())
     for cfg in (SamplingConfig(greedy=False, temperature=2.0), SamplingConfig(greedy=False, top_p=0.999)):
         host = Sampler(cfg)
-        for u in np.linspace(0.0, 0.9999, 50):
+        for u in np.linspace(0.0005, 0.9995, 50):
             token, exact = run(graph, row, cfg, float(u))
             assert exact and token in alive and token == host(row, np.empty(0, np.int64), float(u))
 
