@@ -16,7 +16,7 @@ draw gives the same token (tests/runtime/test_device_sampler.py):
         kept ids in ascending order (a second TopK on -id), weights exp(scaled), cumulative sum, normalised by
         its last value, token = the first whose cumulative weight exceeds the uniform draw
     top-k / top-p whose kept set may reach past the C candidates, the whole row (an If: only such rows pay for it):
-        the row sorted by TopK(k = V); the k-th value and the nucleus cut from it, the cumulative mass in blocks;
+        the row sorted by TopK(k = V, float32 keys); the k-th value and the nucleus cut from it, the cumulative mass in blocks;
         the tokens tied at the cut ranked by id with a blocked cumulative count; the draw as below, over the
         kept tokens' weights (the others 0)
     neither on: the whole row's cumulative sum, in blocks of SAMPLER_BLOCK ids (block sums, then one block),
@@ -193,8 +193,8 @@ def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLO
 
     # scaled logits, float64, best = 0 before dividing by the temperature (Sampler's order of operations)
     wide = g.op("Cast", [row], "row_f64", to=F64)
-    shifted = g.op("Sub", [wide, g.op("Cast", [best], "best_f64", to=F64)], "shifted")
-    scaled = g.op("Div", [shifted, param("temperature")], "scaled")  # [V]
+    best_f64, temperature = g.op("Cast", [best], "best_f64", to=F64), param("temperature")
+    scaled = g.op("Div", [g.op("Sub", [wide, best_f64], "shifted"), temperature], "scaled")  # [V]
     weight_all = g.op("Exp", [scaled], "weight_all")  # [V]
     n_cand_1 = g.op("Min", [vocab_1, o.i64("candidates", [candidates])], "n_candidates_1")
     n_cand = g.op("Squeeze", [n_cand_1, axis0], "n_candidates")
@@ -279,7 +279,11 @@ def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLO
     # a filtered set that may reach past the candidates: the whole row, sorted (only such rows run this branch)
     f = NodeBuilder("/sampler/whole_row")
     fo = _Ops(f)
-    ranked, _ = f.ops("TopK", [scaled, vocab_1], "sorted", 2, axis=0, largest=1, sorted=1)  # [V] descending
+    # sorted as float32 (half the bytes of a sort key): `scaled` is a non-decreasing function of the row, so the
+    # row's order is an order of `scaled`, and scaling the sorted values gives exactly `scaled`'s values
+    ranked_row, _ = f.ops("TopK", [row, vocab_1], "sorted", 2, axis=0, largest=1, sorted=1)  # [V] descending
+    ranked = f.op("Div", [f.op("Sub", [f.op("Cast", [ranked_row], "sorted_f64", to=F64), best_f64], "sorted_shifted"),
+                          temperature], "ranked")
     f_kth = f.op("Gather", [ranked, f.op("Sub", [f.op("Max", [f.op("Min", [k, vocab], "k_capped"), one],
                                                       "k_clipped"), one], "k_index")], "kth_value", axis=0)
     f_in_k = f.op("Or", [k_off, f.op("GreaterOrEqual", [scaled, f_kth], "at_least_kth")], "in_top_k")  # id order
