@@ -9,16 +9,16 @@ draw gives the same token (tests/runtime/test_device_sampler.py):
     row = logits [V] float32, repetition penalty applied in float32 at `seen_ids` (ScatterElements)
     greedy:  the smallest id at the row's maximum        (numpy's argmax; ArgMax's pick among ties is the kernel's)
     scaled = (float64(row) - max) / temperature           [V] float64
-    top-k / top-p (either on), candidates: the C = min(V, SAMPLER_CANDIDATES) best by TopK (ties: lower id first)
+    top-k / top-p (either on), candidates: the C = min(V, SAMPLER_CANDIDATES) best by TopK of the float32 row
         kept by top-k: value >= the k-th best (ties kept); top-p: the nucleus over the mass of what top-k kept
         (or of the whole row), cut where the mass before a token reaches p; tokens tied at the cut value are
         kept by smallest id, whatever order TopK gave them (fp16 logits tie often)
         kept ids in ascending order (a second TopK on -id), weights exp(scaled), cumulative sum, normalised by
         its last value, token = the first whose cumulative weight exceeds the uniform draw
     top-k / top-p whose kept set may reach past the C candidates, the whole row (an If: only such rows pay for it):
-        the row sorted by TopK(k = V, float32 keys); the k-th value and the nucleus cut from it, the cumulative mass in blocks;
-        the tokens tied at the cut ranked by id with a blocked cumulative count; the draw as below, over the
-        kept tokens' weights (the others 0)
+        the float32 row sorted by TopK(k = V) and scaled; the k-th value and the nucleus cut from it, the
+        cumulative mass in blocks; the tokens tied at the cut ranked by id with a blocked cumulative count; the
+        draw as below, over the kept tokens' weights (the others 0)
     neither on: the whole row's cumulative sum, in blocks of SAMPLER_BLOCK ids (block sums, then one block),
         the same inverse-CDF draw over ids in ascending order
     exact: the row is finite, and every comparison of a sum with a threshold (the mass before the first dropped
@@ -199,7 +199,11 @@ def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLO
     n_cand_1 = g.op("Min", [vocab_1, o.i64("candidates", [candidates])], "n_candidates_1")
     n_cand = g.op("Squeeze", [n_cand_1, axis0], "n_candidates")
     last_cand = g.op("Sub", [n_cand, one], "last_candidate")
-    cand_vals, cand_ids = g.ops("TopK", [scaled, n_cand_1], "candidates", 2, axis=0, largest=1, sorted=1)
+    # the candidates by the float32 row (half the key bytes of `scaled` for a device radix select): `scaled` is a
+    # non-decreasing function of the row, so these are C best of `scaled` too, and their scaled values are exact
+    cand_row, cand_ids = g.ops("TopK", [row, n_cand_1], "candidates", 2, axis=0, largest=1, sorted=1)
+    cand_vals = g.op("Div", [g.op("Sub", [g.op("Cast", [cand_row], "candidates_f64", to=F64), best_f64],
+                                  "candidates_shifted"), temperature], "candidate_values")
 
     # top-k: keep values >= the k-th best (ties kept), when 0 < k < V
     k = g.op("Cast", [param("top_k")], "k", to=I64)
@@ -279,8 +283,7 @@ def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLO
     # a filtered set that may reach past the candidates: the whole row, sorted (only such rows run this branch)
     f = NodeBuilder("/sampler/whole_row")
     fo = _Ops(f)
-    # sorted as float32 (half the bytes of a sort key): `scaled` is a non-decreasing function of the row, so the
-    # row's order is an order of `scaled`, and scaling the sorted values gives exactly `scaled`'s values
+    # sorted as float32, scaled after, as the candidates are
     ranked_row, _ = f.ops("TopK", [row, vocab_1], "sorted", 2, axis=0, largest=1, sorted=1)  # [V] descending
     ranked = f.op("Div", [f.op("Sub", [f.op("Cast", [ranked_row], "sorted_f64", to=F64), best_f64], "sorted_shifted"),
                           temperature], "ranked")
