@@ -70,16 +70,21 @@ class _Ops:
         g = self.g
         return g.op("Greater", [g.op("Sub", [high, low], f"{name}/gap"), margin], name)
 
+    def blocks(self, x: str, v: "_RowShape", name: str) -> str:
+        """A [V] float64 row as [nb, B] blocks, padded with zeros."""
+        g = self.g
+        return g.op("Reshape", [g.op("Pad", [x, v.pads, v.zero_f64], f"{name}/padded", mode="constant"),
+                                v.block_shape], f"{name}/blocks")
+
     def blocked_cumsum(self, x: str, v: "_RowShape", name: str) -> str:
         """The cumulative sum of a [V] float64 row in blocks of B (local sums plus the sums of the blocks before),
         so no CumSum axis is longer than B or the number of blocks."""
         g = self.g
-        blocks = g.op("Reshape", [g.op("Pad", [x, v.pads, v.zero_f64], f"{name}/padded", mode="constant"),
-                                  v.block_shape], f"{name}/blocks")  # [nb, B]
-        local = g.op("CumSum", [blocks, v.axis1], f"{name}/local")
-        before = g.op("CumSum", [g.op("ReduceSum", [blocks, v.axis1_list], f"{name}/block_sums", keepdims=0),
-                                 v.axis0_scalar], f"{name}/block_starts", exclusive=1)  # [nb]
-        summed = g.op("Add", [local, g.op("Unsqueeze", [before, v.axis1_list], f"{name}/starts_col")], f"{name}/sum")
+        blocks = self.blocks(x, v, name)
+        local = g.op("CumSum", [blocks, v.one], f"{name}/local")  # along axis 1
+        before = g.op("CumSum", [g.op("ReduceSum", [blocks, v.axis1], f"{name}/block_sums", keepdims=0), v.zero],
+                      f"{name}/block_starts", exclusive=1)  # [nb]
+        summed = g.op("Add", [local, g.op("Unsqueeze", [before, v.axis1], f"{name}/starts_col")], f"{name}/sum")
         flat = g.op("Reshape", [summed, v.minus1], f"{name}/flat")
         return g.op("Slice", [flat, v.start0, v.vocab_1], f"{name}/cumsum")
 
@@ -88,10 +93,9 @@ class _Ops:
         where u * mass falls (block sums), then the token inside it (one CumSum of B). Returns the token (int64
         scalar) and whether its cumulative weight and its predecessor's clear u by the margin."""
         g = self.g
-        blocks = g.op("Reshape", [g.op("Pad", [weights, v.pads, v.zero_f64], f"{name}/padded", mode="constant"),
-                                  v.block_shape], f"{name}/blocks")  # [nb, B]
-        block_mass = g.op("ReduceSum", [blocks, v.axis1_list], f"{name}/block_mass", keepdims=0)  # [nb]
-        block_cdf = g.op("CumSum", [block_mass, v.axis0_scalar], f"{name}/block_cdf")
+        blocks = self.blocks(weights, v, name)
+        block_mass = g.op("ReduceSum", [blocks, v.axis1], f"{name}/block_mass", keepdims=0)  # [nb]
+        block_cdf = g.op("CumSum", [block_mass, v.zero], f"{name}/block_cdf")
         n_blocks = g.op("Squeeze", [g.op("Shape", [block_cdf], f"{name}/n_blocks_1"), v.axis0], f"{name}/n_blocks")
         last_block = g.op("Sub", [n_blocks, v.one], f"{name}/last_block")
         row_mass = g.op("Gather", [block_cdf, last_block], f"{name}/row_mass", axis=0)
@@ -102,7 +106,7 @@ class _Ops:
                                                   block_cdf], f"{name}/block_starts", axis=0), b_at],
                       f"{name}/mass_before_block", axis=0)
         local = g.op("Add", [g.op("CumSum", [g.op("Gather", [blocks, b_at], f"{name}/block_weights", axis=0),
-                                             v.axis0_scalar], f"{name}/local_cdf"), before], f"{name}/cdf_in_block")
+                                             v.zero], f"{name}/local_cdf"), before], f"{name}/cdf_in_block")
         local_n = g.op("Div", [local, row_mass], f"{name}/cdf_normalised")
         at = g.op("Min", [self.count_at_most(local_n, u, f"{name}/draw"), v.block_last], f"{name}/draw_index")
         token = g.op("Min", [g.op("Add", [g.op("Mul", [b_at, v.block], f"{name}/block_start"), at],
@@ -135,17 +139,16 @@ class _Ops:
 class _RowShape:
     """Constants and shape values of the main graph that the row-wide patterns use (the branch reads them)."""
 
-    def __init__(self, o: _Ops, row: str, block: int, margin: float) -> None:
+    def __init__(self, o: _Ops, logits: str, block: int, margin: float) -> None:
         g = o.g
         self.zero, self.one, self.minus1 = o.i64("zero", 0), o.i64("one", 1), o.i64("minus1", [-1])
-        self.axis0, self.axis1_list, self.start0 = o.i64("axis0", [0]), o.i64("axis1", [1]), o.i64("start0", [0])
-        self.axis0_scalar, self.axis1 = self.zero, self.one
+        self.axis0, self.axis1, self.start0 = o.i64("axis0", [0]), o.i64("axis1", [1]), o.i64("start0", [0])
         self.zero_f64 = o.f64("zero_f64", 0.0)
         self.margin = o.f64("margin", margin)
         self.block = o.i64("block", block)
         self.block_last = o.i64("block_last", block - 1)
         self.block_shape = o.i64("block_shape", [-1, block])
-        self.vocab_1 = g.op("Shape", [row], "vocab_1")  # [1]
+        self.vocab_1 = g.op("Shape", [logits], "vocab_1", start=1)  # [1]
         self.vocab = g.op("Squeeze", [self.vocab_1, self.axis0], "vocab")
         self.last_id = g.op("Sub", [self.vocab, self.one], "last_id")
         pad = g.op("Mod", [g.op("Sub", [self.block, g.op("Mod", [self.vocab, self.block], "vocab_mod")], "pad_raw"),
@@ -164,10 +167,10 @@ def sampler_model(candidates: int = SAMPLER_CANDIDATES, block: int = SAMPLER_BLO
     def param(name: str) -> str:
         return g.op("Gather", ["params", o.i64(f"param_{name}", SAMPLER_PARAMS.index(name))], f"param/{name}", axis=0)
 
-    # repetition penalty (float32, as Sampler): divide a positive logit, multiply a negative one
-    row = g.op("Reshape", ["logits", o.i64("flat", [-1])], "row")  # [V]
-    v = _RowShape(o, row, block, margin)
+    v = _RowShape(o, "logits", block, margin)
     zero, one, axis0, zero_f64 = v.zero, v.one, v.axis0, v.zero_f64
+    row = g.op("Reshape", ["logits", v.minus1], "row")  # [V]
+    # repetition penalty (float32, as Sampler): divide a positive logit, multiply a negative one
     pen = g.op("Cast", [param("repetition_penalty")], "penalty_f32", to=F32)
     seen = g.op("Gather", [row, "seen_ids"], "seen_logits", axis=0)
     neg = g.op("Less", [seen, g.const("zero_f32", np.array(0.0, np.float32))], "seen_negative")
