@@ -194,6 +194,9 @@ class PreparedSide:
     close: Callable[[], None] = lambda: None
     # one untimed greedy run of n tokens handing back (tokens, the logits row [vocab] of each): the greedy check
     trace: Callable[[int], tuple[list[int], list[np.ndarray]]] | None = None
+    # the description as it stands after the runs, where a run can change it (a CUDA graph capture that failed
+    # in the first decode step: the runtime then decodes without the graph)
+    describe: Callable[[], str] | None = None
 
 
 def _merge_memory(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -236,7 +239,7 @@ def measure_sides(sides: Sequence[PreparedSide], warmup: int, repeats: int) -> d
         memory["load_growth_bytes"] = sd.rss_after_load - sd.rss_before_load
         out[sd.name] = SideResult(
             sd.name,
-            sd.description,
+            sd.describe() if sd.describe else sd.description,
             sd.load_s,
             tuple(records[sd.name]),
             memory,

@@ -115,11 +115,18 @@ def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
     act = np.dtype(m.dims.act_dtype).itemsize
     embed_row = pb.get("embed", 0) // max(m.dims.vocab, 1)  # decoding gathers one row of the table
     prov = model.provider
+
+    def describe(mdl: Any) -> str:  # after the runs too: a capture that fails in a run drops the CUDA graph
+        return (f"hulurt.load + Model.run on onnxruntime ({prov}), {m.dims.act_dtype}, {dec_piece}"
+                + (", CUDA graph" if mdl.uses_cuda_graph else "")
+                + (", visual rows on the device" if media and mdl.rows_on_device else ""))
+
+    loaded = describe(model)
     return PreparedSide(
         name="runtime",
-        description=f"hulurt.load + Model.run on onnxruntime ({prov}), {m.dims.act_dtype}, {dec_piece}"
-        + (", CUDA graph" if model.uses_cuda_graph else "")
-        + (", visual rows on the device" if media and model.rows_on_device else ""),
+        description=loaded,
+        # the model through the holder, never held here: close() must free it
+        describe=lambda: describe(holder["model"]) if "model" in holder else loaded,
         load_s=load_s,
         once=once,
         weights_read_per_token_bytes=pb.get("decoder", 0) + embed_row,

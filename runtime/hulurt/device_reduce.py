@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from hulurt.capture_gate import GATE
 from hulurt.errors import HuluRuntimeError
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,15 @@ def device_reducer(device_id: int = 0, library: str | None = None) -> KeepMaskFn
         return None
 
     def keep_mask(tokens: NDArray[np.float32], threshold: float, min_tokens: int, mode: str) -> NDArray[np.bool_]:
-        """tokens [T, nb, D] float32 (host) -> keep [T, nb] bool, computed on the device."""
-        px = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(tokens, dtype=np.float32), "cuda", device_id)
-        keep = ort.OrtValue.ortvalue_from_shape_and_type(list(tokens.shape[:2]), np.bool_, "cuda", device_id)
-        cuda_reduce.keep_mask(_CudaView(px, "<f4"), _CudaView(keep, "|b1"), threshold=threshold,
-                              min_tokens=min_tokens, mode=mode, library=library)
-        return np.asarray(keep.numpy(), dtype=bool)  # the copy back waits for the kernel (default stream)
+        """tokens [T, nb, D] float32 (host) -> keep [T, nb] bool, computed on the device. It runs while other
+        threads may decode: never during a CUDA graph capture (hulurt.capture_gate)."""
+        with GATE.shared():
+            px = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(tokens, dtype=np.float32), "cuda", device_id)
+            keep = ort.OrtValue.ortvalue_from_shape_and_type(list(tokens.shape[:2]), np.bool_, "cuda", device_id)
+            cuda_reduce.keep_mask(_CudaView(px, "<f4"), _CudaView(keep, "|b1"), threshold=threshold,
+                                  min_tokens=min_tokens, mode=mode, library=library)
+            out = np.asarray(keep.numpy(), dtype=bool)  # the copy back waits for the kernel (default stream)
+            del px, keep  # freed (to onnxruntime's arena) inside the gate too
+        return out
 
     return keep_mask

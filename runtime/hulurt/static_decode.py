@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from hulurt.capture_gate import GATE
 from hulurt.contract import DECODER_FORMS, Dims, kv_names
 from hulurt.device_rows import RowSlice
 from hulurt.errors import ContextLengthError, ContractError, HuluRuntimeError
@@ -85,7 +86,6 @@ class StaticDecoder:
     def __init__(self, decoder: Any, embed: Any, dims: Dims, capacity: int, cuda_graph: bool = False) -> None:
         if capacity < 1:
             raise ContextLengthError(f"KV capacity must be >= 1; got {capacity}")
-        ort = _ort()
         self.decoder, self.embed = decoder, embed
         self.dims = dims
         self.capacity = capacity
@@ -115,11 +115,8 @@ class StaticDecoder:
         self._total_step = np.array(capacity, dtype=np.int32)
         self._embed_binding = self._bind_embed_step()
         self._step_binding = self._bind_decoder(self.step_embeds, self.step_pos, self._total_step)
-        self._run_step = ort.RunOptions()
-        self._run_once = ort.RunOptions()
-        if cuda_graph:
-            self._run_step.add_run_config_entry("gpu_graph_id", GRAPH_DECODE)
-            self._run_once.add_run_config_entry("gpu_graph_id", GRAPH_NONE)
+        self._run_step, self._run_once = self._run_options(cuda_graph)
+        self._graph_threads: set[int] = set()  # threads whose decode-step graph is captured (one per thread)
         self.steps = 0
         self._sampler: Any = None  # hulurt.device_sample.DeviceSampler, opened on the first sampled token
         log.info("static KV: %d layers x 2 buffers [1, %d, %d, %d] %s on %s (%.1f MB), cuda graph %s",
@@ -140,6 +137,23 @@ class StaticDecoder:
             self._host.append(arr)
             return ort.OrtValue.ortvalue_from_numpy(arr)  # shares the numpy memory
         return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device, self.device_id)
+
+    @staticmethod
+    def _run_options(cuda_graph: bool) -> tuple[Any, Any]:
+        """Run options of the decode step (graph id 1: captured once, then replayed) and of the prefill (-1)."""
+        ort = _ort()
+        step, once = ort.RunOptions(), ort.RunOptions()
+        if cuda_graph:
+            step.add_run_config_entry("gpu_graph_id", GRAPH_DECODE)
+            once.add_run_config_entry("gpu_graph_id", GRAPH_NONE)
+        return step, once
+
+    @staticmethod
+    def _inputs_written(binding: Any) -> None:
+        """Wait for host -> device writes (update_inplace, uploads: a cudaMemcpy from pageable memory may return
+        before its DMA ends, and onnxruntime computes on a non-blocking stream of its own) before a run reads
+        them: the CUDA provider's Sync is cudaDeviceSynchronize, the CPU provider's returns at once."""
+        binding.synchronize_inputs()
 
     def _upload(self, value: NDArray[Any]) -> Any:
         return _ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self.device, self.device_id)
@@ -226,6 +240,7 @@ class StaticDecoder:
         pos = self._upload(np.arange(self.length, total, dtype=np.int64).reshape(1, seq))
         self.seqlens.update_inplace(np.array([total - 1], dtype=np.int32))
         b = self._bind_decoder(emb, pos, np.array(total, dtype=np.int32))
+        self._inputs_written(b)
         self.decoder.session.run_with_iobinding(b, self._run_once)
         self.length = total
         return self._result(want_logits)
@@ -239,11 +254,38 @@ class StaticDecoder:
         self.seqlens.update_inplace(np.array([self.length], dtype=np.int32))
         if self.device == "cpu" and not self.cuda_graph:  # the CPU kernel may as well see the exact length
             self._step_binding.bind_cpu_input("total_sequence_length", np.array(self.length + 1, dtype=np.int32))
+        self._inputs_written(self._embed_binding)
         self.embed.session.run_with_iobinding(self._embed_binding)
-        self.decoder.session.run_with_iobinding(self._step_binding, self._run_step)
+        self._run_decode_step()
         self.length += 1
         self.steps += 1
         return self._result(want_logits)
+
+    def _run_decode_step(self) -> None:
+        """The decoder on the step binding. A thread's first run with the CUDA graph captures it, alone in the
+        process (hulurt.capture_gate: a capture fails if another thread makes CUDA calls meanwhile). A capture that
+        fails reopens the decoder without the graph and runs the step again, uncaptured: the step is idempotent
+        (same inputs, the same KV row written at the same seqlens_k)."""
+        me = threading.get_ident()
+        if not self.cuda_graph or me in self._graph_threads:
+            self.decoder.session.run_with_iobinding(self._step_binding, self._run_step)
+            return
+        with GATE.alone():
+            try:
+                self.decoder.session.run_with_iobinding(self._step_binding, self._run_step)
+            except Exception as exc:  # onnxruntime's Fail and friends: the capture, not the step, went wrong
+                self._drop_graph(f"capture failed in the first decode step ({type(exc).__name__}: {exc})")
+                self.decoder.session.run_with_iobinding(self._step_binding, self._run_step)
+                return
+        self._graph_threads.add(me)
+
+    def _drop_graph(self, reason: str) -> None:
+        """Decode without the CUDA graph from now on: the decoder session reopened without it, the step bound to
+        the new session. The KV and step buffers are not the session's: they stay, with their contents."""
+        self.decoder.drop_cuda_graph(reason)
+        self.cuda_graph = False
+        self._run_step, self._run_once = self._run_options(False)
+        self._step_binding = self._bind_decoder(self.step_embeds, self.step_pos, self._total_step)
 
     def sample(self, sampler: Sampler, seen: NDArray[np.int64]) -> int:
         """The next token from the logits buffer by `sampler`'s rule, drawn on the decoder's device

@@ -161,3 +161,21 @@ def test_synthetic_presets(preset: str, tmp_path: Path) -> None:
         assert (diff > 40).mean() > 0.01 and (diff < 20).mean() > 0.5  # some regions move, most do not
     files = B.write_synthetic_files(preset, frames, tmp_path)
     assert len(files) == 1 and files[0].stat().st_size > 100
+
+
+def test_a_side_is_described_as_it_ran() -> None:
+    """A side whose runs change what it is (the runtime dropping a CUDA graph whose capture failed) is reported
+    by its description after the runs, not the one it had when loaded."""
+    from huluexport.bench.measure import PreparedSide, RunRecord, measure_sides
+
+    state = {"graph": True}
+
+    def once() -> RunRecord:
+        state["graph"] = False  # the first run's capture failed
+        return RunRecord({"ttft": 0.01, "decode": 0.02, "e2e": 0.03}, 2, 3, 5)
+
+    side = PreparedSide("runtime", "runtime, CUDA graph", 0.0, once, 0, 0, 0, 0,
+                        describe=lambda: "runtime" + (", CUDA graph" if state["graph"] else ""))
+    fixed = PreparedSide("reference", "reference", 0.0, once, 0, 0, 0, 0)
+    out = measure_sides([side, fixed], warmup=0, repeats=1)
+    assert out["runtime"].description == "runtime" and out["reference"].description == "reference"

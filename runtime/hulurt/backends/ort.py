@@ -126,14 +126,8 @@ class OrtSession:
             if not self.cuda_graph:
                 raise BackendError(f"{path}: onnxruntime could not load this graph: {exc}") from exc
             # capture needs every compute node on the CUDA EP and no Memcpy node; the step still runs without it
-            log.warning("%s: CUDA graph refused by onnxruntime, decoding without it: %s", path.name, exc)
-            self.cuda_graph = False
-            options = replace(options, cuda_graph=False)
-            self.options = options
-            try:
-                self._sess = self._open(ort, path, options)
-            except Exception as exc2:
-                raise BackendError(f"{path}: onnxruntime could not load this graph: {exc2}") from exc2
+            self.drop_cuda_graph(f"refused by onnxruntime: {exc}")
+            options = self.options
         self._check_provider(ort, options)
         self._run_options = None
         if options.release_after_run:
@@ -147,6 +141,17 @@ class OrtSession:
         self._inputs = [i.name for i in self._sess.get_inputs()]
         self._outputs = [o.name for o in self._sess.get_outputs()]
         log.info("opened %s on %s (%s)", path.name, self.provider, self._sess.get_providers()[0])
+
+    def drop_cuda_graph(self, reason: str) -> None:
+        """Reopen this session without CUDA graph capture (onnxruntime refused it when the session opened, or a
+        capture failed in a run: hulurt.static_decode). Bindings made on the old session must be made again."""
+        log.warning("%s: CUDA graph %s; decoding without it", self.path.name, reason)
+        self.cuda_graph = False
+        self.options = replace(self.options, cuda_graph=False)
+        try:
+            self._sess = self._open(_ort(), self.path, self.options)
+        except Exception as exc:
+            raise BackendError(f"{self.path}: onnxruntime could not load this graph: {exc}") from exc
 
     def _open(self, ort: Any, path: Path, options: BackendOptions) -> Any:
         return ort.InferenceSession(os.fspath(path), sess_options=session_options(options),
