@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from bench_sampling import CONFIGS, VOCAB, rows
+from bench_sampling import VOCAB, cases, seen_ids
 from hulurt.backends.base import BackendOptions
 from hulurt.device_sample import DeviceSampler
 from hulurt.sampling import Sampler, SamplingConfig
@@ -82,25 +82,22 @@ def main() -> None:
     sides = Sides(args.provider, device)
     if sides.graph.session.provider != args.provider:
         raise SystemExit(f"the sampling graph opened on {sides.graph.session.provider}, not {args.provider}")
-    seen = np.random.default_rng(9).integers(0, VOCAB, 600)
+    seen = seen_ids()
     results: list[dict[str, Any]] = []
-    for kind in ("flat", "peaked"):
-        data = rows(kind, args.calls)
-        for name, base in CONFIGS.items():
-            cfg = SamplingConfig(**{**base.__dict__, "seed": 1})
-            a, b = Sampler(cfg), Sampler(cfg)
-            host_rows = sides.graph.host_rows
-            for r in data:  # same seed, same rule, same row -> the same token, or the timing means nothing
-                sides.load(r)
-                want, got = sides.host(a, seen), sides.graph(b, seen)
-                if want != got:
-                    raise SystemExit(f"{kind} {name}: the host drew {want} but the device path drew {got}")
-            fallback = sides.graph.host_rows - host_rows
-            t = measure(sides, data, cfg, seen, args.repeats)
-            results.append({"rows": kind, "config": name, "host_fallback_rows": fallback, "rows_checked": len(data),
-                            "sides": t, "speedup": t["host"]["median_ms"] / t["device"]["median_ms"]})
-            print(f"{kind:6s} {name:34s} fallback {fallback:>3d}/{len(data)}  " + "  ".join(
-                f"{k} {v['median_ms']:.3f} ms" for k, v in t.items()))
+    for kind, data, name, cfg in cases(args.calls):
+        a, b = Sampler(cfg), Sampler(cfg)
+        host_rows = sides.graph.host_rows
+        for r in data:  # same seed, same rule, same row -> the same token, or the timing means nothing
+            sides.load(r)
+            want, got = sides.host(a, seen), sides.graph(b, seen)
+            if want != got:
+                raise SystemExit(f"{kind} {name}: the host drew {want} but the device path drew {got}")
+        fallback = sides.graph.host_rows - host_rows
+        t = measure(sides, data, cfg, seen, args.repeats)
+        results.append({"rows": kind, "config": name, "host_fallback_rows": fallback, "rows_checked": len(data),
+                        "sides": t, "speedup": t["host"]["median_ms"] / t["device"]["median_ms"]})
+        print(f"{kind:6s} {name:34s} fallback {fallback:>3d}/{len(data)}  " + "  ".join(
+            f"{k} {v['median_ms']:.3f} ms" for k, v in t.items()))
     gpu = ""
     if device == "cuda":
         import subprocess

@@ -27,7 +27,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,22 @@ def rows(kind: str, n: int, seed: int = 0) -> list[np.ndarray]:
             logit = 4.0 - 1.2 * np.log1p(np.arange(VOCAB)) + rng.normal(0, 0.3, VOCAB)
             out.append(logit[rng.permutation(VOCAB)].astype(np.float32))
     return out
+
+
+def cases(calls: int) -> Iterator[tuple[str, list[np.ndarray], str, SamplingConfig]]:
+    """The benchmark's cases, shared with bench_device_sampling.py: (row kind, `calls` rows, setting name, the
+    setting seeded 1), flat rows first."""
+    for kind in ("flat", "peaked"):
+        data = rows(kind, calls)
+        for name, base in CONFIGS.items():
+            yield kind, data, name, SamplingConfig(**{**base.__dict__, "seed": 1})
+
+
+SEEN_TOKENS = 600  # the sequence so far, for the repetition penalty
+
+
+def seen_ids() -> np.ndarray:
+    return np.random.default_rng(9).integers(0, VOCAB, SEEN_TOKENS)
 
 
 def full_sort(cfg: SamplingConfig) -> Callable[[np.ndarray, np.ndarray], int]:
@@ -132,29 +148,26 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    seen = np.random.default_rng(9).integers(0, VOCAB, 600)  # a 600-token sequence so far
+    seen = seen_ids()
     results: list[dict[str, Any]] = []
-    for kind in ("flat", "peaked"):
-        data = rows(kind, args.calls)
-        for name, base in CONFIGS.items():
-            cfg = SamplingConfig(**{**base.__dict__, "seed": 1})
-            # same seed, same rule -> the same tokens, or the comparison means nothing
-            fast, plain = Sampler(cfg), full_sort(cfg)
-            a, b = [fast(r, seen) for r in data], [plain(r, seen) for r in data]
-            if a != b:
-                raise SystemExit(f"{kind} {name}: hulurt drew {a} but the full-sort rule drew {b}")
-            top1 = [float(softmax(apply_repetition_penalty(r, seen, cfg.repetition_penalty).astype(np.float64)
-                                  / cfg.temperature).max()) for r in data]
-            kept = [candidates(apply_repetition_penalty(r, seen, cfg.repetition_penalty), cfg.temperature,
-                               cfg.top_k, cfg.top_p)[0].shape[0] for r in data]
-            sides = {"hulurt": Sampler(cfg), "full-sort rule": full_sort(cfg), "transformers": transformers_side(cfg)}
-            t = measure(sides, data, seen, args.repeats)
-            results.append({"rows": kind, "config": name, "kept_median": int(np.median(kept)),
-                            "top1_prob_median": float(np.median(top1)), "sides": t,
-                            "speedup_vs_full_sort": t["full-sort rule"]["median_ms"] / t["hulurt"]["median_ms"],
-                            "speedup_vs_transformers": t["transformers"]["median_ms"] / t["hulurt"]["median_ms"]})
-            print(f"{kind:6s} {name:34s} kept {results[-1]['kept_median']:>6d}  " + "  ".join(
-                f"{k} {v['median_ms']:.2f} ms" for k, v in t.items()))
+    for kind, data, name, cfg in cases(args.calls):
+        # same seed, same rule -> the same tokens, or the comparison means nothing
+        fast, plain = Sampler(cfg), full_sort(cfg)
+        a, b = [fast(r, seen) for r in data], [plain(r, seen) for r in data]
+        if a != b:
+            raise SystemExit(f"{kind} {name}: hulurt drew {a} but the full-sort rule drew {b}")
+        top1 = [float(softmax(apply_repetition_penalty(r, seen, cfg.repetition_penalty).astype(np.float64)
+                              / cfg.temperature).max()) for r in data]
+        kept = [candidates(apply_repetition_penalty(r, seen, cfg.repetition_penalty), cfg.temperature,
+                           cfg.top_k, cfg.top_p)[0].shape[0] for r in data]
+        sides = {"hulurt": Sampler(cfg), "full-sort rule": full_sort(cfg), "transformers": transformers_side(cfg)}
+        t = measure(sides, data, seen, args.repeats)
+        results.append({"rows": kind, "config": name, "kept_median": int(np.median(kept)),
+                        "top1_prob_median": float(np.median(top1)), "sides": t,
+                        "speedup_vs_full_sort": t["full-sort rule"]["median_ms"] / t["hulurt"]["median_ms"],
+                        "speedup_vs_transformers": t["transformers"]["median_ms"] / t["hulurt"]["median_ms"]})
+        print(f"{kind:6s} {name:34s} kept {results[-1]['kept_median']:>6d}  " + "  ".join(
+            f"{k} {v['median_ms']:.2f} ms" for k, v in t.items()))
     load = os.getloadavg()
     meta = {
         "machine": f"{cpu_model()}, {os.cpu_count()} cores", "python": platform.python_version(),
