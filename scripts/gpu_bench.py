@@ -298,6 +298,9 @@ def measure(work: Path, out: Path, only: list[str] | None, budget_s: float, rehe
     if rehearse:
         result["rehearsal_caps"] = REHEARSAL_CAPS
     print(json.dumps(result["environment"], indent=1), flush=True)
+    smoke = out / "gpu_smoke.log"  # written by gpu_bench.sh just before (scripts/gpu_smoke.py's verdict)
+    if smoke.is_file():
+        result["smoke"] = " ".join(ln for ln in smoke.read_text().splitlines() if ln.upper().startswith("GPU SMOKE"))
     try:  # a failed step is recorded and the others still run: the GPU session has one chance
         result["copy"] = copy_bandwidth(0.5, 5, "cpu") if rehearse else copy_bandwidth()
         print(f"copy bandwidth: {result['copy']['bandwidth_bytes_s'] / 1e12:.3f} TB/s "

@@ -5,7 +5,9 @@
 #   scripts/gpu_bench.sh build            start the bundle builds (CPU) in the background with setsid; returns at once
 #   scripts/gpu_bench.sh measure KIND [BUDGET]
 #                                         KIND slim|full: join + check + install onnxruntime-gpu, scripts/gpu_smoke.py
-#                                         (exit 3 if its CUDA provider cannot run our operators), then
+#                                         (exit 3 if its CUDA provider cannot run our operators; if they run but a
+#                                         result differs, its line is kept in $OUT/gpu_smoke.log and the
+#                                         measurement goes on), then
 #                                         scripts/gpu_bench.py measure within BUDGET s (default 540): copy bandwidth,
 #                                         huluexport bench (text, 160-slice CT, 60-frame video) vs the PyTorch
 #                                         reference on CUDA fp16, tests/gpu; JSON/Markdown/PNG into $OUT
@@ -63,7 +65,13 @@ case "${1:-}" in
     esac
     export LD_LIBRARY_PATH="$(nv_libs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())"
-    "$PY" scripts/gpu_smoke.py || { echo "$kind onnxruntime-gpu cannot run on this GPU: see docs/gpu.md (fallback)"; exit 3; }
+    "$PY" scripts/gpu_smoke.py > "$OUT/gpu_smoke.log" 2>&1; rc=$?
+    cat "$OUT/gpu_smoke.log"
+    case $rc in
+      0) ;;
+      4) echo "the $kind wheel runs our operators, but see above: measuring anyway (the full wheel would not differ)" ;;
+      *) echo "$kind onnxruntime-gpu cannot run on this GPU: see docs/gpu.md (fallback)"; exit 3 ;;
+    esac
     spent=$(( $(date +%s) - t0 ))
     "$PY" scripts/gpu_bench.py measure --work "$WORK" --out "$OUT" --budget $(( budget - spent ))
     cp -f "$WORK/build.log" "$OUT/build.log" 2>/dev/null

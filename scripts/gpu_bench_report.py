@@ -82,6 +82,8 @@ def _header(result: dict[str, Any], B: dict[str, Any], bw: float) -> list[str]:
                f"{' '.join(f'{x:.2f}' for x in env.get('load', ()))}, date {env.get('date_utc')}."),
               (f"{bw_what}: {bw / 1e12:.3f} TB/s ({copy.get('method')})." if bw else
                f"{bw_what}: FAILED ({copy.get('error')}); no bound is computed."),
+              *([f"Operator check before measuring (scripts/gpu_smoke.py): {result['smoke']}"]
+                if result.get("smoke") else []),
               ("Random weights (seed 0), 7B width; b4 = 4 decoder layers + 27 vision layers, b2 = 2 + 1. Greedy, "
                "no stop ids; medians of 3 runs after 1 warm-up; runtime and reference in one process, order: "
                f"{'; '.join(orders) or 'no reference run'}."), ""]

@@ -214,3 +214,13 @@ def test_sampling_step_and_its_report_section(gpu_bench, tmp_path: Path) -> None
         assert (f"| {r['rows']} | {r['config']} | {r['host_fallback_rows']}/2 | {s['host']['median_ms']:.3f} | "
                 f"{s['device']['median_ms']:.3f} | {r['speedup']:.2f}x |") in lines
     assert gpu_bench_report._sampling({"rc": 1})[1].startswith("Sampling on the device vs the host: not measured")
+
+
+def test_smoke_verdict_goes_into_the_result_and_report(gpu_bench, tmp_path: Path) -> None:
+    """gpu_bench.sh writes scripts/gpu_smoke.py's output to $OUT/gpu_smoke.log; `measure` keeps its verdict line
+    in the result and the report's header shows it (here a measure of no step, and a made-up verdict)."""
+    line = "GPU SMOKE DIFFERS (runs, but): chunk y: relative error 3.00e-02 > 1e-2 against the CPU provider"
+    (tmp_path / "gpu_smoke.log").write_text(f"onnxruntime 1.31.1\n{line}\n")
+    assert gpu_bench.measure(tmp_path / "w", tmp_path, ["none"], 60, rehearse=True) == 0
+    assert json.loads((tmp_path / "gpu_bench.json").read_text())["smoke"] == line
+    assert f"Operator check before measuring (scripts/gpu_smoke.py): {line}" in (tmp_path / "gpu_bench.md").read_text()

@@ -63,6 +63,23 @@ def test_cuda_runs_gqa_fp16_with_a_graph_and_matches_cpu(kind: str) -> None:
     assert static.steps >= 2 * sum(n - 1 for _, n in PROMPTS)
 
 
+def test_chunked_prefill_continues_the_device_cache() -> None:
+    """A prompt fed in chunks (hulurt's prefill schedule): each chunk after the first is GroupQueryAttention with
+    cached rows and several new ones (onnxruntime's "subsequent prompt"), on the CUDA provider, written in place.
+    Same tokens as one chunk on CUDA and as the same chunks on the CPU provider, or a near tie."""
+    path = bundle("qwen2", gqa=True, precision="fp16")
+    chunked = hulurt.load(path, provider="cuda", verify_hashes=False, prefill_chunk=5)
+    whole = hulurt.load(path, provider="cuda", verify_hashes=False, prefill_chunk=10**6)
+    cpu = hulurt.load(path, provider="cpu", verify_hashes=False, decoder_form="gqa-static", prefill_chunk=5)
+    for prompt, n in PROMPTS:
+        t = chunked.generate(prompt, max_new_tokens=1, stop_ids=()).timings
+        assert t.prefill_chunk == 5 and t.prompt_tokens > 2 * 5, t  # three chunks at least
+        got = _trace(chunked, prompt, n)
+        for other in (whole, cpu):
+            check = greedy_check(*got, *_trace(other, prompt, n))
+            assert check["first_divergence"] is None or check["divergence"]["near_tie"], check["summary"]
+
+
 def test_cuda_keeps_fp32_bundles_on_v1() -> None:
     """No fp32 GroupQueryAttention on CUDA: an fp32 bundle decodes with v1 there, and agrees with the CPU."""
     path = bundle("qwen2", gqa=True)

@@ -164,3 +164,38 @@ def test_gpu_smoke_logic_on_the_cpu_provider() -> None:
                        capture_output=True, text=True, check=False, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("GPU smoke ok: onnxruntime ") and "CPUExecutionProvider" in r.stdout
+    assert "then a decode step and a 3-row chunk after it" in r.stdout
+
+
+def test_gpu_smoke_verdicts() -> None:
+    """What the gate calls 'cannot run' (exit 3: go back to the full wheel) and 'differs' (exit 4: measure anyway,
+    the full wheel has the same sm_90 kernels): its comparisons fail on wrong results, its run wrapper tells a
+    kernel-image failure from any other."""
+    import numpy as np
+
+    smoke = _script("gpu_smoke")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1, 8, 64)).astype(np.float16)
+    smoke.compare("same", a, a.copy())
+    off = a.copy()
+    off[0, 0] += 1.0  # one row moved by 1: ~12 % of the norm
+    for bad in (off, np.where(a > 2, np.float16(np.inf), a), a[:, :7]):
+        with pytest.raises(smoke.Differs):
+            smoke.compare("bad", bad, a)
+    kv = np.zeros((1, 2, 32, 16), np.float16)
+    kv[0, :, :9] = 1
+    smoke.written_rows("kv", kv, 9)
+    for upto in (8, 10):  # a row past the written ones, or one missing
+        with pytest.raises(smoke.Differs):
+            smoke.written_rows("kv", kv, upto)
+
+    def fails(msg: str):
+        def run() -> None:
+            raise RuntimeError(msg)
+        return run
+
+    with pytest.raises(smoke.CannotRun, match="decode step"):
+        smoke._run("decode step", fails("CUDA failure 209: no kernel image is available for execution on the device"))
+    with pytest.raises(smoke.Differs, match="chunk"):
+        smoke._run("chunk", fails("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : seqlens_k"))
+    assert smoke._run("ok", lambda: 5) == 5
