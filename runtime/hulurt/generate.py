@@ -16,7 +16,7 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from hulurt import schedule
+from hulurt import device_memory, schedule
 from hulurt.backends.base import DeviceSession, Session
 from hulurt.clock import StageClock
 from hulurt.device_rows import RowsOnDevice
@@ -110,6 +110,7 @@ class Generator:
         self.vision_batch = vision_batch
         self.prefill_chunk = prefill_chunk
         self.last_prefill_chunk = 0  # the chunk of the latest prefill (for Timings)
+        self._budget_warned = False  # budget_for: the device's free memory could not be read (said once)
         self._fused = on_device  # onnxruntime's CPU graphs materialise attention scores; GPU engines fuse them
 
     # ---- how a request is split (hulurt.schedule) ------------------------------------------------
@@ -119,17 +120,33 @@ class Generator:
         frames = int(v.patches.shape[0])
         if self.vision_batch is not None:
             return min(self.vision_batch, frames)
-        budget, shape = schedule.default_budget(), self.facts.shape
+        budget, shape = self.budget_for("vision"), self.facts.shape
         if budget is None or shape is None:
             return frames
         n = int(v.patches.shape[1] * v.patches.shape[2])
         return schedule.vision_batch_for(shape, frames, n, self._act.itemsize, budget, self._fused)
 
+    def budget_for(self, piece: str) -> int | None:
+        """The default split's activation budget for calls of `piece`: schedule.BUDGET_FRACTION of the memory
+        available as the request starts where its activations live, the free memory of its GPU when the piece
+        runs on one (hulurt.device_memory), else the host's (schedule.default_budget)."""
+        session = self.sessions.get(piece)
+        if isinstance(session, DeviceSession) and session.on_device:
+            free = device_memory.free_bytes(session.device_id)
+            if free is not None:
+                return int(free * schedule.BUDGET_FRACTION)
+            if not self._budget_warned:
+                self._budget_warned = True
+                log.warning("free memory of CUDA device %d unknown (no CUDA runtime library answered): the default "
+                            "vision batch and prefill chunk are budgeted against host memory; pass --vision-batch / "
+                            "--prefill-chunk to size them for the GPU", session.device_id)
+        return schedule.default_budget()
+
     def prefill_chunk_for(self, prompt_tokens: int) -> int:
         """Prompt tokens per prefill call: the option, else the largest that fits the budget."""
         if self.prefill_chunk is not None:
             return min(self.prefill_chunk, max(prompt_tokens, 1))
-        budget, shape = schedule.default_budget(), self.facts.shape
+        budget, shape = self.budget_for("decoder"), self.facts.shape
         if budget is None or shape is None:
             return max(prompt_tokens, 1)
         return schedule.prefill_chunk_for(shape, prompt_tokens, self._act.itemsize, budget, self._fused)

@@ -80,6 +80,26 @@ def test_chunked_prefill_continues_the_device_cache() -> None:
             assert check["first_divergence"] is None or check["divergence"]["near_tie"], check["summary"]
 
 
+def test_default_split_budgets_against_the_gpu_memory() -> None:
+    """On CUDA the default vision batch and prefill chunk are sized by the GPU's free memory (hulurt.device_memory:
+    cudaMemGetInfo of the CUDA runtime onnxruntime loaded), where their activations live, not by the host's."""
+    import torch
+    from hulurt import device_memory, schedule
+
+    gpu = hulurt.load(bundle("qwen2", gqa=True, precision="fp16"), provider="cuda", verify_hashes=False)
+    gpu.generate("Describe the heart.", max_new_tokens=2, stop_ids=())  # the sessions have run: their memory is held
+    slack = 64 << 20  # nothing else allocates between the readings; the margin only covers allocator rounding
+    free0, total = torch.cuda.mem_get_info(0)
+    got = device_memory.memory(0)
+    free1, _ = torch.cuda.mem_get_info(0)
+    assert got is not None and got[1] == total, (got, total)
+    assert min(free0, free1) - slack <= got[0] <= max(free0, free1) + slack, (got, free0, free1)
+    gen = gpu._gen(True)
+    for piece in ("vision", "decoder"):
+        assert abs(gen.budget_for(piece) - schedule.BUDGET_FRACTION * got[0]) <= slack, piece
+    assert not gen._budget_warned
+
+
 def test_cuda_keeps_fp32_bundles_on_v1() -> None:
     """No fp32 GroupQueryAttention on CUDA: an fp32 bundle decodes with v1 there, and agrees with the CPU."""
     path = bundle("qwen2", gqa=True)

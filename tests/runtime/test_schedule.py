@@ -113,3 +113,29 @@ def test_default_split_follows_the_budget(model) -> None:
     g = default.generate("hello", max_new_tokens=2, stop_ids=())
     assert g.timings.prefill_chunk == g.timings.prompt_tokens
 
+
+
+def test_default_budget_on_the_cpu_provider_is_the_host_rule(model) -> None:
+    """On onnxruntime's CPU provider the activations live in host memory: each piece's default budget is a fifth
+    of MemAvailable (read per call, so it is compared with readings on either side of it)."""
+    gen = model._gen(True)
+    slack = 256 << 20  # MemAvailable moves with the host's other work between the three readings
+    for piece in ("vision", "decoder", "no such piece"):
+        before = schedule.default_budget()
+        got = gen.budget_for(piece)
+        after = schedule.default_budget()
+        assert before is not None and after is not None and got is not None, piece
+        assert min(before, after) - slack <= got <= max(before, after) + slack, piece
+    assert not gen._budget_warned
+
+
+def test_device_memory_query_without_a_gpu() -> None:
+    """hulurt.device_memory asks the CUDA runtime (cudaMemGetInfo); with no GPU it answers None, whether the
+    library loads (the runtime of the CUDA toolkit on this host: it reports no device) or not."""
+    from hulurt import device_memory
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: tests/gpu checks the query's figures against torch")
+    assert device_memory.memory(0) is None and device_memory.free_bytes(0) is None
+    assert device_memory.memory(3) is None

@@ -49,6 +49,11 @@ class DeviceSession(Session, Protocol):
     @property
     def on_device(self) -> bool: ...
 
+    @property
+    def device_id(self) -> int:
+        """The CUDA device the session runs on (meaningful when on_device)."""
+        ...
+
     def run_bound(
         self, feeds: dict[str, Any], device_outputs: tuple[str, ...]
     ) -> tuple[dict[str, NDArray[np.generic]], dict[str, Any]]:

@@ -179,6 +179,10 @@ class OrtSession:
         return self.provider in ("cuda", "tensorrt")
 
     @property
+    def device_id(self) -> int:
+        return self.options.device_id
+
+    @property
     def device_type(self) -> str:
         """Where IO-bound outputs live: "cuda" on GPU providers, else "cpu" (the same code path, testable here)."""
         return "cuda" if self.on_device else "cpu"

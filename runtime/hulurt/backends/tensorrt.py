@@ -175,6 +175,7 @@ class TensorRTSession:
         from hulurt.engines.device import query_gpu
 
         trt = _import_trt()
+        self.device_id = options.device_id
         gpu = query_gpu(options.device_id)
         self.meta, self.piece = engine_for(Path(path), trt, options, gpu.compute_capability if gpu else None)
         self.path = self.meta.engine_path(self.piece)
