@@ -44,7 +44,8 @@ Device calls, back to back (a warm machine goes back 30 s after a call, and /tmp
   2. run(carry=[".whl/ort-slim.tar.xz.part-01"],
          command="scripts/gpu_bench.sh stage && scripts/gpu_bench.sh measure slim BUDGET", timeout_s=BUDGET+30)
      BUDGET: seconds for measuring, status()'s budget_left_s minus ~60, at most 560.
-     -> \$OUT/gpu_bench.{json,md,png}, gpu_bench.log, pytest_gpu.log, build.log
+     -> \$OUT/gpu_bench.{json,md,png}, gpu_bench.log, pytest_gpu.log, gpu_smoke.log, sampling.log, build.log
+  "GPU SMOKE DIFFERS" (the kernels run, a result differs): call 2 measures anyway; the verdict is in the report.
   If call 2 prints "GPU SMOKE FAILED" (exit 3: the slim CUDA library did not run), the full wheel instead, at once:
 $(for i in $(seq 0 $((nf - 1))); do printf '     run(carry=[".whl/ort-full.whl.part-%02d"%s], command="scripts/gpu_bench.sh stage", timeout_s=60)\n' "$i" "$([ "$i" = 0 ] && echo ', ".whl/ort-full.sha256", ".whl/ort-full.name"')"; done)
      run(command="scripts/gpu_bench.sh measure full BUDGET", timeout_s=BUDGET+30)
