@@ -17,7 +17,7 @@ from hulurt import checks
 from hulurt.backends import open_session
 from hulurt.backends.base import BackendOptions, Session
 from hulurt.clock import StageClock
-from hulurt.errors import ContextLengthError, UnsupportedInputError
+from hulurt.errors import ContextLengthError, ContractError, UnsupportedInputError
 from hulurt.generate import BundleFacts, Generation, Generator, PromptFeed, VisualFeed, check_context
 from hulurt.manifest import Manifest, load_manifest
 from hulurt.manifest_limits import check_graph_io
@@ -71,7 +71,7 @@ class Model:
         self, manifest: Manifest, options: BackendOptions, kv_strategy: str | None = None, tokenizer: Any = None,
         *, vision_batch: int | None = None, prefill_chunk: int | None = None,
         decoder_form: str | None = None, cuda_graph: bool | None = None, device_sampling: bool | None = None,
-        device_rows: bool | None = None,
+        device_rows: bool | None = None, kv_capacity: int | None = None,
     ) -> None:
         """tokenizer: an object with `encode(text)` and `decode(ids, skip_special_tokens)` used instead of the
         bundle's own (None = the bundle's tokenizer.json, which bundles built with random weights lack).
@@ -79,7 +79,8 @@ class Model:
         (None = by provider, docs/gpu.md); cuda_graph: False turns the CUDA graph of the gqa-static decode step
         off (None = on where it applies); device_sampling: sample next to the gqa-static decoder on its device
         (True), on the host (False), or on the device where that is a GPU (None; hulurt.device_sample);
-        device_rows: likewise for the vision output and the kept visual rows (hulurt.device_rows)."""
+        device_rows: likewise for the vision output and the kept visual rows (hulurt.device_rows).
+        kv_capacity: see hulurt.load."""
         from hulurt.prompt import check_template, load_chat_template
         from hulurt.tokenizer import Tokenizer
 
@@ -98,6 +99,18 @@ class Model:
         self.chat_template = load_chat_template(tpl)
         check_template(self.chat_template, tpl)  # a template that cannot render fails the load, not a request
         self.facts = facts_of(manifest)
+        reason = checks.kv_capacity(kv_capacity)
+        if reason is not None:
+            raise ValueError(f"kv_capacity {reason}")
+        if kv_capacity is not None:
+            if kv_capacity > self.facts.max_context:
+                raise ContractError(
+                    f"kv_capacity {kv_capacity}: expected at most this bundle's max_context {self.facts.max_context} "
+                    "(its dim ranges and the gqa-static form's RoPE tables stop there)"
+                )
+            # every check, default and buffer of this Model then uses the smaller context
+            self.facts = replace(self.facts, max_context=kv_capacity,
+                                 context_name="the KV capacity (kv_capacity / --kv-capacity)")
         self._sessions: dict[str, Session] = {}
         self._kv_strategy = kv_strategy
         self._split = {"vision_batch": vision_batch, "prefill_chunk": prefill_chunk}
@@ -266,7 +279,7 @@ class Model:
         # a caller's tokenizer without special tokens has no encode_text (hulurt.inputs.Encoder)
         text_ids = len(getattr(self.tokenizer, "encode_text", self.tokenizer.encode)(prompt))
         check_context(text_ids, 1 if max_new_tokens is None else max_new_tokens, self.facts.max_context,
-                      what="question text")
+                      what="question text", context_name=self.facts.context_name)
         for path in media:  # a named pipe or a device would block its reader: refused before anything opens it
             if isinstance(path, (str, os.PathLike)):
                 _check_path(path, "input file", checks.file_or_dir_path)
@@ -386,7 +399,7 @@ class Model:
         if need > self.facts.max_context:
             raise ContextLengthError(
                 f"{files}: the prompt is {n_prompt} tokens with its visual inputs, + "
-                f"{need - n_prompt} to generate = {need}; this bundle's context is {self.facts.max_context} "
+                f"{need - n_prompt} to generate = {need}; {self.facts.context_name} is {self.facts.max_context} "
                 "(use --visual-budget fit or a smaller number, fewer slices, or fewer new tokens)"
             )
 
@@ -499,20 +512,24 @@ def load(
     prefill_chunk: int | None = None,
     device_sampling: bool | None = None,
     device_rows: bool | None = None,
+    kv_capacity: int | None = None,
 ) -> Model:
     """Open a bundle directory: strict manifest, every file's size and (unless verify_hashes=False) sha256.
     tokenizer: see Model (None = the bundle's own). `trt_cache`: directory for the TensorRT execution provider's
     engine and timing caches (its profiles always come from the manifest's dim ranges; backends/ort.py).
     vision_batch: most frames per vision call; prefill_chunk: most prompt tokens per prefill call (None: the
     most whose activations fit a fifth of the available memory, hulurt.schedule). Any value gives the same visual
-    rows; tokens stay greedy-equal. device_sampling, device_rows: see Model."""
+    rows; tokens stay greedy-equal. device_sampling, device_rows: see Model. kv_capacity: most tokens (prompt +
+    new) a request's KV cache holds, at most the bundle's max_context (None: that); every context check and the
+    visual budget use it, and the gqa-static form allocates its KV buffers at this size once, on the device
+    where it runs (lower it on a GPU short of memory: hulurt.static_decode.check_kv_room says by how much)."""
     t = time.perf_counter()
     manifest = load_manifest(bundle, verify_hashes=verify_hashes)
     options = BackendOptions(provider=provider, threads=threads,
                              trt_cache_dir=None if trt_cache is None else os.fspath(trt_cache))
     model = Model(manifest, options, kv_strategy, tokenizer, vision_batch=vision_batch, prefill_chunk=prefill_chunk,
                   decoder_form=decoder_form, cuda_graph=cuda_graph, device_sampling=device_sampling,
-                  device_rows=device_rows)
+                  device_rows=device_rows, kv_capacity=kv_capacity)
     for piece in ("embed", "decoder", "vision"):  # open now: load time is not part of a request's latency
         if piece == "decoder" or piece in manifest.pieces:
             model.session(piece)

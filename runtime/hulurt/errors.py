@@ -26,3 +26,7 @@ class UnsupportedInputError(HuluRuntimeError):
 
 class ContextLengthError(HuluRuntimeError):
     """Prompt + max_new_tokens beyond what the bundle allows."""
+
+
+class DeviceMemoryError(HuluRuntimeError):
+    """A GPU without room for what a Model must hold there (the gqa-static form's KV buffers)."""

@@ -39,15 +39,16 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
 
 
-def check_context(prompt_tokens: int, max_new_tokens: int, max_context: int, *, what: str = "prompt") -> None:
+def check_context(prompt_tokens: int, max_new_tokens: int, max_context: int, *, what: str = "prompt",
+                  context_name: str = "the bundle's maximum context") -> None:
     """Refuse a request that cannot fit before any graph runs, with the numbers."""
     if max_new_tokens < 1:
         raise ContextLengthError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     need = prompt_tokens + max_new_tokens
     if need > max_context:
         raise ContextLengthError(
-            f"{what} of {prompt_tokens} tokens + max_new_tokens {max_new_tokens} = {need} exceeds the bundle's "
-            f"maximum context of {max_context} tokens; shorten the prompt, use fewer/smaller images or frames, "
+            f"{what} of {prompt_tokens} tokens + max_new_tokens {max_new_tokens} = {need} exceeds {context_name} "
+            f"of {max_context} tokens; shorten the prompt, use fewer/smaller images or frames, "
             f"or lower --max-new-tokens to at most {max(max_context - prompt_tokens, 0)}"
         )
 
@@ -319,7 +320,8 @@ class Generator:
     def check(self, prompt: PromptFeed, max_new_tokens: int) -> None:
         """Host safety before any graph runs: context budget and the image-id count."""
         ids = prompt.input_ids
-        check_context(int(ids.shape[0]), max_new_tokens, self.facts.max_context)
+        check_context(int(ids.shape[0]), max_new_tokens, self.facts.max_context,
+                      context_name=self.facts.context_name)
         n_image_ids = int((ids == self.facts.image_token_id).sum())
         n_rows = sum(v.tokens_after for v in prompt.visuals)
         if n_image_ids != n_rows:

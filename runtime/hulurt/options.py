@@ -111,6 +111,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
            convert=lambda v: False if v else None),
     Option(("--threads",), "intra-op threads (0 = engine default)", type=int, default=0, check=checks.threads,
            metavar="N", to="load"),
+    Option(("--kv-capacity",), "most tokens (prompt + new) a request's KV cache holds (default: the bundle's "
+           "max_context); the gqa-static form allocates its GPU buffers at this size once: lower it on a GPU "
+           "short of memory", type=int, check=checks.kv_capacity, metavar="N", to="load"),
     Option(("--vision-batch",), "frames per vision call (default: the most whose activations fit a fifth "
            "of the available memory; exact for any value)", type=int, check=checks.split_size, metavar="N", to="load"),
     Option(("--prefill-chunk",), "prompt tokens per decoder prefill call (default: the most whose activations "

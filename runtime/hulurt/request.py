@@ -34,6 +34,7 @@ class BundleFacts:
     dim_ranges: dict[str, DimRange] = field(default_factory=dict)  # the bundle's build-time limits per named dim
     target: str = "generic"  # the build target those ranges came from
     shape: schedule.ModelShape | None = None  # widths for the default vision batch / prefill chunk (None: no split)
+    context_name: str = "the bundle's maximum context"  # what max_context is, for the messages that cite it
 
 
 @dataclass(frozen=True)

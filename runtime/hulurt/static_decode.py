@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from hulurt import device_memory
 from hulurt.capture_gate import GATE
 from hulurt.contract import DECODER_FORMS, Dims, kv_names
 from hulurt.device_rows import RowSlice
-from hulurt.errors import ContextLengthError, ContractError, HuluRuntimeError
+from hulurt.errors import ContextLengthError, ContractError, DeviceMemoryError, HuluRuntimeError
 from hulurt.sampling import Sampler
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 FORMS = tuple(DECODER_FORMS)  # "v1-concat", "gqa-static"
 GRAPH_DECODE = "1"  # gpu_graph_id of the captured decode step
 GRAPH_NONE = "-1"  # runs that must not be captured (prefill: its shapes change)
+KV_ROOM_FRACTION = 0.5  # the capacity check_kv_room suggests takes this share of the free memory (the rest:
+# the prefill's activations, the vision batches, onnxruntime's workspace)
 
 
 # activation dtypes for which onnxruntime's CUDA provider has a GroupQueryAttention kernel
@@ -80,6 +83,21 @@ def _ort() -> Any:
     return onnxruntime
 
 
+
+def check_kv_room(need: int, capacity: int, free: int | None, device_id: int, what: str) -> None:
+    """DeviceMemoryError when `what` (`need` bytes for `capacity` tokens) exceeds the `free` bytes of CUDA device
+    `device_id` (None: unknown, no check), naming the capacity that takes KV_ROOM_FRACTION of the free memory."""
+    if free is None or need <= free:
+        return
+    fit = int(free * KV_ROOM_FRACTION) // (need // capacity)
+    advice = (f"pass kv_capacity={fit} (hulurt.load) or --kv-capacity {fit}, which takes half the free memory and "
+              "leaves the rest to activations" if fit >= 1 else
+              "no capacity fits: use a smaller or quantized bundle, or a GPU with more memory")
+    raise DeviceMemoryError(
+        f"{what} need {need / 2**30:.2f} GiB for {capacity} tokens, but CUDA device {device_id} has "
+        f"{free / 2**30:.2f} GiB free with the bundle's weights loaded; {advice}"
+    )
+
 class StaticDecoder:
     """Decode with `decoder_gqa` over KV buffers of fixed capacity (see the module doc)."""
 
@@ -91,7 +109,11 @@ class StaticDecoder:
         self.capacity = capacity
         self.cuda_graph = cuda_graph
         self.device = getattr(decoder, "device_type", "cpu")
-        self.device_id = getattr(getattr(decoder, "options", None), "device_id", 0)
+        self.device_id = getattr(decoder, "device_id", 0)
+        if self.device != "cpu":  # a clear refusal, with the capacity that fits, before onnxruntime fails to allocate
+            check_kv_room(self.nbytes, capacity, device_memory.free_bytes(self.device_id), self.device_id,
+                          f"the gqa-static KV buffers ({dims.layers} layers x 2 x [1, {dims.kv_heads}, {capacity}, "
+                          f"{dims.head_dim}] {np.dtype(dims.act_dtype).name})")
         self.length = 0
         self._busy = threading.Lock()  # one request at a time on the one set of buffers (`request`)
         self._owner: int | None = None

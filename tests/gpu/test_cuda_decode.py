@@ -100,6 +100,19 @@ def test_default_split_budgets_against_the_gpu_memory() -> None:
     assert not gen._budget_warned
 
 
+def test_kv_capacity_on_the_device() -> None:
+    """kv_capacity sizes the device KV buffers (after the free-memory check, hulurt.static_decode.check_kv_room);
+    the captured decode step over the smaller buffers gives the full capacity's tokens."""
+    path = bundle("qwen2", gqa=True, precision="fp16")
+    small = hulurt.load(path, provider="cuda", verify_hashes=False, kv_capacity=64)
+    full = hulurt.load(path, provider="cuda", verify_hashes=False)
+    a = small.generate("Describe the heart.", max_new_tokens=16, stop_ids=()).token_ids
+    assert a == full.generate("Describe the heart.", max_new_tokens=16, stop_ids=()).token_ids
+    static = small._gen(False).static_decoder()
+    assert static.capacity == 64 and static.cuda_graph
+    assert all(b.shape()[2] == 64 and b.device_name().lower() == "cuda" for b in static.kv)
+
+
 def test_cuda_keeps_fp32_bundles_on_v1() -> None:
     """No fp32 GroupQueryAttention on CUDA: an fp32 bundle decodes with v1 there, and agrees with the CPU."""
     path = bundle("qwen2", gqa=True)

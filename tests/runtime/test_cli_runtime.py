@@ -81,6 +81,11 @@ def test_prompt_over_context_limit(tiny: Path) -> None:
     long_prompt = "pneumothorax " * 3000
     line = one_error_line(hulurt(tiny, "--prompt", long_prompt, "--skip-hash-check"))
     assert "exceeds the bundle's maximum context of 4096 tokens" in line
+    line = one_error_line(hulurt(tiny, "--prompt", "hello", "--kv-capacity", "40", "--max-new-tokens", "40",
+                                 "--skip-hash-check"))
+    assert "exceeds the KV capacity (kv_capacity / --kv-capacity) of 40 tokens" in line
+    line = one_error_line(hulurt(tiny, "--prompt", "hello", "--kv-capacity", "0"))
+    assert "--kv-capacity" in line and "must be an integer >= 1" in line
 
 
 def test_missing_bundle_file(tiny: Path, tmp_path: Path) -> None:

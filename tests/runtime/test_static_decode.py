@@ -260,3 +260,44 @@ def test_concurrent_requests_take_turns_on_the_static_decoder(gqa_bundle) -> Non
         next(second)
     first.close()  # released: the next request runs
     assert model.generate("What is shown?", max_new_tokens=12, stop_ids=()).token_ids == alone["What is shown?"]
+
+
+def test_kv_capacity_sizes_the_buffers_and_every_context_check() -> None:
+    """hulurt.load(kv_capacity=N): the gqa-static buffers hold N rows, a request that fits decodes the same tokens
+    as the bundle's full capacity, and one that does not is refused up front naming the KV capacity (on v1 too)."""
+    path = bundle("qwen2", gqa=True)
+    full = hulurt.load(path, provider="cpu", verify_hashes=False, decoder_form="gqa-static")
+    small = hulurt.load(path, provider="cpu", verify_hashes=False, decoder_form="gqa-static", kv_capacity=96)
+    want = full.generate("Describe the heart.", max_new_tokens=12, stop_ids=())
+    got = small.generate("Describe the heart.", max_new_tokens=12, stop_ids=())
+    assert got.token_ids == want.token_ids and len(set(got.token_ids)) > 1
+    static = small._gen(False).static_decoder()
+    assert static.capacity == 96 and all(b.shape()[2] == 96 for b in static.kv)
+    assert full._gen(False).static_decoder().capacity == full.manifest.limits.max_context > 96
+    n = got.timings.prompt_tokens
+    for m in (small, hulurt.load(path, provider="cpu", verify_hashes=False, kv_capacity=96)):  # gqa-static, v1
+        with pytest.raises(ContextLengthError, match=r"exceeds the KV capacity \(kv_capacity / --kv-capacity\) "
+                                                     r"of 96 tokens"):
+            m.generate("Describe the heart.", max_new_tokens=97 - n, stop_ids=())
+        assert len(m.generate("Describe the heart.", max_new_tokens=96 - n, stop_ids=()).token_ids) == 96 - n
+    with pytest.raises(ContractError, match="kv_capacity 5000: expected at most this bundle's max_context 4096"):
+        hulurt.load(path, provider="cpu", verify_hashes=False, kv_capacity=5000)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="kv_capacity must be an integer >= 1"):
+            hulurt.load(path, provider="cpu", verify_hashes=False, kv_capacity=bad)
+
+
+def test_check_kv_room_refuses_with_the_capacity_that_fits() -> None:
+    """The GPU's refusal before allocating the KV buffers (hulurt.static_decode.check_kv_room), on numbers: 2 GiB
+    for 32768 tokens (64 KiB a token) against 1 GiB free suggests the 8192 tokens that take half of it."""
+    from hulurt.errors import DeviceMemoryError
+    from hulurt.static_decode import check_kv_room
+
+    need, cap = 2 << 30, 32768
+    check_kv_room(need, cap, None, 0, "KV")  # free memory unknown: no check
+    check_kv_room(need, cap, need, 0, "KV")  # exactly enough
+    with pytest.raises(DeviceMemoryError, match=r"KV need 2.00 GiB for 32768 tokens, but CUDA device 1 has 1.00 GiB "
+                                                r"free .* kv_capacity=8192 \(hulurt.load\) or --kv-capacity 8192"):
+        check_kv_room(need, cap, 1 << 30, 1, "KV")
+    with pytest.raises(DeviceMemoryError, match="no capacity fits"):
+        check_kv_room(need, cap, 100_000, 0, "KV")  # less than two tokens' rows free

@@ -78,3 +78,6 @@ def test_bad_arguments_are_one_line_exit_2(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "hulurt.serve", str(bundle("qwen2")), "--concurrency", "0"],
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: concurrency"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "hulurt.serve", str(bundle("qwen2")), "--kv-capacity", "0"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --kv-capacity must be an integer"), r.stderr

@@ -44,6 +44,9 @@ def build_parser(prog: str = "hulurt serve") -> argparse.ArgumentParser:
                    help="where the private per-request upload directories are made (default: the system temp)")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="intra-op threads (0 = engine default)")
     p.add_argument("--provider", choices=PROVIDERS, default="auto", help="execution provider (see python -m hulurt)")
+    p.add_argument("--kv-capacity", type=int, default=None, metavar="N",
+                   help="most tokens (prompt + new) a request's KV cache holds (default: the bundle's max_context); "
+                        "lower it on a GPU short of memory")
     p.add_argument("--skip-hash-check", action="store_true", help="check bundle file sizes only, not sha256")
     p.add_argument("-v", "--verbose", action="store_true", help="log each request and show tracebacks")
     return p
@@ -72,9 +75,14 @@ def config_from_args(args: argparse.Namespace) -> object:
                         max_volume_bytes=int(args.max_volume_mb * MiB))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
+    from hulurt import checks
+
+    reason = checks.kv_capacity(args.kv_capacity)
+    if reason is not None:
+        raise SystemExit(f"error: --kv-capacity {reason}")
     name = args.model_name or args.bundle.resolve().name
     engine = EngineConfig(bundle=args.bundle, model_name=name, provider=args.provider, threads=args.threads,
-                          verify_hashes=not args.skip_hash_check)
+                          verify_hashes=not args.skip_hash_check, kv_capacity=args.kv_capacity)
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     return ServerConfig(engine=engine, limits=limits, api_key=key, upload_dir=args.upload_dir)
 

@@ -29,6 +29,7 @@ class EngineConfig:
     provider: str = "auto"
     threads: int = 0
     verify_hashes: bool = True
+    kv_capacity: int | None = None  # hulurt.load's: most tokens a request's KV cache holds
 
 
 class Engine:
@@ -48,7 +49,7 @@ class Engine:
         t = time.perf_counter()
         try:
             model = load(self.config.bundle, provider=self.config.provider, threads=self.config.threads,
-                         verify_hashes=self.config.verify_hashes)
+                         verify_hashes=self.config.verify_hashes, kv_capacity=self.config.kv_capacity)
             model.generate("Ready?", max_new_tokens=1)  # every graph of a text request runs once
         except Exception as e:  # noqa: BLE001 - reported on /health and in the log, never raised to a client
             self.state, self.error = "failed", f"{type(e).__name__}: {e}"

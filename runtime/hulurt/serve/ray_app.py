@@ -57,7 +57,8 @@ def app_builder(args: dict[str, str]) -> Any:
     bundle = Path(args["bundle"])
     cfg = ServerConfig(
         EngineConfig(bundle, args.get("model_name") or bundle.resolve().name, provider=args.get("provider", "auto"),
-                     threads=int(args.get("threads", 0))),
+                     threads=int(args.get("threads", 0)),
+                     kv_capacity=int(args["kv_capacity"]) if args.get("kv_capacity") else None),
         limits=Limits(concurrency=int(args.get("concurrency", 1)), max_queue=int(args.get("max_queue", 8))),
         api_key=args.get("api_key") or os.environ.get(API_KEY_ENV) or None,
     )
