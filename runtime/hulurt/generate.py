@@ -62,7 +62,6 @@ class Generator:
         facts: BundleFacts,
         kv_strategy: str | None = None,
         *,
-        kv_capacity: int | None = None,
         cuda_graph: bool = False,
         vision_batch: int | None = None,
         prefill_chunk: int | None = None,
@@ -88,14 +87,9 @@ class Generator:
         dec = sessions["decoder"]
         on_device = isinstance(dec, DeviceSession) and dec.on_device
         # the "gqa-static" form (piece decoder_gqa, hulurt.static_decode): KV buffers of fixed capacity written in
-        # place, allocated once per Model at the bundle's max context unless told otherwise
+        # place, allocated once per Model at its max context (the bundle's, or the Model's kv_capacity)
         self._static: Any = None
-        if kv_capacity is not None and not 1 <= kv_capacity <= facts.max_context:
-            raise ContractError(
-                f"kv_capacity {kv_capacity}: expected 1..{facts.max_context} (the bundle's max_context: its dim "
-                "ranges and the gqa-static form's RoPE tables stop there)"
-            )
-        self._static_args = (kv_capacity or facts.max_context, cuda_graph)
+        self._static_args = (facts.max_context, cuda_graph)
         if "seqlens_k" in dec.input_names():
             if kv_strategy not in (None, "static"):
                 raise ContractError(f"KV strategy {kv_strategy!r} does not apply to the gqa-static decoder form")

@@ -255,12 +255,3 @@ def test_visual_input_outside_the_bundle_ranges_is_refused_before_running() -> N
     with pytest.raises(ContextLengthError, match=r"n_frames = 3 is outside the bundle's range \[1, 2\] .*'orin-nano'"):
         Generator(sessions, limited).generate(PromptFeed(prompt_ids("x", 12), (v,)), ByteTokenizer())
     assert not sessions["vision"].calls
-
-
-@pytest.mark.parametrize("capacity", [0, 65])
-def test_kv_capacity_outside_the_bundle_context_is_refused(capacity: int) -> None:
-    """The gqa-static form's RoPE tables and the dim ranges end at max_context: a larger static cache would index
-    past them on the device."""
-    with pytest.raises(ContractError, match=rf"kv_capacity {capacity}: expected 1\.\.64"):
-        Generator(make_sessions(), facts(64), kv_capacity=capacity)
-    assert Generator(make_sessions(), facts(64), kv_capacity=64)._static_args[0] == 64
