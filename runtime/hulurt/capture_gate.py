@@ -6,8 +6,9 @@ per thread (its graphs live in per-thread state). While one thread captures, a C
 error and invalidates the capture. A request holds its Model's gqa-static decoder from its vision calls to its last
 token (hulurt.static_decode.StaticDecoder.request), so the decoder's own work never meets a capture; what runs
 outside that hold is the token-reduction mask of `prepare` on the GPU (hulurt.device_reduce), in whichever thread
-prepares the next request (`hulurt serve --concurrency N`). That work takes this gate shared, a capture takes it
-alone: a capture waits for running masks to finish, and masks wait the few milliseconds a capture takes.
+prepares the next request (`hulurt serve --concurrency N`), and the free-memory query of hulurt.device_memory.
+That work takes this gate shared, a capture takes it alone: a capture waits for running masks to finish, and masks
+wait the few milliseconds a capture takes.
 """
 
 from __future__ import annotations

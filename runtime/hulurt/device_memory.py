@@ -13,6 +13,8 @@ import ctypes
 import logging
 from typing import Any
 
+from hulurt.capture_gate import GATE
+
 log = logging.getLogger(__name__)
 
 SONAMES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so")  # onnxruntime-gpu 1.31 builds for CUDA 13 or 12
@@ -41,21 +43,22 @@ def _cudart() -> Any:
 def memory(device_id: int = 0) -> tuple[int, int] | None:
     """(free, total) bytes of CUDA device `device_id`; None where no CUDA runtime loads or it reports an error
     (no device, no driver: logged at debug level)."""
-    lib = _cudart()
-    if lib is None:
-        return None
     current = ctypes.c_int(-1)
     free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-    if lib.cudaGetDevice(ctypes.byref(current)) != 0:
-        log.debug("cudaGetDevice failed: no CUDA device usable from this process")
-        return None
-    try:
-        rc = lib.cudaSetDevice(device_id) if current.value != device_id else 0
-        if rc == 0:
-            rc = lib.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
-    finally:
-        if current.value != device_id:
-            lib.cudaSetDevice(current.value)
+    with GATE.shared():  # not while another thread captures a CUDA graph (hulurt.capture_gate)
+        lib = _cudart()
+        if lib is None:
+            return None
+        if lib.cudaGetDevice(ctypes.byref(current)) != 0:
+            log.debug("cudaGetDevice failed: no CUDA device usable from this process")
+            return None
+        try:
+            rc = lib.cudaSetDevice(device_id) if current.value != device_id else 0
+            if rc == 0:
+                rc = lib.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+        finally:
+            if current.value != device_id:
+                lib.cudaSetDevice(current.value)
     if rc != 0:
         log.debug("cudaMemGetInfo on device %d: CUDA error %d", device_id, rc)
         return None

@@ -100,6 +100,20 @@ def _graph_mode(path) -> tuple[hulurt.Model, StaticDecoder]:
     return model, gen._static
 
 
+def test_the_free_memory_query_waits_for_a_capture() -> None:
+    """hulurt.device_memory asks the CUDA runtime under the gate shared, so it never runs while another thread
+    captures (here the real query, which answers None on a host without a GPU, once the gate is released)."""
+    from hulurt import device_memory
+
+    done: list[object] = []
+    with GATE.alone():
+        t = _start(lambda: done.append(device_memory.memory(0)))
+        t.join(WAIT_S)
+        assert t.is_alive() and done == []
+    t.join(10)
+    assert len(done) == 1
+
+
 def test_a_threads_first_graph_step_waits_for_running_masks(gqa_bundle) -> None:
     model, static = _graph_mode(gqa_bundle)
     want = hulurt.load(gqa_bundle, provider="cpu", threads=1, verify_hashes=False,
