@@ -65,12 +65,13 @@ case "${1:-}" in
     esac
     export LD_LIBRARY_PATH="$(nv_libs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())"
-    "$PY" scripts/gpu_smoke.py > "$OUT/gpu_smoke.log" 2>&1; rc=$?
+    timeout 180 "$PY" scripts/gpu_smoke.py > "$OUT/gpu_smoke.log" 2>&1; rc=$?
     cat "$OUT/gpu_smoke.log"
     case $rc in
       0) ;;
-      4) echo "the $kind wheel runs our operators, but see above: measuring anyway (the full wheel would not differ)" ;;
-      *) echo "$kind onnxruntime-gpu cannot run on this GPU: see docs/gpu.md (fallback)"; exit 3 ;;
+      4) echo "the smoke check did not pass cleanly (above), but the $kind wheel's CUDA provider loaded and ran:" \
+              "measuring anyway (the full wheel holds the same sm_90 kernels)" ;;
+      *) echo "$kind onnxruntime-gpu cannot run on this GPU (smoke exit $rc): see docs/gpu.md (fallback)"; exit 3 ;;
     esac
     spent=$(( $(date +%s) - t0 ))
     "$PY" scripts/gpu_bench.py measure --work "$WORK" --out "$OUT" --budget $(( budget - spent ))

@@ -533,6 +533,8 @@ def load(
     for piece in ("embed", "decoder", "vision"):  # open now: load time is not part of a request's latency
         if piece == "decoder" or piece in manifest.pieces:
             model.session(piece)
+    if model.decoder_piece == "decoder_gqa":  # its KV buffers too (on a GPU: refused here if they cannot fit)
+        model._gen(False).static_decoder()
     log.info("bundle %s checked in %.0f ms (hashes %s)", bundle, (time.perf_counter() - t) * 1e3,
              "verified" if verify_hashes else "skipped")
     return model

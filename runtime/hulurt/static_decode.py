@@ -87,9 +87,15 @@ def _ort() -> Any:
 def check_kv_room(need: int, capacity: int, free: int | None, device_id: int, what: str) -> None:
     """DeviceMemoryError when `what` (`need` bytes for `capacity` tokens) exceeds the `free` bytes of CUDA device
     `device_id` (None: unknown, no check), naming the capacity that takes KV_ROOM_FRACTION of the free memory."""
-    if free is None or need <= free:
+    if free is None:
         return
     fit = int(free * KV_ROOM_FRACTION) // (need // capacity)
+    if need <= free:
+        if need > free * KV_ROOM_FRACTION:
+            log.warning("%s take %.2f of the %.2f GiB free on CUDA device %d, leaving little for activations; "
+                        "kv_capacity=%d / --kv-capacity %d would take half", what, need / 2**30, free / 2**30,
+                        device_id, fit, fit)
+        return
     advice = (f"pass kv_capacity={fit} (hulurt.load) or --kv-capacity {fit}, which takes half the free memory and "
               "leaves the rest to activations" if fit >= 1 else
               "no capacity fits: use a smaller or quantized bundle, or a GPU with more memory")

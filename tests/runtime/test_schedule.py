@@ -131,7 +131,7 @@ def test_default_budget_on_the_cpu_provider_is_the_host_rule(model) -> None:
 
 def test_device_memory_query_without_a_gpu() -> None:
     """hulurt.device_memory asks the CUDA runtime (cudaMemGetInfo); with no GPU it answers None, whether the
-    library loads (the runtime of the CUDA toolkit on this host: it reports no device) or not."""
+    library loads (the runtime of the CUDA toolkit on the test host: with no driver it answers error 35) or not."""
     from hulurt import device_memory
 
     torch = pytest.importorskip("torch")

@@ -268,11 +268,13 @@ def test_kv_capacity_sizes_the_buffers_and_every_context_check() -> None:
     path = bundle("qwen2", gqa=True)
     full = hulurt.load(path, provider="cpu", verify_hashes=False, decoder_form="gqa-static")
     small = hulurt.load(path, provider="cpu", verify_hashes=False, decoder_form="gqa-static", kv_capacity=96)
+    loaded = small._generator._static if small._generator is not None else None  # allocated by load, not later
+    assert loaded is not None and loaded.capacity == 96
     want = full.generate("Describe the heart.", max_new_tokens=12, stop_ids=())
     got = small.generate("Describe the heart.", max_new_tokens=12, stop_ids=())
     assert got.token_ids == want.token_ids and len(set(got.token_ids)) > 1
     static = small._gen(False).static_decoder()
-    assert static.capacity == 96 and all(b.shape()[2] == 96 for b in static.kv)
+    assert static is loaded and all(b.shape()[2] == 96 for b in static.kv)
     assert full._gen(False).static_decoder().capacity == full.manifest.limits.max_context > 96
     n = got.timings.prompt_tokens
     for m in (small, hulurt.load(path, provider="cpu", verify_hashes=False, kv_capacity=96)):  # gqa-static, v1
