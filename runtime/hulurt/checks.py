@@ -108,23 +108,23 @@ def threads(v: object) -> str | None:
     return None
 
 
-def kv_capacity(v: object) -> str | None:
-    """--kv-capacity: tokens the KV cache holds, or None (the bundle's max_context); the upper bound is the
-    bundle's, checked when it is loaded."""
+def _count_or_default(v: object, default: str) -> str | None:
     if v is None:
         return None
     if not _is_int(v) or v < 1:  # type: ignore[operator]
-        return f"must be an integer >= 1 (or left out for the bundle's max_context); got {v!r}"
+        return f"must be an integer >= 1 (or left out for {default}); got {v!r}"
     return None
+
+
+def kv_capacity(v: object) -> str | None:
+    """--kv-capacity: tokens the KV cache holds, or None (the bundle's max_context); the upper bound is the
+    bundle's, checked when it is loaded."""
+    return _count_or_default(v, "the bundle's max_context")
 
 
 def split_size(v: object) -> str | None:
     """--vision-batch / --prefill-chunk: frames or tokens per call, or None (the runtime's default)."""
-    if v is None:
-        return None
-    if not _is_int(v) or v < 1:  # type: ignore[operator]
-        return f"must be an integer >= 1 (or left out for the default); got {v!r}"
-    return None
+    return _count_or_default(v, "the default")
 
 
 def _file_kind(mode: int) -> str:

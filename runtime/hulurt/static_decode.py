@@ -83,7 +83,6 @@ def _ort() -> Any:
     return onnxruntime
 
 
-
 def check_kv_room(need: int, capacity: int, free: int | None, device_id: int, what: str) -> None:
     """DeviceMemoryError when `what` (`need` bytes for `capacity` tokens) exceeds the `free` bytes of CUDA device
     `device_id` (None: unknown, no check), naming the capacity that takes KV_ROOM_FRACTION of the free memory."""
@@ -103,6 +102,7 @@ def check_kv_room(need: int, capacity: int, free: int | None, device_id: int, wh
         f"{what} need {need / 2**30:.2f} GiB for {capacity} tokens, but CUDA device {device_id} has "
         f"{free / 2**30:.2f} GiB free with the bundle's weights loaded; {advice}"
     )
+
 
 class StaticDecoder:
     """Decode with `decoder_gqa` over KV buffers of fixed capacity (see the module doc)."""

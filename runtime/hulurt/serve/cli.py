@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from hulurt import checks
 from hulurt.backends.base import PROVIDERS
 
 MiB = 2**20
@@ -75,8 +76,6 @@ def config_from_args(args: argparse.Namespace) -> object:
                         max_volume_bytes=int(args.max_volume_mb * MiB))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
-    from hulurt import checks
-
     reason = checks.kv_capacity(args.kv_capacity)
     if reason is not None:
         raise SystemExit(f"error: --kv-capacity {reason}")
