@@ -115,9 +115,11 @@ def prepare_runtime(cfg: BenchConfig, m: Any, media: list[Any]) -> PreparedSide:
     act = np.dtype(m.dims.act_dtype).itemsize
     embed_row = pb.get("embed", 0) // max(m.dims.vocab, 1)  # decoding gathers one row of the table
     prov = model.provider
+    weights = m.pieces[dec_piece].precision  # "int4"/"int8" after `huluexport quantize`
+    dec_desc = dec_piece + (f" ({weights} weights)" if weights != m.precision else "")
 
     def describe(mdl: Any) -> str:  # after the runs too: a capture that fails in a run drops the CUDA graph
-        return (f"hulurt.load + Model.run on onnxruntime ({prov}), {m.dims.act_dtype}, {dec_piece}"
+        return (f"hulurt.load + Model.run on onnxruntime ({prov}), {m.dims.act_dtype}, {dec_desc}"
                 + (", CUDA graph" if mdl.uses_cuda_graph else "")
                 + (", visual rows on the device" if media and mdl.rows_on_device else ""))
 

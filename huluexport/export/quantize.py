@@ -13,7 +13,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 BITS = (4, 8)
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 # Pieces whose graphs we quantize; embed's lookups read one row per token (no decode speed to gain there), and
-# vision runs once per request: only the decoder (its layers and the lm_head) is on the per-token path.
-QUANTIZABLE = ("decoder",)
+# vision runs once per request: only the decoder forms (their layers and the lm_head) are on the per-token path.
+# decoder: v1-concat (onnxruntime CPU, and TensorRT in the qdq format); decoder_gqa: the gqa-static form that
+# hulurt runs on the CUDA EP (docs/gpu.md), MatMulNBits only (TensorRT cannot build GroupQueryAttention).
+QUANTIZABLE = ("decoder", "decoder_gqa")
+QDQ_PIECES = ("decoder",)
 # onnxruntime's MatMulNBits `accuracy_level`: the minimum precision of the activation side of the product.
 ACCURACY_LEVELS = {0: "fp32 (unset)", 1: "fp32", 2: "fp16", 3: "bf16", 4: "int8"}
 
@@ -48,7 +51,7 @@ class QuantizeOptions:
     out: Path
     bits: int = 4
     block_size: int = 32
-    pieces: tuple[str, ...] = ("decoder",)
+    pieces: tuple[str, ...] = ()  # () = default_pieces(): every decoder form the bundle has (qdq: decoder)
     # 4: MatMulNBits quantizes each activation block to int8 on the fly and runs integer dot products. On this
     # AVX2 CPU it is what makes the product memory-bound (7B slice decode step: int4 102 ms at 4 vs 377 ms at 0;
     # int8 119 ms vs 12.2 s at 0, where onnxruntime 1.32 dequantizes the whole matrix every call).
@@ -94,11 +97,18 @@ def check_options(opts: QuantizeOptions) -> None:
         )
     if opts.accuracy_level not in ACCURACY_LEVELS:
         raise ConfigError(f"accuracy_level {opts.accuracy_level}: expected one of {sorted(ACCURACY_LEVELS)}")
-    if not opts.pieces:
-        raise ConfigError("pieces: expected at least one piece to quantize, found none")
     for p in opts.pieces:
         if p not in QUANTIZABLE:
-            raise ConfigError(f"piece {p!r}: this quantizer handles {QUANTIZABLE}, not {p!r}")
+            raise ConfigError(f"--piece {p}: this quantizer handles {', '.join(QUANTIZABLE)}, not {p!r}")
+        if opts.format == "qdq" and p not in QDQ_PIECES:
+            raise ConfigError(f"--piece {p} with --format qdq: the QDQ form is for TensorRT, which cannot build "
+                              f"{p}'s GroupQueryAttention; quantize {p} with --format matmulnbits")
+
+
+def default_pieces(have: Iterable[str], fmt: str) -> tuple[str, ...]:
+    """The pieces quantized when none are named: every decoder form of the bundle for MatMulNBits (so the
+    gqa-static form hulurt runs on a GPU is quantized with v1), the v1 decoder only for qdq (TensorRT's form)."""
+    return tuple(p for p in (QDQ_PIECES if fmt == "qdq" else QUANTIZABLE) if p in have)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,13 +402,14 @@ def quantize_bundle(
     *,
     bits: int = 4,
     block_size: int = 32,
-    pieces: tuple[str, ...] = ("decoder",),
+    pieces: tuple[str, ...] = (),
     accuracy_level: int = 4,
     symmetric: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Write a copy of `src_bundle` at `out_bundle` with `pieces` quantized; the manifest records each piece's
-    precision ("int4" / "int8") and how (compute["weights"]). Written to a temporary sibling, moved at the end."""
+    """Write a copy of `src_bundle` at `out_bundle` with `pieces` (default: every decoder form it has) quantized;
+    the manifest records each piece's precision ("int4" / "int8") and how (compute["weights"]). Written to a
+    temporary sibling, moved at the end."""
     opts = QuantizeOptions(
         Path(src_bundle),
         Path(out_bundle),
@@ -419,7 +430,16 @@ def quantize(opts: QuantizeOptions) -> Path:
     # hashes checked as hulurt.load checks them: a damaged bundle must not come out re-signed with fresh hashes
     with progress.phase("check the source bundle (sha256)"):
         m = rt.load_manifest(opts.src, verify_hashes=True)
-    for p in opts.pieces:
+    pieces = opts.pieces or default_pieces(m.pieces, opts.format)
+    if not pieces:
+        wanted = QDQ_PIECES if opts.format == "qdq" else QUANTIZABLE
+        raise ConfigError(f"{m.path}: bundle has no piece to quantize with --format {opts.format} (expected one "
+                          f"of {', '.join(wanted)}); it has {sorted(m.pieces)}")
+    left = [p for p in m.pieces if p in QUANTIZABLE and p not in pieces]
+    if left:
+        log.info("quantize: %s stay%s %s (not asked for%s)", ", ".join(left), "s" * (len(left) == 1), m.precision,
+                 "; the qdq form is the v1 decoder's" if opts.format == "qdq" else "")
+    for p in pieces:
         if p not in m.pieces:
             raise ConfigError(f"{m.path}: bundle has no piece {p!r} to quantize; it has {sorted(m.pieces)}")
         if m.pieces[p].precision not in rt.PRECISIONS:
@@ -430,7 +450,7 @@ def quantize(opts: QuantizeOptions) -> Path:
     out = Path(opts.out)
     with staged(out, [opts.src], overwrite=opts.overwrite) as tmp:
         skip = {rt.MANIFEST}
-        for p in opts.pieces:
+        for p in pieces:
             skip |= {f for f in (m.pieces[p].file, m.pieces[p].data) if f is not None}
         copy = [rel for rel in m.files if rel not in skip]
         with progress.phase("copy the other files", total=sum(m.files[r].bytes for r in copy), unit="B") as step:
@@ -438,7 +458,7 @@ def quantize(opts: QuantizeOptions) -> Path:
                 step.note(rel)
                 _copy_regular(m.root, rel, tmp)
                 step.advance(m.files[rel].bytes)
-        for p in opts.pieces:
+        for p in pieces:
             e = m.pieces[p]
             compute = dict(e.compute)
             if opts.format == "qdq":

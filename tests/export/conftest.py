@@ -10,7 +10,7 @@ from huluexport.checkpoint.fixtures import write_checkpoint
 from huluexport.export.pipeline import BuildOptions, build
 
 _BUNDLES: dict[tuple[str, str], Path] = {}
-_GQA_BUNDLES: dict[tuple[str, str], Path] = {}
+_GQA_BUNDLES: dict[tuple[str, str, bool], Path] = {}
 
 
 @pytest.fixture(scope="session")
@@ -40,15 +40,17 @@ def bundle_factory(tmp_path_factory: pytest.TempPathFactory, ckpt_qwen2: Path, c
 
 @pytest.fixture(scope="session")
 def gqa_bundle_factory(tmp_path_factory: pytest.TempPathFactory, ckpt_qwen2: Path, ckpt_qwen3: Path):
-    """bundle(flavor, precision) -> path of a bundle with only the gqa-static decoder form (decoder_gqa)."""
+    """bundle(flavor, precision, both=False) -> path of a bundle with only the gqa-static decoder form
+    (decoder_gqa), or with `both` forms (decoder and decoder_gqa)."""
     ckpts = {"qwen2": ckpt_qwen2, "qwen3": ckpt_qwen3}
 
-    def get(flavor: str, precision: str) -> Path:
-        key = (flavor, precision)
+    def get(flavor: str, precision: str, both: bool = False) -> Path:
+        key = (flavor, precision, both)
         if key not in _GQA_BUNDLES:
-            out = tmp_path_factory.mktemp("bundles") / f"{flavor}-{precision}-gqa"
+            out = tmp_path_factory.mktemp("bundles") / f"{flavor}-{precision}-{'both' if both else 'gqa'}"
+            forms = ("v1-concat", "gqa-static") if both else ("gqa-static",)
             _GQA_BUNDLES[key] = build(BuildOptions(out=out, checkpoint=ckpts[flavor], precision=precision,
-                                                   target="tiny", decoder_forms=("gqa-static",)))
+                                                   target="tiny", decoder_forms=forms))
         return _GQA_BUNDLES[key]
 
     return get
