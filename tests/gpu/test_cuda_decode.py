@@ -113,6 +113,21 @@ def test_kv_capacity_on_the_device() -> None:
     assert all(b.shape()[2] == 64 and b.device_name().lower() == "cuda" for b in static.kv)
 
 
+def test_int4_gqa_runs_on_cuda_with_a_graph(tmp_path) -> None:
+    """A weight-only int4 bundle (`huluexport quantize`: MatMulNBits in both decoder forms) runs its gqa-static form
+    on CUDA with a captured graph, onnxruntime's CUDA MatMulNBits in place of the fp16 MatMuls. Compared with the
+    same graph on the CPU provider quantized at accuracy_level 0 (fp16 matmul inputs, as the CUDA kernel takes
+    them; level 4 would quantize them to int8 on the CPU only)."""
+    from huluexport.export.quantize import quantize_bundle
+
+    q = quantize_bundle(bundle("qwen2", gqa=True, precision="fp16"), tmp_path / "int4", bits=4, accuracy_level=0)
+    gpu = hulurt.load(q, provider="cuda", verify_hashes=False)
+    cpu = hulurt.load(q, provider="cpu", verify_hashes=False, decoder_form="gqa-static")
+    assert gpu.decoder_piece == "decoder_gqa" and gpu.uses_cuda_graph
+    for prompt, n in PROMPTS * 2:  # the second round replays the captured graph
+        _agree(gpu, cpu, prompt, n)
+
+
 def test_cuda_keeps_fp32_bundles_on_v1() -> None:
     """No fp32 GroupQueryAttention on CUDA: an fp32 bundle decodes with v1 there, and agrees with the CPU."""
     path = bundle("qwen2", gqa=True)
