@@ -88,6 +88,22 @@ def test_other_tensorrt_version_refused_naming_the_file(engines, tmp_path: Path,
         open_session(bundle / "embed.onnx", BackendOptions(provider="trt-native", engines_dir=str(d)))
 
 
+def test_engines_leave_the_gqa_form_to_onnxruntime(gqa_bundle_factory, tmp_path: Path, capsys) -> None:
+    """A bundle with both decoder forms gets engines of the pieces TensorRT runs (v1 decoder); before, the builder
+    took every piece and stopped at decoder_gqa's GroupQueryAttention. A bundle with only the gqa-static form is
+    refused in one line that says how to rebuild it, and nothing is written."""
+    both = shutil.copytree(gqa_bundle_factory("qwen2", "fp16", both=True), tmp_path / "both")
+    assert engines_main([str(both)]) == 0
+    assert tuple(em.read(_dir(both)).engines) == PIECES
+    only = shutil.copytree(gqa_bundle_factory("qwen2", "fp16"), tmp_path / "gqa")
+    capsys.readouterr()
+    assert engines_main([str(only)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and str(only / "manifest.json") in err
+    assert "no 'decoder' piece" in err and "--decoder-form v1-concat" in err
+    assert not (only / "engines").exists()
+
+
 def test_native_backend_finds_checked_engines_then_needs_a_gpu(engines) -> None:
     """No GPU here: the backend gets past engine discovery and every check, and stops at device memory."""
     try:

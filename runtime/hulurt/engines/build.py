@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hulurt import manifest as rt
-from hulurt.contract import OPS, DimRange
+from hulurt.contract import DECODER_FORMS, OPS, DimRange
 from hulurt.engines import meta as em
 from hulurt.engines.device import Gpu, load_trt, parse_sm, query_gpu, rtx_capability
 from hulurt.engines.profiles import Profile, narrow, profile_shapes
@@ -88,6 +88,20 @@ def custom_ops(onnx_path: Path) -> tuple[str, ...]:
     )
 
 
+def default_pieces(m: rt.Manifest) -> tuple[str, ...]:
+    """The pieces hulurt's TensorRT paths run (--provider trt-native / tensorrt): every piece but the gqa-static
+    decoder, whose in-place KV buffers are onnxruntime's GroupQueryAttention (docs/gpu.md); they decode with the
+    v1 decoder, so a bundle without one is refused here rather than at the first request."""
+    v1, gqa = DECODER_FORMS["v1-concat"], DECODER_FORMS["gqa-static"]
+    if v1 not in m.pieces:
+        raise em.EngineError(
+            f"{m.path}: the bundle has no {v1!r} piece (the v1-concat decoder form, the one TensorRT builds); it "
+            f"has {sorted(m.pieces)}. Rebuild it with `huluexport build --decoder-form v1-concat` (add "
+            "`--decoder-form gqa-static` to keep the onnxruntime GPU form too)"
+        )
+    return tuple(p for p in m.pieces if p != gqa)
+
+
 def _ranges(m: rt.Manifest, o: BuildOptions) -> dict[str, DimRange]:
     """The manifest's ranges, narrowed by --max-context/--max-frames/--max-groups (never widened)."""
     return narrow(m.dim_ranges, max_context=o.max_context, max_frames=o.max_frames, max_groups=o.max_groups)
@@ -133,7 +147,7 @@ def plan_build(o: BuildOptions, trt: Any | None = None) -> BuildPlan:
         cache = out.parent / f"timing-{module}{version}.cache"
     ranges = _ranges(m, o)
     specs = m.specs()
-    names = o.pieces or tuple(m.pieces)
+    names = o.pieces or default_pieces(m)
     plans = []
     for name in names:
         if name not in m.pieces:
