@@ -51,7 +51,7 @@ BENCHES: dict[str, tuple[str, list[str], bool, int]] = {
                         "--max-new-tokens", "32"], True, 240),
     "video60_b4": ("b4", ["--preset", "video", "--frames", "60", "--resolution", "640",
                           "--max-new-tokens", "32"], True, 200),
-    # int4 weights on the same slice: the decode speed of a bundle that fits a 24 GB clinic GPU at 14B
+    # the same slice with int4 weights: the decode form for GPUs too small for a model's fp16 weights
     "text_b4_int4": ("b4_int4", ["--preset", "text", "--max-new-tokens", "128"], False, 150),
     "text_b4_v1": ("b4", ["--preset", "text", "--max-new-tokens", "128", "--decoder-form", "v1-concat"], False, 120),
     "text_b4_nograph": ("b4", ["--preset", "text", "--max-new-tokens", "128", "--no-cuda-graph"], False, 120),
@@ -139,20 +139,25 @@ def build(work: Path) -> int:
     return status
 
 
+def _bundle_step(bdir: Path, log: Path, name: str, args: list[str], timeout: int) -> int:
+    """`huluexport ARGS --out bdir/name` unless that bundle is there already; "BUILT <name> rc=N" in the log."""
+    if (bdir / name / "manifest.json").is_file():
+        with open(log, "a") as f:
+            f.write(f"BUILT {name} rc=0 (there already)\n")
+        return 0
+    t0 = time.time()
+    rc = _huluexport([*args, "--out", str(bdir / name), "--overwrite"], log, timeout)
+    with open(log, "a") as f:
+        f.write(f"BUILT {name} rc={rc} in {time.time() - t0:.0f} s\n")
+    return rc
+
+
 def _build_steps(bdir: Path, log: Path, work: Path) -> int:
     """b4 and b2 first (`measure` starts a bench as soon as its bundle is built), then the sm_90 kernels and the
     tiny bundles that only tests/gpu (the fifth step) needs, then b4's int4 copy (QUANTIZED)."""
     status = 0
     for name, extra in BUNDLES.items():
-        if (bdir / name / "manifest.json").is_file():
-            with open(log, "a") as f:
-                f.write(f"BUILT {name} rc=0 (there already)\n")
-            continue
-        t0 = time.time()
-        rc = _huluexport(["build", *COMMON_BUILD, *extra, "--out", str(bdir / name), "--overwrite"], log, 1500)
-        with open(log, "a") as f:
-            f.write(f"BUILT {name} rc={rc} in {time.time() - t0:.0f} s\n")
-        status |= rc
+        status |= _bundle_step(bdir, log, name, ["build", *COMMON_BUILD, *extra], 1500)
     with open(log, "a") as f:  # the token-reduction kernels for the CUDA path (hulurt.device_reduce), sm_90
         try:
             rc = subprocess.run(["make", "-C", "kernels", "lib", "ARCHS=90", "NVCC_THREADS=8",
@@ -173,15 +178,7 @@ def _build_steps(bdir: Path, log: Path, work: Path) -> int:
         f.write(f"BUILT tiny rc={rc}\n")
     status |= rc
     for name, (src, extra) in QUANTIZED.items():
-        if (bdir / name / "manifest.json").is_file():
-            with open(log, "a") as f:
-                f.write(f"BUILT {name} rc=0 (there already)\n")
-            continue
-        t0 = time.time()
-        rc = _huluexport(["quantize", str(bdir / src), "--out", str(bdir / name), *extra, "--overwrite"], log, 900)
-        with open(log, "a") as f:
-            f.write(f"BUILT {name} rc={rc} in {time.time() - t0:.0f} s\n")
-        status |= rc
+        status |= _bundle_step(bdir, log, name, ["quantize", str(bdir / src), *extra], 900)
     return status
 
 

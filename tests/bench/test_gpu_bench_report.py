@@ -160,6 +160,28 @@ def test_build_state_follows_the_latest_build(gpu_bench, tmp_path: Path) -> None
     assert gpu_bench.build_state(tmp_path) == ("done", {"b4", "b2"})
 
 
+def test_quantized_bundle_step(gpu_bench, tmp_path: Path) -> None:
+    """The build's QUANTIZED step, for real on a tiny bundle with both decoder forms standing in for b4:
+    `huluexport quantize` with the step's options (int4, the gqa-static form only), the BUILT line `measure`
+    waits for, and no second run when the bundle is there."""
+    import shutil
+
+    from e2e.bundles import bundle
+    from hulurt.manifest import load_manifest
+
+    (name, (src, extra)), = gpu_bench.QUANTIZED.items()
+    bdir = tmp_path / "bundles"
+    shutil.copytree(bundle("qwen2", gqa=True), bdir / src)
+    log = tmp_path / "build.log"
+    assert gpu_bench._bundle_step(bdir, log, name, ["quantize", str(bdir / src), *extra], 300) == 0, log.read_text()
+    assert name in gpu_bench.build_state(tmp_path)[1]
+    m = load_manifest(bdir / name, verify_hashes=True)
+    assert (m.pieces["decoder"].precision, m.pieces["decoder_gqa"].precision) == ("fp32", "int4")
+    assert gpu_bench.BENCHES["text_b4_int4"][0] == name
+    assert gpu_bench._bundle_step(bdir, log, name, ["quantize", "never-run"], 300) == 0
+    assert log.read_text().rstrip().endswith(f"BUILT {name} rc=0 (there already)")
+
+
 def test_report_shows_the_greedy_check(result: dict) -> None:
     """Each compared bench carries the greedy check (runtime gqa-static vs the fp16 reference, logits kept),
     and the report lists its summary and puts the first divergence, if any, in the runs table."""
