@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from huluexport.config import HuluConfig
 from huluexport.errors import ManifestError
 from huluexport.export.bundle_reference import reference_for_bundle
 from huluexport.progress import phase  # (not the module: verify() has a `progress` argument)
+from huluexport.reference.ranges import FP16_MAX, HEADROOM_WARN, Peak, RangeRecorder
 from huluexport.tolerances import Tolerance, get
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,30 @@ class Report:
     tokens_bundle: dict[str, list[int]]
     seconds: float
     dims_seen: dict[str, tuple[int, ...]]  # every size each named dim took in this run
+    # the fp32 reference's largest |activation| per piece where an fp16 graph stores one (reference/ranges.py)
+    ranges: dict[str, Peak] = field(default_factory=dict)
+
+    @property
+    def overflows(self) -> list[Peak]:
+        """Peaks past the fp16 maximum in an fp16 bundle's pieces: values its graphs cannot hold."""
+        return [p for p in self.ranges.values() if self.precision == "fp16" and p.overflows_fp16]
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
+        return all(r.ok for r in self.rows) and not self.overflows
+
+    def range_lines(self) -> list[str]:
+        lines = []
+        for p in self.ranges.values():
+            state = (f"{p.headroom:.3g}x below" if not p.overflows_fp16 else "PAST") + f" the fp16 maximum {FP16_MAX:g}"
+            line = f"fp16 range {p.piece}: largest |activation| {p.value:.4g} at {p.where}, {state}"
+            if p.overflows_fp16:
+                line += (" (this bundle's fp16 graphs overflow there: build --precision fp32)" if
+                         self.precision == "fp16" else " (an fp16 build of this checkpoint would overflow there)")
+            elif p.headroom < HEADROOM_WARN:
+                line += f" (warning: under {HEADROOM_WARN:g}x; a real prompt may go further than verify's)"
+            lines.append(line)
+        return lines
 
     def table(self) -> str:
         head = (f"{'piece':8} {'case':22} {'output':16} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'top1':>7}"
@@ -103,6 +124,7 @@ class Report:
             got = self.tokens_bundle[k]
             same = "identical" if got == ref else "DIFFER"
             lines.append(f"greedy {k}: {same} ({len(ref)} steps) reference {ref} bundle {got}")
+        lines += self.range_lines()
         lines.append(
             f"{'PASS' if self.ok else 'FAIL'}: {sum(r.ok for r in self.rows)}/{len(self.rows)} rows "
             f"within tolerance ({self.seconds:.1f} s)"
@@ -326,7 +348,8 @@ def verify(
     with phase("reference model (PyTorch, fp32)"):
         cfg, model = reference_for_bundle(m, checkpoint)
     say = progress or (lambda s: log.info("%s", s))
-    vision, prompts = _reference_pass(m, model, cfg, steps, seed)
+    with RangeRecorder(model) as ranges:
+        vision, prompts = _reference_pass(m, model, cfg, steps, seed)
     del model
     gc.collect()
     say("reference done")
@@ -427,4 +450,5 @@ def verify(
             say(pname)
             ph.advance()
     seen = {k: tuple(sorted(v)) for k, v in runner.seen.items()}
-    return Report(Path(bundle), prec, tuple(rows), tokens_ref, tokens_bundle, time.perf_counter() - t0, seen)
+    return Report(Path(bundle), prec, tuple(rows), tokens_ref, tokens_bundle, time.perf_counter() - t0, seen,
+                  ranges.peaks())

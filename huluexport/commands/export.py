@@ -193,6 +193,7 @@ def verify_cmd(bundle: Path, checkpoint: str | None, steps: int, no_hash: bool) 
     click.echo(report.table())
     if not report.ok:
         bad = [f"{r.piece}/{r.case}/{r.output}" for r in report.rows if not r.ok]
+        bad += [f"{p.piece} activations past fp16 at {p.where}" for p in report.overflows]
         raise ParityError(f"{bundle}: {len(bad)} output(s) beyond tolerance: {', '.join(bad)}")
 
 
