@@ -98,8 +98,10 @@ class Report:
             state = (f"{p.headroom:.3g}x below" if not p.overflows_fp16 else "PAST") + f" the fp16 maximum {FP16_MAX:g}"
             line = f"fp16 range {p.piece}: largest |activation| {p.value:.4g} at {p.where}, {state}"
             if p.overflows_fp16:
-                line += (" (this bundle's fp16 graphs overflow there: build --precision fp32)" if
-                         self.precision == "fp16" else " (an fp16 build of this checkpoint would overflow there)")
+                line += (" (this bundle's fp16 graphs hold it in fp16 and overflow there on a GPU provider; "
+                         "onnxruntime's CPU provider widens fp16 matmuls to fp32, so the rows above may not show it: "
+                         "build --precision fp32)" if self.precision == "fp16" else
+                         " (an fp16 build of this checkpoint would overflow there)")
             elif p.headroom < HEADROOM_WARN:
                 line += f" (warning: under {HEADROOM_WARN:g}x; a real prompt may go further than verify's)"
             lines.append(line)
@@ -451,4 +453,4 @@ def verify(
             ph.advance()
     seen = {k: tuple(sorted(v)) for k, v in runner.seen.items()}
     return Report(Path(bundle), prec, tuple(rows), tokens_ref, tokens_bundle, time.perf_counter() - t0, seen,
-                  ranges.peaks())
+                  ranges.peaks(p for p in ("vision", "decoder", "decoder_gqa") if p in m.pieces))

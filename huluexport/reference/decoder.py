@@ -8,6 +8,7 @@ RoPE cos/sin cast to the activation dtype). Names equal the checkpoint's minus `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 class Attention(nn.Module):
     rope_in_fp32 = False  # a class flag, not config: only the exporter's fp16 pieces set it
+    # called with the unscaled q.k^T scores when set (huluexport/reference/ranges.py, per instance); never traced
+    observe_qk: Callable[[torch.Tensor], None] | None = None
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -87,7 +90,10 @@ class Attention(nn.Module):
         rep = self.heads // self.kv_heads
         kr = k.repeat_interleave(rep, dim=1)  # (B, nkv, T, d) -> (B, nh, T, d), GQA
         vr = v.repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q, kr.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, nh, L, T)
+        qk = torch.matmul(q, kr.transpose(-1, -2))  # (B, nh, L, T), unscaled: held in the activation dtype
+        if self.observe_qk is not None:
+            self.observe_qk(qk)
+        scores = qk * (1.0 / math.sqrt(d))
         probs = torch.softmax(scores.float() + mask, dim=-1).to(q.dtype)
         out = torch.matmul(probs, vr)  # (B, nh, L, d)
         out = out.transpose(1, 2).reshape(b, seq, self.heads * d)  # (B, nh, L, d) -> (B, L, nh*d)

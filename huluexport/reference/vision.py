@@ -8,6 +8,7 @@ Ported in our own words from ZJUI-AI4H/Hulu-Med src/hulumed/model/hulumed_encode
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class VisionAttention(nn.Module):
+    observe_qk: Callable[[torch.Tensor], None] | None = None  # as decoder.Attention.observe_qk
+
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         c = cfg.hidden
@@ -67,7 +70,10 @@ class VisionAttention(nn.Module):
         k = (k32 * cos32 + rotate_half(k32) * sin32).to(x.dtype)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (T, n, nh, dv) -> (T, nh, n, dv)
         # dense attention inside each frame (batch dim = frames): the block-diagonal mask of docs/model.md §4.3
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))  # (T, nh, n, n)
+        qk = torch.matmul(q, k.transpose(-1, -2))  # (T, nh, n, n), unscaled: held in the activation dtype
+        if self.observe_qk is not None:
+            self.observe_qk(qk)
+        scores = qk * (1.0 / math.sqrt(self.head_dim))
         probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
         out = torch.matmul(probs, v)  # (T, nh, n, dv)
         out = out.transpose(1, 2).reshape(t, n, c)  # (T, nh, n, dv) -> (T, n, C)

@@ -49,7 +49,7 @@ def test_fp16_bundle_of_a_hot_checkpoint_fails_naming_the_place(hot_checkpoint: 
     assert not report.ok
     (peak,) = report.overflows
     assert peak.piece == "decoder" and peak.where.startswith("decoder.layers.0") and peak.value > FP16_MAX
-    assert "PAST the fp16 maximum 65504 (this bundle's fp16 graphs overflow there" in report.table()
+    assert "PAST the fp16 maximum 65504 (this bundle's fp16 graphs hold it in fp16" in report.table()
     # the hazard is real: the fp16 graphs' logits are not finite
     assert any("non-finite values" in r.failed for r in report.rows if r.piece == "decoder")
     code, _, err = _run(capsys, "verify", str(fp16), "--checkpoint", str(hot_checkpoint), "--steps", "2", "--no-hash")
@@ -62,3 +62,45 @@ def test_fp32_bundle_of_a_hot_checkpoint_passes_and_warns_for_fp16(hot_checkpoin
     assert report.ok, report.table()
     assert report.ranges["decoder"].overflows_fp16 and not report.overflows
     assert "(an fp16 build of this checkpoint would overflow there)" in report.table()
+
+
+def test_attention_scores_count_for_the_forms_that_store_them(ckpt_qwen2: Path, tmp_path: Path) -> None:
+    """Layer 1's q and k scaled by 400: q.k^T passes 65504 while no matmul output does. The v1 fp16 graph holds
+    q.k^T in fp16 (its MatMul is fp16 -> fp16), so verify fails its decoder there; the gqa-static form keeps the
+    scores inside GroupQueryAttention, so its peak is elsewhere. (onnxruntime's CPU provider widens that MatMul
+    to fp32, so the rows pass here; a GPU provider would not.)"""
+    dst = shutil.copytree(ckpt_qwen2, tmp_path / "ckpt")
+    where = json.loads((dst / "model.safetensors.index.json").read_text())["weight_map"]
+    for name in (f"model.layers.1.self_attn.{w}_proj.{t}" for w in "qk" for t in ("weight", "bias")):
+        tensors = load_file(dst / where[name])
+        tensors[name] = tensors[name] * 400
+        save_file(tensors, dst / where[name], metadata={"format": "pt"})
+    b = build(BuildOptions(out=tmp_path / "b", checkpoint=dst, precision="fp16", target="tiny",
+                           decoder_forms=("v1-concat", "gqa-static")))
+    report = verify(b, dst, steps=2, verify_hashes=False)
+    assert all(r.ok for r in report.rows) and not report.ok
+    (peak,) = report.overflows
+    assert (peak.piece, peak.where) == ("decoder", "decoder.layers.1.self_attn q.k scores")
+    gqa = report.ranges["decoder_gqa"]
+    assert not gqa.overflows_fp16 and not gqa.where.endswith("q.k scores")
+    assert report.ranges["vision"].where.startswith("vision_encoder.")
+
+
+def test_recorder_leaves_the_model_as_it_was() -> None:
+    """Hooks and score observers are gone after the recorder: the exporter traces these same modules."""
+    import torch
+
+    from huluexport.config import preset
+    from huluexport.reference.model import HuluMed
+    from huluexport.reference.ranges import RangeRecorder
+
+    cfg = preset("tiny")
+    model = HuluMed(cfg).eval()
+    with RangeRecorder(model) as rec, torch.no_grad():
+        attn = [m for m in model.modules() if hasattr(m, "observe_qk")]
+        assert len(attn) == cfg.decoder.layers + cfg.vision.layers and all(m.observe_qk for m in attn)
+        model.decoder(torch.randn(1, 5, cfg.decoder.hidden), torch.arange(5)[None])
+    assert {w for w in rec.seen if w.endswith("q.k scores")} == {
+        f"decoder.layers.{i}.self_attn q.k scores" for i in range(cfg.decoder.layers)}
+    assert all(m.observe_qk is None and "observe_qk" not in vars(m) for m in attn)
+    assert not any(m._forward_hooks for m in model.modules())
