@@ -443,6 +443,8 @@ class Generator:
             # the visual rows (on the device with device_rows) and the last chunk's embeddings are not needed to decode
             vis, visual, chunk = self._no_visual, None, None
             with clock("prefill"):
+                if result[1] is None:  # only tokens leave the device from here on: check the prompt's row once
+                    static.check_logits()
                 token = choose(result, seen[:n_seen])
         else:
             assert cache is not None

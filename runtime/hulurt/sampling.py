@@ -131,6 +131,24 @@ def nucleus(scaled: NDArray[np.float64], weight: NDArray[np.float64], p: float, 
     return np.sort(np.concatenate([above, tied])) if tied.shape[0] else above
 
 
+def check_logits(logits: NDArray[np.floating]) -> NDArray[np.float32]:
+    """logits [vocab] (or [1, vocab]) as a float32 row, or HuluRuntimeError when a value is NaN or +inf, or all are
+    -inf: no token can be chosen from such a row, and an argmax would pick one anyway."""
+    row = np.asarray(logits, dtype=np.float32).reshape(-1)  # [1, vocab] -> [vocab]
+    bad = int(np.count_nonzero(~(row < np.inf)))  # NaN or +inf (-inf is a probability of 0)
+    if bad:
+        raise HuluRuntimeError(f"the decoder returned {bad} of {row.shape[0]} logits that are not finite numbers "
+                               f"(NaN or +inf); the bundle or its inputs are broken. {OVERFLOW_HINT}")
+    if row.max() == -np.inf:
+        raise HuluRuntimeError("the decoder returned no finite logit (all -inf); the bundle or its inputs are broken")
+    return row
+
+
+# the usual cause in an fp16 bundle; `huluexport verify` reports the checkpoint's fp16 headroom (README)
+OVERFLOW_HINT = ("In an fp16 bundle the usual cause is an activation past fp16's range (65504): `huluexport verify "
+                 "BUNDLE` prints its fp16 headroom; an fp32 bundle avoids it")
+
+
 class Sampler:
     """Stateful chooser: holds the seeded generator so a run with the same seed repeats exactly.
 
@@ -154,14 +172,7 @@ class Sampler:
     def __call__(self, logits: NDArray[np.floating], seen: NDArray[np.int64], u: float | None = None) -> int:
         """logits [vocab] (or [1, vocab]) -> next id; `seen` are the ids of the sequence so far. `u`: the
         uniform draw already taken for this token (None: take the next one)."""
-        row = np.asarray(logits, dtype=np.float32).reshape(-1)  # [1, vocab] -> [vocab]
-        bad = int(np.count_nonzero(~(row < np.inf)))  # NaN or +inf (-inf is a probability of 0)
-        if bad:
-            raise HuluRuntimeError(f"the decoder returned {bad} of {row.shape[0]} logits that are not finite "
-                                   "numbers (NaN or +inf); the bundle or its inputs are broken")
-        if row.max() == -np.inf:
-            raise HuluRuntimeError("the decoder returned no finite logit (all -inf); the bundle or its inputs "
-                                   "are broken")
+        row = check_logits(logits)
         cfg = self.config
         if cfg.repetition_penalty != 1.0:
             row = apply_repetition_penalty(row, seen, cfg.repetition_penalty)

@@ -32,7 +32,7 @@ from hulurt.capture_gate import GATE
 from hulurt.contract import DECODER_FORMS, Dims, kv_names
 from hulurt.device_rows import RowSlice
 from hulurt.errors import ContextLengthError, ContractError, DeviceMemoryError, HuluRuntimeError
-from hulurt.sampling import Sampler
+from hulurt.sampling import Sampler, check_logits
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +323,12 @@ class StaticDecoder:
 
             self._sampler = DeviceSampler(self.decoder.options, self.logits, self.dims.vocab)
         return int(self._sampler(sampler, seen))
+
+    def check_logits(self) -> None:
+        """HuluRuntimeError when the logits buffer holds NaN or +inf (hulurt.sampling.check_logits). Called once
+        per request after the prompt where the loop takes only tokens from the device: a 4 * vocab byte copy,
+        against an argmax that would otherwise turn an overflowed row into tokens."""
+        check_logits(self.logits.numpy())
 
     def _result(self, want_logits: bool) -> tuple[int, NDArray[np.float32] | None]:
         token = int(self.next_token.numpy()[0])  # 8 bytes device -> host

@@ -18,6 +18,7 @@ from huluexport.reference.ranges import FP16_MAX, HEADROOM_WARN
 from huluexport.validate import verify
 
 SCALED = "model.layers.0.mlp.down_proj.weight"
+_HOT: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,25 @@ def test_fp16_bundle_of_a_hot_checkpoint_fails_naming_the_place(hot_checkpoint: 
     assert any("non-finite values" in r.failed for r in report.rows if r.piece == "decoder")
     code, _, err = _run(capsys, "verify", str(fp16), "--checkpoint", str(hot_checkpoint), "--steps", "2", "--no-hash")
     assert code == 1 and f"decoder activations past fp16 at {peak.where}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("form", ["gqa-static", "v1-concat"])
+def test_runtime_refuses_overflowed_logits(hot_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory,
+                                           form: str) -> None:
+    """The runtime on that fp16 bundle: the prompt's logits are NaN. Greedy on the gqa-static form takes only
+    the graph's argmax token from the device, which would turn them into tokens; the row is checked once after
+    the prompt, so the request fails with the cause instead. v1 (the host sampler) checks every row."""
+    import hulurt
+    from hulurt.errors import HuluRuntimeError
+
+    key = "hot-both"
+    if key not in _HOT:
+        _HOT[key] = build(BuildOptions(out=tmp_path_factory.mktemp("hotb") / "b", checkpoint=hot_checkpoint,
+                                       precision="fp16", target="tiny", decoder_forms=("v1-concat", "gqa-static")))
+    model = hulurt.load(_HOT[key], provider="cpu", threads=1, decoder_form=form)
+    assert model.decoder_piece == ("decoder_gqa" if form == "gqa-static" else "decoder")
+    with pytest.raises(HuluRuntimeError, match=r"logits that are not finite.*huluexport verify BUNDLE"):
+        model.generate("Describe the heart.", max_new_tokens=4, stop_ids=())
 
 
 def test_fp32_bundle_of_a_hot_checkpoint_passes_and_warns_for_fp16(hot_checkpoint: Path, tmp_path: Path) -> None:
