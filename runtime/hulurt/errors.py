@@ -30,3 +30,8 @@ class ContextLengthError(HuluRuntimeError):
 
 class DeviceMemoryError(HuluRuntimeError):
     """A GPU without room for what a Model must hold there (the gqa-static form's KV buffers)."""
+
+
+class NumericError(HuluRuntimeError):
+    """The model computed values no token can be chosen from (NaN or +inf logits): the bundle's fault, or its
+    precision's (fp16 overflow), not the request's."""

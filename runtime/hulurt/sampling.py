@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hulurt import checks
-from hulurt.errors import HuluRuntimeError
+from hulurt.errors import HuluRuntimeError, NumericError
 
 
 class SamplingError(HuluRuntimeError, ValueError):
@@ -132,15 +132,15 @@ def nucleus(scaled: NDArray[np.float64], weight: NDArray[np.float64], p: float, 
 
 
 def check_logits(logits: NDArray[np.floating]) -> NDArray[np.float32]:
-    """logits [vocab] (or [1, vocab]) as a float32 row, or HuluRuntimeError when a value is NaN or +inf, or all are
+    """logits [vocab] (or [1, vocab]) as a float32 row, or NumericError when a value is NaN or +inf, or all are
     -inf: no token can be chosen from such a row, and an argmax would pick one anyway."""
     row = np.asarray(logits, dtype=np.float32).reshape(-1)  # [1, vocab] -> [vocab]
     bad = int(np.count_nonzero(~(row < np.inf)))  # NaN or +inf (-inf is a probability of 0)
     if bad:
-        raise HuluRuntimeError(f"the decoder returned {bad} of {row.shape[0]} logits that are not finite numbers "
+        raise NumericError(f"the decoder returned {bad} of {row.shape[0]} logits that are not finite numbers "
                                f"(NaN or +inf); the bundle or its inputs are broken. {OVERFLOW_HINT}")
     if row.max() == -np.inf:
-        raise HuluRuntimeError("the decoder returned no finite logit (all -inf); the bundle or its inputs are broken")
+        raise NumericError("the decoder returned no finite logit (all -inf); the bundle or its inputs are broken")
     return row
 
 

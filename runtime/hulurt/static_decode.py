@@ -325,7 +325,7 @@ class StaticDecoder:
         return int(self._sampler(sampler, seen))
 
     def check_logits(self) -> None:
-        """HuluRuntimeError when the logits buffer holds NaN or +inf (hulurt.sampling.check_logits). Called once
+        """NumericError when the logits buffer holds NaN or +inf (hulurt.sampling.check_logits). Called once
         per request after the prompt where the loop takes only tokens from the device: a 4 * vocab byte copy,
         against an argmax that would otherwise turn an overflowed row into tokens."""
         check_logits(self.logits.numpy())

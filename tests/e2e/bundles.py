@@ -145,6 +145,39 @@ def _cached(name: str, make) -> Path:
     return out
 
 
+OVERFLOW_WEIGHT = "model.layers.0.mlp.down_proj.weight"
+
+
+def overflow_checkpoint() -> Path:
+    """checkpoint("qwen2") with OVERFLOW_WEIGHT scaled by 1e5: its residual stream passes fp16's largest value,
+    65504, from layer 0 on (an fp16 build's logits are NaN; fp32 is unaffected)."""
+
+    def make(out: Path) -> None:
+        import json
+
+        from safetensors.torch import load_file, save_file
+
+        shutil.copytree(checkpoint("qwen2"), out, dirs_exist_ok=True)
+        shard = out / json.loads((out / "model.safetensors.index.json").read_text())["weight_map"][OVERFLOW_WEIGHT]
+        tensors = load_file(shard)
+        tensors[OVERFLOW_WEIGHT] = tensors[OVERFLOW_WEIGHT] * 1e5
+        save_file(tensors, shard, metadata={"format": "pt"})
+
+    return _cached("ckpt-overflow", make)
+
+
+def overflow_bundle(precision: str = "fp16") -> Path:
+    """overflow_checkpoint() built with both decoder forms in `precision`."""
+
+    def make(out: Path) -> None:
+        from huluexport.export.pipeline import BuildOptions, build
+
+        build(BuildOptions(out=out, checkpoint=overflow_checkpoint(), precision=precision,
+                           decoder_forms=("v1-concat", "gqa-static")))
+
+    return _cached(f"overflow-{precision}", make)
+
+
 def copy_bundle(src: Path, dst: Path) -> Path:
     """A private copy a test may corrupt."""
     shutil.copytree(src, dst)

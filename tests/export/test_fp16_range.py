@@ -11,25 +11,18 @@ from pathlib import Path
 
 import pytest
 from cli_main import run_main as _run
+from e2e.bundles import overflow_bundle, overflow_checkpoint
 from safetensors.torch import load_file, save_file
 
 from huluexport.export.pipeline import BuildOptions, build
 from huluexport.reference.ranges import FP16_MAX, HEADROOM_WARN
 from huluexport.validate import verify
 
-SCALED = "model.layers.0.mlp.down_proj.weight"
-_HOT: dict[str, Path] = {}
-
 
 @pytest.fixture(scope="module")
-def hot_checkpoint(ckpt_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hot_checkpoint() -> Path:
     """The tiny Qwen2 checkpoint with layer 0's down_proj scaled by 1e5: its residual stream passes 65504."""
-    dst = shutil.copytree(ckpt_qwen2, tmp_path_factory.mktemp("hot") / "ckpt")
-    shard = dst / json.loads((dst / "model.safetensors.index.json").read_text())["weight_map"][SCALED]
-    tensors = load_file(shard)
-    tensors[SCALED] = tensors[SCALED] * 1e5
-    save_file(tensors, shard, metadata={"format": "pt"})
-    return dst
+    return overflow_checkpoint()
 
 
 def test_verify_reports_the_headroom(bundle_factory, ckpt_qwen2: Path) -> None:
@@ -43,42 +36,38 @@ def test_verify_reports_the_headroom(bundle_factory, ckpt_qwen2: Path) -> None:
     assert not report.overflows
 
 
-def test_fp16_bundle_of_a_hot_checkpoint_fails_naming_the_place(hot_checkpoint: Path, tmp_path: Path,
-                                                                capsys) -> None:
-    fp16 = build(BuildOptions(out=tmp_path / "fp16", checkpoint=hot_checkpoint, precision="fp16", target="tiny"))
+def test_fp16_bundle_of_a_hot_checkpoint_fails_naming_the_place(hot_checkpoint: Path, capsys) -> None:
+    fp16 = overflow_bundle("fp16")
     report = verify(fp16, hot_checkpoint, steps=2, verify_hashes=False)
     assert not report.ok
-    (peak,) = report.overflows
-    assert peak.piece == "decoder" and peak.where.startswith("decoder.layers.0") and peak.value > FP16_MAX
+    peaks = {p.piece: p for p in report.overflows}
+    assert set(peaks) == {"decoder", "decoder_gqa"}
+    peak = peaks["decoder"]
+    assert peak.where.startswith("decoder.layers.0") and peak.value > FP16_MAX
     assert "PAST the fp16 maximum 65504 (this bundle's fp16 graphs hold it in fp16" in report.table()
-    # the hazard is real: the fp16 graphs' logits are not finite
-    assert any("non-finite values" in r.failed for r in report.rows if r.piece == "decoder")
+    # the hazard is real: the fp16 graphs' logits are not finite, in both forms
+    for piece in peaks:
+        assert any("non-finite values" in r.failed for r in report.rows if r.piece == piece)
     code, _, err = _run(capsys, "verify", str(fp16), "--checkpoint", str(hot_checkpoint), "--steps", "2", "--no-hash")
     assert code == 1 and f"decoder activations past fp16 at {peak.where}" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("form", ["gqa-static", "v1-concat"])
-def test_runtime_refuses_overflowed_logits(hot_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory,
-                                           form: str) -> None:
+def test_runtime_refuses_overflowed_logits(form: str) -> None:
     """The runtime on that fp16 bundle: the prompt's logits are NaN. Greedy on the gqa-static form takes only
     the graph's argmax token from the device, which would turn them into tokens; the row is checked once after
     the prompt, so the request fails with the cause instead. v1 (the host sampler) checks every row."""
     import hulurt
-    from hulurt.errors import HuluRuntimeError
+    from hulurt.errors import NumericError
 
-    key = "hot-both"
-    if key not in _HOT:
-        _HOT[key] = build(BuildOptions(out=tmp_path_factory.mktemp("hotb") / "b", checkpoint=hot_checkpoint,
-                                       precision="fp16", target="tiny", decoder_forms=("v1-concat", "gqa-static")))
-    model = hulurt.load(_HOT[key], provider="cpu", threads=1, decoder_form=form)
+    model = hulurt.load(overflow_bundle("fp16"), provider="cpu", threads=1, decoder_form=form)
     assert model.decoder_piece == ("decoder_gqa" if form == "gqa-static" else "decoder")
-    with pytest.raises(HuluRuntimeError, match=r"logits that are not finite.*huluexport verify BUNDLE"):
+    with pytest.raises(NumericError, match=r"logits that are not finite.*huluexport verify BUNDLE"):
         model.generate("Describe the heart.", max_new_tokens=4, stop_ids=())
 
 
-def test_fp32_bundle_of_a_hot_checkpoint_passes_and_warns_for_fp16(hot_checkpoint: Path, tmp_path: Path) -> None:
-    fp32 = build(BuildOptions(out=tmp_path / "fp32", checkpoint=hot_checkpoint, precision="fp32", target="tiny"))
-    report = verify(fp32, hot_checkpoint, steps=2, verify_hashes=False)
+def test_fp32_bundle_of_a_hot_checkpoint_passes_and_warns_for_fp16(hot_checkpoint: Path) -> None:
+    report = verify(overflow_bundle("fp32"), hot_checkpoint, steps=2, verify_hashes=False)
     assert report.ok, report.table()
     assert report.ranges["decoder"].overflows_fp16 and not report.overflows
     assert "(an fp16 build of this checkpoint would overflow there)" in report.table()

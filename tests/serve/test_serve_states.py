@@ -48,3 +48,38 @@ def test_corrupted_bundle_is_503_with_the_reason(tmp_path: Path) -> None:
         assert "hulurt_model_ready 0.0" in httpx.get(s.url + "/metrics").text
     finally:
         s.stop()
+
+
+def test_a_bundle_that_computes_nan_fails_at_startup_with_the_cause(tmp_path: Path) -> None:
+    """An fp16 bundle whose activations overflow (tests/e2e/bundles.py, overflow_bundle) computes NaN logits. The
+    load's one-token check finds it (hulurt.sampling.check_logits): /health 503 with the cause, chat 503; and a
+    request that meets NaN logits later is the model's fault, a 500 server_error naming it, never a 400."""
+    from e2e.bundles import overflow_bundle
+    from hulurt.errors import NumericError
+
+    app = create_app(ServerConfig(EngineConfig(overflow_bundle("fp16"), "hot", provider="cpu", threads=1),
+                                  upload_dir=tmp_path))
+    s = LiveServer(app)
+    s.thread.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                h = httpx.get(s.url + "/health", timeout=2)
+                if h.json()["status"] != "loading":
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        assert h.status_code == 503 and h.json()["status"] == "failed"
+        assert "NumericError" in h.json()["error"] and "huluexport verify" in h.json()["error"]
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as e:
+            c.chat.completions.create(model="hot", messages=[{"role": "user", "content": "hi"}])
+        assert e.value.status_code == 503 and e.value.body["code"] == "model_failed"
+    finally:
+        s.stop()
+    err = app.state.server._api_error(NumericError("the decoder returned 3 of 9 logits that are not finite"), None)
+    assert (err.status, err.code, err.type) == (500, "non_finite_logits", "server_error") and "3 of 9" in err.message

@@ -37,7 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hulurt import __version__
-from hulurt.errors import ContextLengthError, HuluRuntimeError, UnsupportedInputError
+from hulurt.errors import ContextLengthError, HuluRuntimeError, NumericError, UnsupportedInputError
 from hulurt.serve import schemas
 from hulurt.serve.engine import Engine, EngineConfig, Job, Outcome, execute
 from hulurt.serve.limits import Admission, Limits
@@ -257,6 +257,9 @@ class Server:
             return APIError(400, msg, param="messages", code="context_length_exceeded")
         if isinstance(e, UnsupportedInputError):
             return APIError(400, names(str(e)), param="messages", code="invalid_file")
+        if isinstance(e, NumericError):  # the model's fault, not the request's: the operator's message, a 500
+            log.error("model error: %s", e)
+            return APIError(500, str(e), type="server_error", code="non_finite_logits")
         if isinstance(e, HuluRuntimeError):
             return APIError(400, names(str(e)), code="invalid_input")
         rid = uuid.uuid4().hex[:12]
