@@ -127,9 +127,10 @@ class Report:
             same = "identical" if got == ref else "DIFFER"
             lines.append(f"greedy {k}: {same} ({len(ref)} steps) reference {ref} bundle {got}")
         lines += self.range_lines()
+        past = "".join(f"; {p.piece} past the fp16 range" for p in self.overflows)
         lines.append(
             f"{'PASS' if self.ok else 'FAIL'}: {sum(r.ok for r in self.rows)}/{len(self.rows)} rows "
-            f"within tolerance ({self.seconds:.1f} s)"
+            f"within tolerance{past} ({self.seconds:.1f} s)"
         )
         return "\n".join(lines)
 

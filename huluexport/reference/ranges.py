@@ -40,7 +40,7 @@ QK = "q.k scores"  # the suffix of an attention-score place
 @dataclass(frozen=True)
 class Peak:
     piece: str  # "vision" (vision encoder + projector), "decoder" (v1) or "decoder_gqa"
-    where: str  # module name and "input" / "output"
+    where: str  # module name and "input", "output" or QK (an attention module's unscaled scores)
     value: float  # the largest |value| seen there
 
     @property
