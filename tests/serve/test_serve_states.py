@@ -16,6 +16,23 @@ from hulurt.serve.engine import EngineConfig
 from serve.live import LiveServer
 
 
+def _health_after_loading(s: LiveServer, timeout_s: float) -> httpx.Response:
+    """/health once the server has left "loading" (LiveServer.start waits for 200, which a failed load never
+    answers)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            h = httpx.get(s.url + "/health", timeout=2)
+            if h.json()["status"] != "loading" or time.monotonic() >= deadline:
+                return h
+        except httpx.TransportError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.05)
+
+
 def test_corrupted_bundle_is_503_with_the_reason(tmp_path: Path) -> None:
     broken = copy_bundle(bundle("qwen2"), tmp_path / "b")
     data = broken / "embed.onnx.data"
@@ -26,17 +43,7 @@ def test_corrupted_bundle_is_503_with_the_reason(tmp_path: Path) -> None:
     s = LiveServer(app)
     s.thread.start()
     try:
-        import time
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                h = httpx.get(s.url + "/health", timeout=2)
-                if h.json()["status"] != "loading":
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        h = _health_after_loading(s, 60)
         assert h.status_code == 503 and h.json()["status"] == "failed"
         assert "embed.onnx.data" in h.json()["error"] and "sha256" in h.json()["error"]
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
@@ -62,17 +69,7 @@ def test_a_bundle_that_computes_nan_fails_at_startup_with_the_cause(tmp_path: Pa
     s = LiveServer(app)
     s.thread.start()
     try:
-        import time
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                h = httpx.get(s.url + "/health", timeout=2)
-                if h.json()["status"] != "loading":
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        h = _health_after_loading(s, 120)
         assert h.status_code == 503 and h.json()["status"] == "failed"
         assert "NumericError" in h.json()["error"] and "huluexport verify" in h.json()["error"]
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
