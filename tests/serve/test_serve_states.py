@@ -33,6 +33,19 @@ def _health_after_loading(s: LiveServer, timeout_s: float) -> httpx.Response:
         time.sleep(0.05)
 
 
+def _failed_at_startup(s: LiveServer, model: str, timeout_s: float) -> tuple[str, openai.OpenAI]:
+    """A server whose bundle failed its load: /health 503 "failed" and chat 503 model_failed, as OpenAI error JSON
+    without a traceback. Returns /health's error and the client."""
+    h = _health_after_loading(s, timeout_s)
+    assert h.status_code == 503 and h.json()["status"] == "failed"
+    c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.InternalServerError) as e:
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 503 and e.value.body["code"] == "model_failed"
+    assert "Traceback" not in e.value.response.text
+    return h.json()["error"], c
+
+
 def test_corrupted_bundle_is_503_with_the_reason(tmp_path: Path) -> None:
     broken = copy_bundle(bundle("qwen2"), tmp_path / "b")
     data = broken / "embed.onnx.data"
@@ -43,14 +56,8 @@ def test_corrupted_bundle_is_503_with_the_reason(tmp_path: Path) -> None:
     s = LiveServer(app)
     s.thread.start()
     try:
-        h = _health_after_loading(s, 60)
-        assert h.status_code == 503 and h.json()["status"] == "failed"
-        assert "embed.onnx.data" in h.json()["error"] and "sha256" in h.json()["error"]
-        c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
-        with pytest.raises(openai.InternalServerError) as e:
-            c.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}])
-        assert e.value.status_code == 503 and e.value.body["code"] == "model_failed"
-        assert "Traceback" not in e.value.response.text
+        error, c = _failed_at_startup(s, "broken", 60)
+        assert "embed.onnx.data" in error and "sha256" in error
         assert [m.id for m in c.models.list()] == ["broken"]
         assert "hulurt_model_ready 0.0" in httpx.get(s.url + "/metrics").text
     finally:
@@ -69,13 +76,8 @@ def test_a_bundle_that_computes_nan_fails_at_startup_with_the_cause(tmp_path: Pa
     s = LiveServer(app)
     s.thread.start()
     try:
-        h = _health_after_loading(s, 120)
-        assert h.status_code == 503 and h.json()["status"] == "failed"
-        assert "NumericError" in h.json()["error"] and "huluexport verify" in h.json()["error"]
-        c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
-        with pytest.raises(openai.InternalServerError) as e:
-            c.chat.completions.create(model="hot", messages=[{"role": "user", "content": "hi"}])
-        assert e.value.status_code == 503 and e.value.body["code"] == "model_failed"
+        error, _ = _failed_at_startup(s, "hot", 120)
+        assert "NumericError" in error and "huluexport verify" in error
     finally:
         s.stop()
     err = app.state.server._api_error(NumericError("the decoder returned 3 of 9 logits that are not finite"), None)
